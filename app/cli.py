@@ -1,0 +1,58 @@
+"""`storydiff`: generate a story in the terminal, serve the API, or train a model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `storydiff` parser with its `generate`, `serve` and `train` subcommands."""
+    from app.generate_cli import add_generate_arguments
+    from app.serve_cli import add_serve_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="storydiff",
+        description="Children's stories from a masked diffusion language model.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_generate_arguments(
+        commands.add_parser(
+            "generate", help="write one story in the terminal, watching it denoise",
+            description="Write one story, showing every denoising step live in the terminal.",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+    )
+    add_serve_arguments(
+        commands.add_parser(
+            "serve", help="run the HTTP API (POST /generate, streamed over SSE)",
+            description="Run the storydiff HTTP service with uvicorn. Every flag can also be set "
+            "through an environment variable STORYDIFF_<NAME>.",
+        )
+    )
+    commands.add_parser(
+        "train", help="train a model (same options as `python -m model_training`)", add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `storydiff` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # everything after `train` belongs to the trainer's own parser
+        from model_training.cli import main as train_main
+
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        from app.generate_cli import run_generate
+
+        return run_generate(args)
+    from app.serve_cli import run_serve
+
+    return run_serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

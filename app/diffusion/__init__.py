@@ -1,0 +1,1 @@
+"""The model-side library: checkpoints, samplers and text. No web framework, no accelerate."""

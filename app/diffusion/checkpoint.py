@@ -1,0 +1,188 @@
+"""Load and save diffusion checkpoints: a masked-LM directory (or hub id) plus its tokenizer.
+
+A checkpoint is what `AutoModelForMaskedLM.save_pretrained` and `tokenizer.save_pretrained` write,
+optionally with a `diffusion_config.json` (see `diffusion_config.py`). Plain reference-format
+directories load unchanged; their sequence length defaults to the model's max positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from app.diffusion.devices import select_device, select_dtype
+from app.diffusion.diffusion_config import DIFFUSION_CONFIG_NAME, DiffusionConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "tinystories-default"
+"""The model shipped inside the package: what serve, generate and the Docker image use by default."""
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+OFFLINE_HINT = (
+    "point --model (or the STORYDIFF_MODEL environment variable) at a local checkpoint directory, "
+    "or allow hub access (unset HF_HUB_OFFLINE)"
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be loaded; the message says why and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded diffusion model, ready to sample."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    config: DiffusionConfig
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def mask_id(self) -> int:
+        return int(self.tokenizer.mask_token_id)
+
+    @property
+    def max_positions(self) -> int:
+        return max_positions(self.model)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def max_positions(model: PreTrainedModel) -> int:
+    """The longest sequence the model's position embeddings allow."""
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            # RoBERTa-style models reserve two positions for the padding offset.
+            return value - 2 if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta") else value
+    raise CheckpointError(f"model config {type(cfg).__name__} names no maximum sequence length")
+
+
+def looks_like_local_path(source: str) -> bool:
+    """True for anything that can only be a path: existing, absolute, relative, home or deep."""
+    return (
+        Path(source).expanduser().exists()
+        or source.startswith(("/", ".", "~"))
+        or source.count("/") > 1
+        or os.sep != "/" and os.sep in source
+    )
+
+
+def _check_local_dir(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a file; give the directory that holds it")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{str(path)!r} has no config.json: it is not a saved model directory")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise CheckpointError(
+            f"{str(path)!r} has no weights (expected one of {', '.join(WEIGHT_FILES)})"
+        )
+
+
+def _load_tokenizer(source: str, local_only: bool) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    if tokenizer.mask_token_id is None:
+        raise CheckpointError(
+            f"the tokenizer of {source!r} has no mask token; a masked diffusion model needs one "
+            "(add it with tokenizer.add_special_tokens({'mask_token': '[MASK]'}) and resize the model)"
+        )
+    return tokenizer
+
+
+def _diffusion_config(source: str, local_dir: Path | None, model: PreTrainedModel) -> DiffusionConfig:
+    path: Path | None = local_dir / DIFFUSION_CONFIG_NAME if local_dir else None
+    if local_dir is None:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, DIFFUSION_CONFIG_NAME))
+        except Exception:  # a plain hub masked LM has none: fall back like a reference dir
+            path = None
+    if path is not None and path.is_file():
+        config = DiffusionConfig.load(path)
+    else:
+        config = DiffusionConfig(seq_len=max_positions(model))
+    if config.seq_len > max_positions(model):
+        raise CheckpointError(
+            f"{DIFFUSION_CONFIG_NAME} asks for seq_len {config.seq_len}, above the model's "
+            f"{max_positions(model)} positions"
+        )
+    return config
+
+
+def load_checkpoint(
+    source: str | Path,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Checkpoint:
+    """Load a diffusion checkpoint from a local directory or a Hugging Face hub id.
+
+    Args:
+        source: a directory written by `save_pretrained`, or a hub id such as "org/name".
+        device: "cpu", "cuda", "mps" or None for the fastest one present.
+        dtype: "float32", "bfloat16", "float16" or None (bf16 on GPUs, fp32 on CPU).
+    """
+    source = str(source)
+    local_dir = Path(source).expanduser() if looks_like_local_path(source) else None
+    if local_dir is not None:
+        _check_local_dir(local_dir)
+        source = str(local_dir)
+    torch_device = device if isinstance(device, torch.device) else select_device(device)
+    torch_dtype = select_dtype(torch_device, dtype)
+    try:
+        tokenizer = _load_tokenizer(source, local_only=local_dir is not None)
+        model = AutoModelForMaskedLM.from_pretrained(
+            source, dtype=torch_dtype, local_files_only=local_dir is not None
+        )
+    except CheckpointError:
+        raise
+    except OSError as err:
+        if local_dir is not None:
+            raise CheckpointError(f"could not load {source!r}: {err}") from err
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = "hub access is switched off (HF_HUB_OFFLINE)" if offline else "it could not be fetched"
+        raise CheckpointError(
+            f"{source!r} is not a local directory and {why}: {str(err).splitlines()[0]}. "
+            f"To run offline, {OFFLINE_HINT}."
+        ) from err
+    model.to(torch_device).eval()
+    config = _diffusion_config(source, local_dir, model)
+    log.info(
+        "loaded %s: %s, %.1fM parameters, %s %s, seq_len %d",
+        source, type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6,
+        torch_device, str(torch_dtype).removeprefix("torch."), config.seq_len,
+    )
+    return Checkpoint(model, tokenizer, config, source, torch_device, torch_dtype)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: DiffusionConfig,
+) -> Path:
+    """Write model, tokenizer and `diffusion_config.json` so that `load_checkpoint` reads them back."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    config.save(directory)
+    return directory

@@ -1,0 +1,40 @@
+"""Device and dtype choice: the fastest device present, bf16 on accelerators, fp32 on CPU."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def select_device(requested: str | None = None) -> torch.device:
+    """`requested` if given ("cpu", "cuda", "cuda:1", "mps"), else cuda > mps > cpu."""
+    if requested and requested != "auto":
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} was asked for, but CUDA is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def select_dtype(device: torch.device, requested: str | torch.dtype | None = None) -> torch.dtype:
+    """`requested` if given, else bf16 on GPUs (half the memory, tensor cores) and fp32 on CPU."""
+    if isinstance(requested, torch.dtype):
+        return requested
+    if requested and requested != "auto":
+        try:
+            return DTYPES[requested.lower()]
+        except KeyError:
+            raise ValueError(f"unknown dtype {requested!r}; choose one of {sorted(DTYPES)}") from None
+    return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32

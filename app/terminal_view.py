@@ -1,0 +1,63 @@
+"""A rich renderable of a denoising sequence: masks visible, fresh tokens highlighted by probability."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.text import Text
+from transformers import PreTrainedTokenizerBase
+
+from app.diffusion.text import MASK_PLACEHOLDER, story_end
+
+
+def probability_style(p: float) -> str:
+    """Fresh tokens: green when the model was sure, yellow in between, red when it guessed."""
+    colour = "green" if p >= 0.6 else "yellow" if p >= 0.25 else "red"
+    return f"bold black on {colour}"
+
+
+def sequence_text(
+    ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, fresh: dict[int, float]
+) -> Text:
+    """The sequence up to the story's end: masks dim, `fresh` positions (pos -> p) highlighted."""
+    text = Text()
+    special = set(tokenizer.all_special_ids) - {tokenizer.mask_token_id}
+    for pos, token_id in enumerate(ids[: story_end(ids, tokenizer)]):
+        if token_id == tokenizer.mask_token_id:
+            piece, style = MASK_PLACEHOLDER, "grey42"
+        elif token_id in special:
+            continue
+        else:
+            piece, style = tokenizer.convert_ids_to_tokens(token_id), ""
+        if pos in fresh:
+            style = probability_style(fresh[pos])
+        if piece.startswith("##"):
+            text.append(piece[2:], style)
+        else:
+            text.append(" ")
+            text.append(piece, style)
+    return text
+
+
+def step_view(
+    ids: Sequence[int],
+    tokenizer: PreTrainedTokenizerBase,
+    fresh: dict[int, float],
+    step: int,
+    num_steps: int,
+    t: float,
+    elapsed_s: float,
+) -> Panel:
+    """The live panel: the sequence, then a progress bar and the step counters."""
+    masked = sum(1 for i in ids if i == tokenizer.mask_token_id)
+    rate = step / elapsed_s if elapsed_s > 0 else 0.0
+    status = Text(
+        f"step {step}/{num_steps}  t={t:.3f}  masked {masked}/{len(ids)}  "
+        f"{elapsed_s:.1f}s  {rate:.1f} steps/s",
+        style="cyan",
+    )
+    bar = ProgressBar(total=num_steps, completed=step)
+    return Panel(Group(sequence_text(ids, tokenizer, fresh), Text(), bar, status), title="storydiff")

@@ -1,0 +1,195 @@
+"""Sampler invariants on a tiny random DistilBERT: what every denoising run must guarantee."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from app.diffusion.checkpoint import load_checkpoint
+from app.diffusion.logits import logits_at
+from app.diffusion.sampling import (
+    Remasking,
+    SamplerConfig,
+    choose_tokens,
+    denoise,
+    filter_logits,
+    initial_tokens,
+)
+from app.diffusion.text import prompt_ids
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_checkpoint_dir):
+    return load_checkpoint(tiny_checkpoint_dir, device="cpu")
+
+
+class CountingLogits:
+    """The model's logits at queried positions, counting how often the model runs."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self, x, query):
+        self.calls += 1
+        return logits_at(self.model, x, query)
+
+
+def run(ckpt, cfg, seed=0, batch=1, length=32, prefix=()):
+    x = initial_tokens(list(prefix), length, ckpt.mask_id).repeat(batch, 1)
+    generator = torch.Generator().manual_seed(seed)
+    logits_fn = CountingLogits(ckpt.model)
+    steps = list(denoise(logits_fn, x, cfg, ckpt.mask_id, generator))
+    return steps, logits_fn.calls
+
+
+def reference_argmax_loop(model, x, num_steps, mask_id, generator):
+    """The reference demo (Algorithm 4, argmax): full forward every step, remask with prob s/t."""
+    for i in range(num_steps):
+        t, s = 1 - i / num_steps, 1 - (i + 1) / num_steps
+        mask = x == mask_id
+        with torch.no_grad():
+            logits = model(input_ids=x).logits
+        logits[..., mask_id] = -math.inf
+        x0 = torch.where(mask, logits.argmax(-1), x)
+        remask = torch.rand(x.shape, generator=generator) < s / t
+        x = torch.where(mask & remask, torch.full_like(x, mask_id), x0)
+    return x
+
+
+ALL_SETTINGS = [
+    SamplerConfig(num_steps=16, remasking=Remasking.RANDOM, temperature=0.0),
+    SamplerConfig(num_steps=16, remasking=Remasking.RANDOM, temperature=1.0, top_k=50),
+    SamplerConfig(num_steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0),
+    SamplerConfig(num_steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9),
+    SamplerConfig(num_steps=50, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0),  # T > L
+]
+
+
+@pytest.mark.parametrize("cfg", ALL_SETTINGS, ids=str)
+def test_no_mask_left_and_every_step_yielded(ckpt, cfg):
+    steps, _ = run(ckpt, cfg, batch=2)
+    assert [s.index for s in steps] == list(range(1, cfg.num_steps + 1))
+    assert steps[-1].t == 0.0
+    assert not (steps[-1].x == ckpt.mask_id).any()
+
+
+@pytest.mark.parametrize("cfg", ALL_SETTINGS, ids=str)
+def test_prompt_tokens_never_change(ckpt, cfg, cased_tokenizer):
+    prefix = prompt_ids(cased_tokenizer, "Once upon a time, a cat")
+    steps, _ = run(ckpt, cfg, prefix=prefix)
+    for step in steps:
+        assert step.x[0, : len(prefix)].tolist() == prefix
+        assert (step.positions >= len(prefix)).all()
+
+
+@pytest.mark.parametrize("cfg", ALL_SETTINGS, ids=str)
+def test_revealed_tokens_never_change_and_deltas_add_up(ckpt, cfg):
+    steps, _ = run(ckpt, cfg)
+    x = initial_tokens([], 32, ckpt.mask_id).unsqueeze(0)
+    for step in steps:
+        was_revealed = x != ckpt.mask_id
+        assert torch.equal(step.x[was_revealed], x[was_revealed])
+        replay = x.clone()
+        replay[step.rows, step.positions] = step.token_ids
+        assert torch.equal(replay, step.x), "the step's delta must describe the change exactly"
+        assert ((step.probs > 0) & (step.probs <= 1)).all()
+        x = step.x
+
+
+def test_low_confidence_reveals_exactly_k_per_step(ckpt):
+    cfg = SamplerConfig(num_steps=10, remasking=Remasking.LOW_CONFIDENCE)
+    steps, _ = run(ckpt, cfg, length=32)
+    masked = 32
+    for step in steps:
+        remaining = cfg.num_steps - (step.index - 1)
+        expected = masked - masked * (remaining - 1) // remaining
+        assert step.positions.numel() == expected
+        masked -= expected
+    assert masked == 0
+
+
+def test_low_confidence_keeps_the_most_confident(ckpt):
+    cfg = SamplerConfig(num_steps=4, remasking=Remasking.LOW_CONFIDENCE)
+    x = initial_tokens([], 32, ckpt.mask_id).unsqueeze(0)
+    first = next(denoise(CountingLogits(ckpt.model), x, cfg, ckpt.mask_id, torch.Generator()))
+    query = torch.ones_like(x, dtype=torch.bool)
+    _, probs = choose_tokens(logits_at(ckpt.model, x, query), cfg, ckpt.mask_id, torch.Generator())
+    assert sorted(first.positions.tolist()) == sorted(probs.topk(8).indices.tolist())
+
+
+@pytest.mark.parametrize("cfg", ALL_SETTINGS, ids=str)
+def test_same_seed_same_story(ckpt, cfg):
+    a, _ = run(ckpt, cfg, seed=7)
+    b, _ = run(ckpt, cfg, seed=7)
+    assert torch.equal(a[-1].x, b[-1].x)
+
+
+@pytest.mark.parametrize("cfg", [c for c in ALL_SETTINGS if c.temperature > 0], ids=str)
+def test_different_seeds_differ_when_sampling(ckpt, cfg):
+    a, _ = run(ckpt, cfg, seed=1)
+    b, _ = run(ckpt, cfg, seed=2)
+    assert not torch.equal(a[-1].x, b[-1].x)
+
+
+def test_argmax_random_remasking_matches_reference_loop(ckpt):
+    for seed in range(3):
+        cfg = SamplerConfig(num_steps=32, remasking=Remasking.RANDOM, temperature=0.0)
+        steps, _ = run(ckpt, cfg, seed=seed, batch=2)
+        x = initial_tokens([], 32, ckpt.mask_id).repeat(2, 1)
+        reference = reference_argmax_loop(ckpt.model, x, 32, ckpt.mask_id, torch.Generator().manual_seed(seed))
+        assert torch.equal(steps[-1].x, reference)
+
+
+def test_steps_that_reveal_nothing_skip_the_model(ckpt):
+    cfg = SamplerConfig(num_steps=32, remasking=Remasking.RANDOM)
+    steps, calls = run(ckpt, cfg, seed=3)
+    revealing = sum(1 for s in steps if s.positions.numel() > 0)
+    assert calls == revealing < cfg.num_steps
+    assert all(s.model_called == (s.positions.numel() > 0) for s in steps)
+
+
+def test_low_confidence_skips_steps_with_nothing_to_reveal(ckpt):
+    cfg = SamplerConfig(num_steps=64, remasking=Remasking.LOW_CONFIDENCE)  # twice as many steps as tokens
+    steps, calls = run(ckpt, cfg, length=32)
+    assert calls == 32
+
+
+def test_mask_token_is_never_chosen(ckpt):
+    logits = torch.zeros(4, 10)
+    logits[:, 3] = 100.0
+    for temperature in (0.0, 1.0):
+        ids, probs = choose_tokens(logits, SamplerConfig(1, temperature=temperature), 3, torch.Generator())
+        assert (ids != 3).all()
+
+
+def test_top_k_and_top_p_filtering():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, 2, None)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, None, 0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, None, 0.5)).tolist() == [[False, True, True, True]]
+
+
+def test_temperature_sampling_follows_the_distribution():
+    probs = torch.tensor([0.6, 0.3, 0.1, 0.0])
+    logits = torch.log(probs.clamp_min(1e-12)).repeat(20_000, 1)
+    ids, _ = choose_tokens(logits, SamplerConfig(1, temperature=1.0), 3, torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=4).float() / ids.numel()
+    assert torch.allclose(freq, probs, atol=0.02)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(num_steps=0), dict(num_steps=4, temperature=-1), dict(num_steps=4, top_p=0.0),
+               dict(num_steps=4, top_k=0), dict(num_steps=4, remasking="sideways")]
+)
+def test_bad_sampler_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        SamplerConfig(**kwargs)
+
+
+def test_logits_at_matches_full_forward(ckpt):
+    x = torch.randint(0, 1000, (2, 20))
+    query = torch.rand(2, 20) < 0.5
+    full = ckpt.model(input_ids=x).logits[query]
+    assert torch.allclose(logits_at(ckpt.model, x, query), full, atol=1e-5)
