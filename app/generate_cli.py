@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 
+import transformers
 from rich.console import Console
 from rich.live import Live
 
@@ -42,6 +43,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """Load the checkpoint, denoise one story (live unless asked not to) and print it."""
     logging.basicConfig(level=logging.WARNING)
+    transformers.utils.logging.disable_progress_bar()
     console = Console(stderr=args.json)
     try:
         ckpt = load_checkpoint(args.model, device=args.device, dtype=args.dtype)

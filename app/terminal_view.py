@@ -51,7 +51,7 @@ def step_view(
     t: float,
     elapsed_s: float,
 ) -> Panel:
-    """The live panel: the sequence, then a progress bar and the step counters."""
+    """The live panel: step counters and a progress bar on top (never cropped), then the sequence."""
     masked = sum(1 for i in ids if i == tokenizer.mask_token_id)
     rate = step / elapsed_s if elapsed_s > 0 else 0.0
     status = Text(
@@ -60,4 +60,4 @@ def step_view(
         style="cyan",
     )
     bar = ProgressBar(total=num_steps, completed=step)
-    return Panel(Group(sequence_text(ids, tokenizer, fresh), Text(), bar, status), title="storydiff")
+    return Panel(Group(status, bar, Text(), sequence_text(ids, tokenizer, fresh)), title="storydiff")

@@ -1,0 +1,265 @@
+"""The step-level batching engine: one thread owns the model and advances every request together.
+
+Each iteration admits waiting requests into free batch slots, drops the ones that were cancelled
+or ran out of time, plans one denoising step per request on its own (1, L) tokens with its own
+generator, runs ONE forward pass over every request that needs logits this step, and applies each
+request's step to its share of the logits. Requests join and leave between steps (continuous
+batching, as in TGI's `batching_task`), so a short story never waits for a long one, and a request
+whose plan reveals nothing this step advances without the model.
+
+Randomness comes only from each request's own generator, drawn in the same order whatever the
+batch holds, so a seed gives the same story alone or in a busy batch (up to floating-point noise
+in the batched matmuls).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from app.diffusion.sampling import Step, StepPlan, apply_step, initial_tokens, plan_step
+from app.engine.batch import BatchForward, batch_logits
+from app.engine.request import (
+    EngineStopped,
+    Failed,
+    Finished,
+    GenerationSpec,
+    Publish,
+    QueueFull,
+    RequestHandle,
+    Reveal,
+    StepUpdate,
+    Update,
+)
+from app.engine.stats import EngineStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """A request in the running batch: its tokens, its generator and how far it has come."""
+
+    handle: RequestHandle
+    x: torch.Tensor  # (1, L)
+    generator: torch.Generator
+    index: int = 0  # steps done
+    unsent: tuple[Reveal, ...] = ()  # reveals since the last published step
+    done: bool = False
+
+
+class Engine:
+    """Owns the model in a background thread; `submit` from any thread, read results via `publish`."""
+
+    def __init__(
+        self,
+        forward: BatchForward,
+        *,
+        mask_id: int,
+        pad_id: int,
+        device: torch.device | str = "cpu",
+        max_batch: int = 32,
+        max_queue: int = 64,
+    ) -> None:
+        if max_batch < 1 or max_queue < 0:
+            raise ValueError(f"need max_batch >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
+        self._forward = forward
+        self.mask_id, self.pad_id = mask_id, pad_id
+        self.device = torch.device(device)
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.stats = EngineStats()
+        self._cond = threading.Condition()
+        self._waiting: deque[RequestHandle] = deque()  # guarded by _cond
+        self._admitted = 0  # waiting + active; guarded by _cond
+        self._accepting = False
+        self._stopping = False
+        self._active: list[_Sequence] = []  # engine thread only
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the engine thread is alive and takes requests."""
+        return self._accepting and self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the engine thread."""
+        if self._thread is not None:
+            raise RuntimeError("the engine was already started")
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="storydiff-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Refuse new requests, let admitted ones finish for up to `grace_s`, fail the rest, join."""
+        with self._cond:
+            self._accepting = False
+            self._cond.wait_for(lambda: self._admitted == 0, timeout=grace_s)
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def submit(self, spec: GenerationSpec, publish: Publish, timeout_s: float) -> RequestHandle:
+        """Queue `spec`; raises QueueFull when every slot and queue place is taken."""
+        with self._cond:
+            if not self._accepting:
+                raise EngineStopped("the engine is not running")
+            if self._admitted >= self.max_batch + self.max_queue:
+                self.stats.count("rejected")
+                raise QueueFull(f"{self.max_batch} requests running and {self.max_queue} waiting")
+            handle = RequestHandle(
+                spec, publish, deadline=time.monotonic() + timeout_s, _on_cancel=self._wake
+            )
+            self._waiting.append(handle)
+            self._admitted += 1
+            self.stats.count("submitted")
+            self.stats.queued(len(self._waiting))
+            self._cond.notify_all()
+        return handle
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _release(self, n: int = 1) -> None:
+        with self._cond:
+            self._admitted -= n
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while self._next_batch():
+                    try:
+                        self._advance()
+                    except Exception:
+                        log.exception("engine step failed; failing the %d requests in it", len(self._active))
+                        self._fail_active(Failed("internal", "the engine failed during a step"), "failed")
+        finally:
+            self._fail_active(Failed("shutdown", "the server is shutting down"), "failed")
+            with self._cond:
+                self._accepting = False
+                waiting, self._waiting = list(self._waiting), deque()
+            for handle in waiting:
+                self._publish(handle, Failed("shutdown", "the server is shutting down"))
+            self._release(len(waiting))
+            self.stats.occupancy(0, 0)
+
+    def _next_batch(self) -> bool:
+        """Fill free slots from the queue; block while there is nothing to do. False: stop."""
+        with self._cond:
+            while True:
+                self._expire_waiting()
+                if self._stopping:
+                    return False
+                while self._waiting and len(self._active) < self.max_batch:
+                    self._active.append(self._admit(self._waiting.popleft()))
+                self.stats.occupancy(len(self._active), len(self._waiting))
+                if self._active:
+                    return True
+                self._cond.wait()
+
+    def _admit(self, handle: RequestHandle) -> _Sequence:
+        spec = handle.spec
+        x = initial_tokens(list(spec.prefix), spec.length, self.mask_id, self.device).unsqueeze(0)  # (1, L)
+        generator = torch.Generator(device=self.device).manual_seed(spec.seed)
+        return _Sequence(handle, x, generator)
+
+    def _expire_waiting(self) -> None:
+        """Drop queued requests that were cancelled or timed out (caller holds `_cond`)."""
+        now = time.monotonic()
+        for handle in [h for h in self._waiting if h.cancelled or now > h.deadline]:
+            self._waiting.remove(handle)
+            self._admitted -= 1
+            if handle.cancelled:
+                self.stats.count("cancelled")
+            else:
+                self.stats.count("timed_out")
+                self._publish(handle, Failed("timeout", "the request timed out while queued"))
+
+    def _drop_departed(self) -> None:
+        """Remove cancelled and timed-out sequences from the batch before the next step."""
+        now = time.monotonic()
+        kept = []
+        for seq in self._active:
+            if seq.handle.cancelled:
+                self.stats.count("cancelled")
+                self._release()
+            elif now > seq.handle.deadline:
+                self.stats.count("timed_out")
+                self._publish(seq.handle, Failed("timeout", f"the request timed out after {seq.index} steps"))
+                self._release()
+            else:
+                kept.append(seq)
+        self._active = kept
+
+    def _advance(self) -> None:
+        """One denoising step for every active sequence, with one forward pass for all that need it."""
+        self._drop_departed()
+        if not self._active:
+            return
+        plans = [
+            plan_step(seq.x, seq.index, seq.handle.spec.sampler, self.mask_id, seq.generator)
+            for seq in self._active
+        ]
+        logits = self._logits(plans)
+        for seq, plan, seq_logits in zip(self._active, plans, logits):
+            step = apply_step(seq.x, plan, seq_logits, seq.handle.spec.sampler, self.mask_id, seq.generator)
+            self._record(seq, step)
+        self.stats.count("iterations")
+        self._active = [seq for seq in self._active if not seq.done]
+        self.stats.occupancy(len(self._active), len(self._waiting))
+
+    def _logits(self, plans: list[StepPlan]) -> list[torch.Tensor | None]:
+        """Each sequence's logits at its queried positions, or None where its plan queries nothing."""
+        logits: list[torch.Tensor | None] = [None] * len(plans)
+        needy = [i for i, plan in enumerate(plans) if bool(plan.query.any())]
+        if needy:
+            rows = batch_logits(
+                self._forward, [self._active[i].x for i in needy], [plans[i].query for i in needy], self.pad_id
+            )
+            self.stats.forward(len(needy))
+            for i, seq_logits in zip(needy, rows):
+                logits[i] = seq_logits
+        return logits
+
+    def _record(self, seq: _Sequence, step: Step) -> None:
+        """Keep the step's tokens; publish per `stream_every`, and the outcome after the last step."""
+        seq.x, seq.index = step.x, step.index
+        spec, last = seq.handle.spec, step.index == step.num_steps
+        if spec.stream_every is not None:
+            seq.unsent += tuple(
+                Reveal(pos, token, p)
+                for pos, token, p in zip(step.positions.tolist(), step.token_ids.tolist(), step.probs.tolist())
+            )
+            if last or step.index % spec.stream_every == 0:
+                ids = tuple(step.x[0].tolist())
+                self._publish(seq.handle, StepUpdate(step.index, step.num_steps, step.t, ids, seq.unsent))
+                seq.unsent = ()
+        if last:
+            seq.done = True
+            elapsed = time.monotonic() - seq.handle.submitted
+            self._publish(seq.handle, Finished(tuple(step.x[0].tolist()), step.num_steps, elapsed))
+            self.stats.count("completed")
+            self._release()
+
+    def _fail_active(self, failure: Failed, counter: str) -> None:
+        unfinished = [seq for seq in self._active if not seq.done]  # finished ones were released
+        for seq in unfinished:
+            self._publish(seq.handle, failure)
+            self.stats.count(counter)
+        self._release(len(unfinished))
+        self._active = []
+
+    def _publish(self, handle: RequestHandle, update: Update) -> None:
+        """Deliver `update`; a failing receiver cancels its own request, never the engine."""
+        try:
+            handle.publish(update)
+        except Exception:
+            log.exception("publishing to request %d failed; cancelling it", handle.id)
+            handle.cancel()

@@ -1,0 +1,118 @@
+"""What a client asks the engine for, and what the engine sends back while and after denoising."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from app.diffusion.sampling import SamplerConfig
+
+
+class EngineError(RuntimeError):
+    """The engine cannot take a request right now."""
+
+
+class QueueFull(EngineError):
+    """Every batch slot and every queue place is taken; retry later."""
+
+
+class EngineStopped(EngineError):
+    """The engine is not running (not started yet, or shutting down)."""
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """One story to denoise: fixed prefix, total length, sampler and seed."""
+
+    prefix: tuple[int, ...]
+    length: int
+    sampler: SamplerConfig
+    seed: int
+    stream_every: int | None = None  # publish every k-th step (and the last); None: only the outcome
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.length:
+            raise ValueError(f"length must be at least 1, got {self.length}")
+        if len(self.prefix) > self.length:
+            raise ValueError(f"the prefix takes {len(self.prefix)} tokens, more than the length {self.length}")
+        if self.stream_every is not None and self.stream_every < 1:
+            raise ValueError(f"stream_every must be at least 1, got {self.stream_every}")
+
+
+@dataclass(frozen=True)
+class Reveal:
+    """A position a step unmasked: the token written there and its model probability."""
+
+    pos: int
+    id: int
+    p: float
+
+
+@dataclass(frozen=True)
+class StepUpdate:
+    """The state after `step` of `num_steps`, with everything revealed since the last update sent."""
+
+    step: int  # 1-based
+    num_steps: int
+    t: float  # diffusion time after the step
+    ids: tuple[int, ...]  # (L,) tokens after the step, masks included
+    changed: tuple[Reveal, ...]
+
+    def merge(self, later: StepUpdate) -> StepUpdate:
+        """`later`, carrying this update's reveals too: what a reader that skipped this one must see."""
+        return StepUpdate(later.step, later.num_steps, later.t, later.ids, self.changed + later.changed)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Denoising ended: the final tokens (no mask left)."""
+
+    ids: tuple[int, ...]
+    num_steps: int
+    elapsed_s: float  # from submission to the last step, queueing included
+
+
+FailureReason = Literal["timeout", "shutdown", "internal"]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Denoising stopped before the end; `message` is safe to show to the client."""
+
+    reason: FailureReason
+    message: str
+
+
+Outcome = Finished | Failed
+Update = StepUpdate | Finished | Failed
+Publish = Callable[[Update], None]
+"""Receives updates on the engine thread; must return at once (hand off, never block)."""
+
+_request_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class RequestHandle:
+    """The client's side of a submitted request: its id and a way to cancel it."""
+
+    spec: GenerationSpec
+    publish: Publish
+    deadline: float  # time.monotonic() after which the request fails with a timeout
+    id: int = field(default_factory=lambda: next(_request_ids))
+    submitted: float = field(default_factory=time.monotonic)
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    _on_cancel: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Ask the engine to drop this request before its next step; safe from any thread, idempotent."""
+        if not self._cancelled.is_set():
+            self._cancelled.set()
+            self._on_cancel()

@@ -1,0 +1,257 @@
+"""The HTTP API in-process (httpx ASGITransport + asgi-lifespan) with a tiny random checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+from asgi_lifespan import LifespanManager
+from httpx_sse import aconnect_sse
+
+import app.api.runtime as runtime_module
+from app.api import create_app
+from app.config import Settings
+from app.diffusion.text import MASK_PLACEHOLDER
+from tests.conftest import TINY_SEQ_LEN
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run faster on one thread, and a shared 2-core CI makes two threads stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def settings_for(model_dir, **overrides) -> Settings:
+    return Settings(model=str(model_dir), device="cpu", ping_interval=0, **overrides)
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (await client.get("/ready")).status_code != 200:
+        assert time.monotonic() < deadline, "the service never became ready"
+        await asyncio.sleep(0.02)
+
+
+class Service:
+    """An app under test with its lifespan running, and a client that talks to it in-process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        self._lifespan = LifespanManager(self.app, startup_timeout=60, shutdown_timeout=60)
+        await self._lifespan.__aenter__()
+        transport = httpx.ASGITransport(app=self._lifespan.app)
+        self.client = httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30)
+        await wait_ready(self.client)
+        return self.client
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.aclose()
+        await self._lifespan.__aexit__(*exc)
+
+    @property
+    def engine(self):
+        return self.app.state.runtime.engine
+
+
+@pytest.fixture(scope="module")
+async def client(tiny_checkpoint_dir):
+    async with Service(settings_for(tiny_checkpoint_dir)) as client:
+        yield client
+
+
+async def test_generate_json_with_defaults(client):
+    response = await client.post("/generate", json={})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"text", "seed", "steps", "length", "tokens", "elapsed_s", "model"}
+    assert body["length"] == TINY_SEQ_LEN == len(body["tokens"])
+    assert body["steps"] == TINY_SEQ_LEN  # no sampler.num_steps in the checkpoint: one step per token
+    assert isinstance(body["seed"], int) and body["elapsed_s"] >= 0
+    info = (await client.get("/info")).json()
+    assert info["max_length"] == 64 and body["model"] == info["model"]
+
+
+async def test_same_seed_same_story_and_prompt_kept(client):
+    request = {"prompt": "Once upon a time", "length": 32, "steps": 8, "seed": 11, "temperature": 1.0}
+    first, second = [(await client.post("/generate", json=request)).json() for _ in range(2)]
+    assert first["tokens"] == second["tokens"] and first["seed"] == 11
+    other = (await client.post("/generate", json={**request, "seed": 12})).json()
+    assert other["tokens"] != first["tokens"]
+    assert first["tokens"][:5] == [101, 2857, 1852, 170, 1159]  # [CLS] Once upon a time
+
+
+async def test_sse_stream_in_process(client):
+    request = {"stream": True, "length": 24, "steps": 9, "stream_every": 4, "seed": 5}
+    async with aconnect_sse(client, "POST", "/generate", json=request) as source:
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        events = [event async for event in source.aiter_sse()]
+    steps = [json.loads(e.data) for e in events if e.event == "step"]
+    sent = [s["step"] for s in steps]
+    assert set(sent) <= {4, 8, 9} and sent == sorted(sent) and sent[-1] == 9  # a lagging reader gets fewer
+    assert events[-1].event == "done"
+    assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+    done = json.loads(events[-1].data)
+    assert done["text"] == steps[-1]["text"] and steps[-1]["masked"] == 0
+    assert MASK_PLACEHOLDER not in done["text"]
+    assert sum(len(s["changed"]) for s in steps) == 24  # every position revealed, none lost
+    json_result = (await client.post("/generate", json={**request, "stream": False})).json()
+    assert json_result["tokens"] == done["tokens"]  # streaming changes nothing about the story
+
+
+async def test_accept_header_selects_the_stream(client):
+    response = await client.post(
+        "/generate", json={"length": 16, "steps": 2}, headers={"accept": "text/event-stream"}
+    )
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert "event: done" in response.text
+    explicit = await client.post(
+        "/generate", json={"length": 16, "steps": 2, "stream": False}, headers={"accept": "text/event-stream"}
+    )
+    assert explicit.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"steps": "ten"}, "steps"),
+        ({"steps": "64"}, "steps"),  # strict: no silent string -> int coercion
+        ({"steps": 0}, "steps"),
+        ({"steps": 4097}, "steps"),
+        ({"length": 0}, "length"),
+        ({"length": 65}, "length"),  # above the model's 64 positions
+        ({"temperature": -0.5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": 0}, "top_k"),
+        ({"seed": -1}, "seed"),
+        ({"remasking": "sideways"}, "remasking"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream_every": 0}, "stream_every"),
+        ({"prompt": 42}, "prompt"),
+        ({"colour": "blue"}, "colour"),  # unknown fields are rejected, not ignored
+        ({"length": 4, "prompt": "Once upon a time there was a dragon"}, "prompt"),
+    ],
+)
+async def test_bad_fields_are_422_naming_the_field(client, body, field):
+    response = await client.post("/generate", json=body)
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert any(error["loc"][-1] == field and error["msg"] for error in errors), errors
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not json", b"[1, 2]", b'{"steps": 4', b"null"], ids=["empty", "text", "list", "cut", "null"]
+)
+async def test_missing_or_non_json_body_is_422(client, content):
+    response = await client.post("/generate", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+
+
+async def test_info_and_openapi(client):
+    info = (await client.get("/info")).json()
+    assert info["device"] == "cpu" and info["dtype"] == "float32" and info["parameters"] > 0
+    assert info["defaults"] == {
+        "length": TINY_SEQ_LEN, "steps": TINY_SEQ_LEN, "remasking": "random",
+        "temperature": 0.0, "top_k": None, "top_p": None,
+    }
+    assert info["engine"]["forward_calls"] >= 1 and info["version"]
+    schema = (await client.get("/openapi.json")).json()
+    request_schema = schema["components"]["schemas"]["GenerateRequest"]
+    assert request_schema["additionalProperties"] is False
+    assert request_schema["properties"]["steps"]["anyOf"][0]["maximum"] == 4096
+    event = schema["paths"]["/generate"]["post"]["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]
+    refs = [ref["$ref"] for ref in event["properties"]["data"]["contentSchema"]["oneOf"]]
+    names = [ref.removeprefix("#/components/schemas/") for ref in refs]
+    assert names == ["StepEvent", "GenerateResponse", "ErrorEvent"]
+    assert all(name in schema["components"]["schemas"] for name in [*names, "Revealed"])
+
+
+async def test_queue_full_is_429_with_retry_after(tiny_checkpoint_dir, monkeypatch):
+    release = threading.Event()
+
+    def held_logits_at(model, x, query, attention_mask=None):
+        release.wait(10)
+        return runtime_module.logits_at.__wrapped_original__(model, x, query, attention_mask)
+
+    held_logits_at.__wrapped_original__ = runtime_module.logits_at  # type: ignore[attr-defined]
+    service = Service(settings_for(tiny_checkpoint_dir, max_batch=1, max_queue=1, retry_after=3))
+    release.set()  # let the warm-up through
+    monkeypatch.setattr(runtime_module, "logits_at", held_logits_at)
+    async with service as client:
+        release.clear()
+        request = {"length": 16, "steps": 2, "remasking": "low_confidence"}
+        running = [asyncio.create_task(client.post("/generate", json=request)) for _ in range(2)]
+        deadline = time.monotonic() + 5
+        while service.engine.stats.snapshot().waiting < 1:  # one running (held), one queued
+            assert time.monotonic() < deadline, "the second request never queued"
+            await asyncio.sleep(0.01)
+        refused = await client.post("/generate", json=request)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "3"
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*running)] == [200, 200]
+        assert (await client.post("/generate", json=request)).status_code == 200
+
+
+async def test_timeout_is_504_json(tiny_checkpoint_dir, monkeypatch):
+    original = runtime_module.logits_at
+
+    def slow_logits_at(model, x, query, attention_mask=None):
+        time.sleep(0.05)
+        return original(model, x, query, attention_mask)
+
+    monkeypatch.setattr(runtime_module, "logits_at", slow_logits_at)
+    async with Service(settings_for(tiny_checkpoint_dir, timeout=0.3)) as client:
+        response = await client.post("/generate", json={"length": 32, "steps": 32, "remasking": "low_confidence"})
+        assert response.status_code == 504 and response.json()["error"] == "timeout"
+
+
+async def test_ready_is_503_until_the_model_is_loaded(tiny_checkpoint_dir, monkeypatch):
+    loaded = threading.Event()
+    original = runtime_module.load_checkpoint
+
+    def held_load(*args, **kwargs):
+        loaded.wait(20)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runtime_module, "load_checkpoint", held_load)
+    app = create_app(settings_for(tiny_checkpoint_dir))
+    async with LifespanManager(app, startup_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/health")).status_code == 200
+            not_ready = await client.get("/ready")
+            assert not_ready.status_code == 503 and not_ready.json()["status"] == "loading"
+            assert (await client.post("/generate", json={})).status_code == 503
+            assert (await client.get("/info")).status_code == 503
+            loaded.set()
+            await wait_ready(client)
+            assert (await client.get("/ready")).json()["status"] == "ready"
+
+
+async def test_a_model_that_cannot_load_shows_on_ready(tmp_path):
+    app = create_app(settings_for(tmp_path / "nowhere"))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert await app.state.runtime.wait_settled() is False
+            response = await client.get("/ready")
+            assert response.status_code == 503
+            assert response.json()["status"] == "failed" and "does not exist" in response.json()["detail"]
+            assert (await client.get("/health")).status_code == 200

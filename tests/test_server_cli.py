@@ -1,0 +1,111 @@
+"""`python -m app` (= `storydiff serve`) as a real process: serve, stream, and stop gracefully on Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from app.config import Settings
+from app.diffusion.checkpoint import save_checkpoint
+from app.diffusion.diffusion_config import DiffusionConfig
+from app.serve_cli import add_serve_arguments, run_serve, serve, settings_from_args
+from tests.conftest import tiny_distilbert
+
+LONG_LENGTH = 512
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def long_checkpoint_dir(tmp_path_factory, cased_tokenizer) -> Path:
+    """A tiny model with 512 positions: long enough denoising to interrupt it mid-stream."""
+    directory = tmp_path_factory.mktemp("long-checkpoint")
+    model = tiny_distilbert(len(cased_tokenizer), max_positions=LONG_LENGTH)
+    save_checkpoint(directory, model, cased_tokenizer, DiffusionConfig(seq_len=LONG_LENGTH))
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model_dir: Path, port: int, *flags: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "app", "--model", str(model_dir), "--port", str(port), "--threads", "1", *flags]
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_ready(process: subprocess.Popen, url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "the server never became ready"
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_serve_stream_and_graceful_stop(long_checkpoint_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_server(long_checkpoint_dir, port, "--shutdown-grace", "0", "--ping-interval", "1")
+    try:
+        wait_ready(process, url)
+        story = httpx.post(f"{url}/generate", json={"length": 24, "steps": 4, "seed": 1}, timeout=30)
+        assert story.status_code == 200 and story.json()["seed"] == 1
+
+        request = {"stream": True, "length": LONG_LENGTH, "steps": LONG_LENGTH, "remasking": "low_confidence"}
+        names = []
+        with httpx.Client(timeout=30) as client, connect_sse(client, "POST", f"{url}/generate", json=request) as source:
+            for event in source.iter_sse():
+                if not event.data:
+                    continue  # a keep-alive comment
+                names.append(event.event)
+                if len(names) == 1:
+                    process.send_signal(signal.SIGINT)  # Ctrl-C while the story is half-written
+                last = json.loads(event.data)
+        assert names[0] == "step" and names[-1] in ("error", "done")
+        if names[-1] == "error":
+            assert last["error"] == "shutdown"
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = process.communicate()[0]
+    assert "ready: model" in log and "Traceback" not in log
+
+
+def test_a_model_that_cannot_load_stops_the_server(tmp_path, caplog):
+    """In-process (a second interpreter start costs seconds): `serve` exits 1 and says why."""
+    settings = Settings(model=str(tmp_path / "missing"), port=free_port(), log_level="warning")
+    assert asyncio.run(serve(settings)) == 1
+    assert "does not exist" in caplog.text
+
+
+def test_flags_override_environment(monkeypatch):
+    monkeypatch.setenv("STORYDIFF_MAX_BATCH", "7")
+    monkeypatch.setenv("STORYDIFF_PORT", "9000")
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--port", "8123", "--ping-interval", "2.5"]))
+    assert (settings.max_batch, settings.port, settings.ping_interval) == (7, 8123, 2.5)
+    assert run_serve(parser.parse_args(["--max-batch", "0"])) == 2  # invalid settings: no server
