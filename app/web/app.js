@@ -1,0 +1,133 @@
+// The page: loads /info, builds one panel per settings group in the URL, runs them side by side.
+
+import { ApiError, fetchInfo } from "./api.js";
+import { FIELDS, Panel, settingsUrl } from "./panel.js";
+
+const MAX_PANELS = 4; // browsers open at most 6 connections per host; keep some for /info
+const LOAD_RETRY_MS = 1000;
+
+const panels = [];
+const els = {
+  panels: document.getElementById("panels"),
+  template: document.getElementById("panel-template"),
+  server: document.getElementById("server"),
+  engine: document.getElementById("engine"),
+  add: document.getElementById("add"),
+  runAll: document.getElementById("run-all"),
+  share: document.getElementById("share"),
+};
+
+/**
+ * Settings groups from the query string: `steps=64&seed=3` is one panel, `1.remasking=random&
+ * 2.remasking=low_confidence` two; `run=1` starts them on load.
+ */
+function settingsFromUrl(search) {
+  const params = new URLSearchParams(search);
+  const groups = new Map();
+  for (const [key, value] of params) {
+    const match = /^(\d+)\.(\w+)$/.exec(key);
+    const [index, field] = match ? [Number(match[1]), match[2]] : [1, key];
+    if (!FIELDS.includes(field)) continue;
+    if (!groups.has(index)) groups.set(index, {});
+    groups.get(index)[field] = value;
+  }
+  const ordered = [...groups.keys()].sort((a, b) => a - b).map((i) => groups.get(i));
+  return { groups: ordered.slice(0, MAX_PANELS), run: params.get("run") === "1" };
+}
+
+function describeServer(info) {
+  const millions = (info.parameters / 1e6).toFixed(1);
+  els.server.textContent =
+    `${info.model} · ${info.device} (${info.dtype}) · ${millions}M parameters · ` +
+    `max length ${info.max_length}`;
+  describeEngine(info.engine);
+}
+
+function describeEngine(engine) {
+  els.engine.textContent =
+    `engine: ${engine.active} active, ${engine.waiting} waiting (batch ≤ ${engine.max_batch})`;
+  els.engine.dataset.active = String(engine.active);
+}
+
+/** Show the engine's counters; while it still holds more requests than this page runs, look again. */
+async function refreshEngine(tries = 5) {
+  try {
+    const { engine } = await fetchInfo();
+    describeEngine(engine);
+    const running = panels.filter((panel) => panel.running).length;
+    if (engine.active + engine.waiting > running && tries > 1) {
+      setTimeout(() => refreshEngine(tries - 1), 500); // a stopped request leaves on the next step
+    }
+  } catch {
+    els.engine.textContent = "engine: unreachable";
+  }
+}
+
+function layout() {
+  panels.forEach((panel, i) => panel.setNumber(i + 1, panels.length > 1));
+  els.add.disabled = panels.length >= MAX_PANELS;
+  els.panels.dataset.count = String(panels.length);
+  updateShare();
+}
+
+function updateShare() {
+  els.share.hidden = panels.length < 2;
+  els.share.href = settingsUrl(panels.map((panel) => panel.replayValues()));
+}
+
+function onPanelChange() {
+  updateShare();
+  refreshEngine();
+}
+
+function addPanel(info, values = {}) {
+  const panel = new Panel(els.template, { info, onChange: onPanelChange, onRemove: removePanel });
+  panel.setValues(values);
+  panels.push(panel);
+  els.panels.append(panel.root);
+  layout();
+  return panel;
+}
+
+function removePanel(panel) {
+  panel.stop();
+  panels.splice(panels.indexOf(panel), 1);
+  panel.root.remove();
+  layout();
+  panels[panels.length - 1]?.ref.generate.focus();
+}
+
+/** A second look at the last panel's settings: the other remasking strategy, same everything else. */
+function addComparison(info) {
+  const last = panels[panels.length - 1].values();
+  const other = last.remasking === "random" ? "low_confidence" : "random";
+  const panel = addPanel(info, { ...last, remasking: other });
+  panel.inputs.remasking.focus();
+}
+
+async function loadInfo() {
+  for (;;) {
+    try {
+      return await fetchInfo();
+    } catch (err) {
+      const reason = err instanceof ApiError ? err.message : String(err);
+      els.server.textContent = `Waiting for the model… (${reason})`;
+      await new Promise((resolve) => setTimeout(resolve, LOAD_RETRY_MS));
+    }
+  }
+}
+
+async function main() {
+  const info = await loadInfo();
+  describeServer(info);
+  const { groups, run } = settingsFromUrl(location.search);
+  for (const values of groups.length ? groups : [{}]) addPanel(info, values);
+  els.add.addEventListener("click", () => addComparison(info));
+  els.runAll.addEventListener("click", () => panels.forEach((panel) => panel.run()));
+  els.add.disabled = panels.length >= MAX_PANELS;
+  els.runAll.disabled = false;
+  document.body.dataset.ready = "true";
+  if (run) panels.forEach((panel) => panel.run());
+}
+
+main();

@@ -1,0 +1,330 @@
+// One generation: its settings form, its own stream, the live view, and the history to scrub.
+
+import { ApiError, generateStream, seedOf } from "./api.js";
+import { SequenceView } from "./view.js";
+
+/** The request fields, in the order the form shows them and URLs list them. */
+export const FIELDS = [
+  "prompt", "length", "steps", "remasking", "temperature", "top_k", "top_p", "seed", "stream_every",
+];
+const NUMERIC = new Set(["length", "steps", "temperature", "top_k", "top_p", "stream_every"]);
+const NULL_MEANS_NO_LIMIT = new Set(["top_k", "top_p"]);
+
+let panelsMade = 0;
+
+/** A page URL that loads `groups` of settings (one per panel) and, with `run`, starts them. */
+export function settingsUrl(groups, run = true) {
+  const params = new URLSearchParams();
+  groups.forEach((values, i) => {
+    for (const field of FIELDS) {
+      const value = values[field];
+      // a blank top-k/p means "no limit" and must survive the trip (absent would mean "default")
+      if (value === undefined || (value === "" && !NULL_MEANS_NO_LIMIT.has(field))) continue;
+      params.set(groups.length === 1 ? field : `${i + 1}.${field}`, value);
+    }
+  });
+  if (run) params.set("run", "1");
+  return `${location.pathname}?${params}`;
+}
+
+function formatSeconds(s) {
+  return s < 10 ? `${s.toFixed(2)} s` : `${s.toFixed(1)} s`;
+}
+
+export class Panel {
+  /**
+   * @param {HTMLTemplateElement} template
+   * @param {{info: object, onChange: () => void, onRemove: (panel: Panel) => void}} hooks
+   */
+  constructor(template, { info, onChange, onRemove }) {
+    this.info = info;
+    this.onChange = onChange;
+    this.key = `g${++panelsMade}`;
+    this.root = template.content.firstElementChild.cloneNode(true);
+    this.ref = {};
+    for (const el of this.root.querySelectorAll("[data-ref]")) this.ref[el.dataset.ref] = el;
+    this.inputs = {};
+    this.errors = {};
+    for (const field of this.root.querySelectorAll("[data-field]")) this.wireField(field);
+    this.view = new SequenceView(this.ref.cells);
+    this.history = [];
+    this.controller = null;
+    this.seed = null;
+    this.pending = [];
+    this.frame = 0;
+    this.ref.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.run();
+    });
+    this.ref.stop.addEventListener("click", () => this.stop());
+    this.ref.remove.addEventListener("click", () => onRemove(this));
+    this.ref.scrubber.addEventListener("input", () => this.scrubTo(Number(this.ref.scrubber.value)));
+    this.ref.scrubber.id = `${this.key}-scrubber`;
+    this.ref.scrubLabel.htmlFor = this.ref.scrubber.id;
+    this.applyDefaults(info);
+    this.view.reset(Number(this.inputs.length.value) || info.defaults.length);
+  }
+
+  wireField(field) {
+    const name = field.dataset.field;
+    const input = field.querySelector("input, select, textarea");
+    const label = field.querySelector("label");
+    const hint = field.querySelector(".hint");
+    const error = field.querySelector(".error");
+    input.id = `${this.key}-${name}`;
+    label.htmlFor = input.id;
+    error.id = `${input.id}-error`;
+    const described = [error.id];
+    if (hint) {
+      hint.id = `${input.id}-hint`;
+      described.unshift(hint.id);
+    }
+    input.setAttribute("aria-describedby", described.join(" "));
+    input.addEventListener("input", () => this.setFieldError(name, ""));
+    this.inputs[name] = input;
+    this.errors[name] = error;
+  }
+
+  applyDefaults(info) {
+    const d = info.defaults;
+    const { length, steps, remasking, temperature, top_k: topK, top_p: topP } = this.inputs;
+    length.max = String(info.max_length);
+    length.value = String(d.length);
+    steps.value = String(d.steps);
+    remasking.value = d.remasking;
+    temperature.value = String(d.temperature);
+    topK.value = d.top_k == null ? "" : String(d.top_k);
+    topP.value = d.top_p == null ? "" : String(d.top_p);
+    length.placeholder = String(d.length);
+    steps.placeholder = String(d.steps);
+  }
+
+  /** The form as strings, field by field (what a URL carries). */
+  values() {
+    return Object.fromEntries(FIELDS.map((field) => [field, this.inputs[field].value.trim()]));
+  }
+
+  setValues(values) {
+    for (const [field, value] of Object.entries(values)) {
+      if (this.inputs[field]) this.inputs[field].value = value;
+    }
+  }
+
+  setNumber(n, removable) {
+    this.ref.number.textContent = String(n);
+    this.root.setAttribute("aria-label", `Generation ${n}`);
+    this.ref.remove.hidden = !removable;
+  }
+
+  /** The request body; fields whose text is not a number are listed in `unreadable`. */
+  requestBody() {
+    const body = {};
+    const unreadable = [];
+    for (const [field, text] of Object.entries(this.values())) {
+      const input = this.inputs[field];
+      if (input.validity?.badInput) unreadable.push(field);
+      else if (field === "prompt") {
+        if (text) body.prompt = text;
+      } else if (field === "seed") {
+        if (text) body.seed = text; // digits, sent as a bare JSON number (see encodeRequest)
+      } else if (field === "remasking") body.remasking = text;
+      else if (NUMERIC.has(field)) {
+        if (text !== "") body[field] = Number(text); // 1.5 steps: sent as is, the server says why not
+        else if (NULL_MEANS_NO_LIMIT.has(field)) body[field] = null;
+      }
+    }
+    return { body, unreadable };
+  }
+
+  setFieldError(field, message) {
+    const input = this.inputs[field];
+    this.errors[field].textContent = message;
+    if (message) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+  }
+
+  /** Field errors next to their fields; returns those that name no field of the form. */
+  showFieldErrors(fields) {
+    const unplaced = [];
+    let first = null;
+    for (const [field, message] of Object.entries(fields)) {
+      if (!this.inputs[field]) {
+        unplaced.push(`${field}: ${message}`);
+        continue;
+      }
+      this.setFieldError(field, message);
+      first ??= this.inputs[field];
+    }
+    first?.focus();
+    return unplaced;
+  }
+
+  say(message, kind = "info") {
+    this.ref.status.textContent = message;
+    this.ref.status.dataset.kind = kind;
+  }
+
+  get running() {
+    return this.controller !== null;
+  }
+
+  /** Start this panel's stream; resolves when it ends (done, error, stop or lost connection). */
+  async run() {
+    if (this.running) return;
+    for (const field of FIELDS) this.setFieldError(field, "");
+    const { body, unreadable } = this.requestBody();
+    if (unreadable.length) {
+      this.showFieldErrors(Object.fromEntries(unreadable.map((f) => [f, "Enter a number."])));
+      this.say("Some settings are not numbers.", "error");
+      return;
+    }
+    this.begin(body);
+    let ended = false;
+    try {
+      for await (const event of generateStream(body, this.controller.signal)) {
+        if (event.type === "step") this.onStep(event.data);
+        else if (event.type === "done") ended = this.onDone(event.data, event.raw);
+        else if (event.type === "error") {
+          ended = true;
+          this.say(`The server ended this story (${event.data.error}): ${event.data.detail}`, "error");
+        }
+      }
+      if (!ended) {
+        this.say(`Lost the connection at step ${this.lastStep()}; the story is unfinished.`, "error");
+      }
+    } catch (err) {
+      if (err.name === "AbortError") {
+        if (!ended) this.say(`Stopped at step ${this.lastStep()}.`); // a late Stop keeps "Done"
+      }
+      else if (err instanceof ApiError) {
+        const unplaced = this.showFieldErrors(err.fields);
+        this.say([err.message, ...unplaced].join(" "), "error");
+      } else {
+        console.error(err);
+        this.say(`Something went wrong: ${err.message}`, "error");
+      }
+    } finally {
+      this.finish();
+    }
+  }
+
+  stop() {
+    this.controller?.abort();
+  }
+
+  begin(body) {
+    this.controller = new AbortController();
+    this.body = body;
+    this.length = body.length ?? this.info.defaults.length;
+    this.history = [];
+    this.pending = [];
+    this.revealed = 0;
+    this.promptCount = null;
+    this.seed = null;
+    this.started = performance.now();
+    this.view.reset(this.length);
+    this.ref.final.hidden = true;
+    this.ref.scrub.hidden = true;
+    this.ref.generate.disabled = true;
+    this.ref.stop.disabled = false;
+    this.root.dataset.state = "running";
+    this.showStats(null);
+    this.say("Waiting for the first step…");
+    this.ticker = setInterval(() => this.showTime(), 100);
+  }
+
+  finish() {
+    clearInterval(this.ticker);
+    this.flush();
+    this.showTime();
+    this.controller = null;
+    this.ref.generate.disabled = false;
+    this.ref.stop.disabled = true;
+    this.root.dataset.state = "idle";
+    if (this.history.length) {
+      const scrubber = this.ref.scrubber;
+      scrubber.max = String(this.history.length);
+      scrubber.value = scrubber.max;
+      this.ref.scrub.hidden = false;
+      this.showScrubPosition(this.history.length);
+    }
+    this.onChange(this);
+  }
+
+  onStep(event) {
+    if (this.promptCount === null) {
+      // the prompt is whatever was neither masked nor revealed by the first event
+      this.promptCount = Math.max(0, this.length - event.masked - event.changed.length);
+      this.view.setPrompt(this.promptCount, this.body.prompt ?? "");
+      this.say("Denoising…");
+    }
+    this.history.push(event);
+    this.pending.push(event);
+    this.frame ||= requestAnimationFrame(() => this.flush());
+  }
+
+  /** Draw what arrived since the last frame: a fast stream costs one repaint per frame. */
+  flush() {
+    cancelAnimationFrame(this.frame);
+    this.frame = 0;
+    if (!this.pending.length) return;
+    this.view.settle();
+    for (const event of this.pending) this.view.reveal(event.changed);
+    this.showStats(this.pending[this.pending.length - 1]);
+    this.pending = [];
+  }
+
+  lastStep() {
+    return this.history.length ? this.history[this.history.length - 1].step : 0;
+  }
+
+  showStats(event) {
+    const steps = event?.steps ?? this.body?.steps ?? this.info.defaults.steps;
+    this.ref.step.textContent = event ? `${event.step} / ${event.steps}` : `0 / ${steps}`;
+    this.ref.t.textContent = event ? event.t.toFixed(3) : "1.000";
+    this.ref.masked.textContent = String(event ? event.masked : this.length - (this.promptCount ?? 0));
+    this.ref.progress.value = event ? event.step / event.steps : 0;
+    this.ref.progress.setAttribute("aria-valuetext", `step ${event ? event.step : 0} of ${steps}`);
+  }
+
+  showTime() {
+    const seconds = (performance.now() - this.started) / 1000;
+    this.ref.elapsed.textContent = formatSeconds(seconds);
+    const step = this.lastStep();
+    this.ref.rate.textContent = step && seconds > 0 ? (step / seconds).toFixed(1) : "–";
+  }
+
+  onDone(done, raw) {
+    this.flush();
+    this.seed = seedOf(raw) ?? String(done.seed);
+    this.ref.story.textContent = done.text || "(the model ended the story at once)";
+    this.ref.seed.textContent = this.seed;
+    this.ref.summary.textContent =
+      `${done.steps} steps · ${done.length} tokens · ${formatSeconds(done.elapsed_s)} on the server`;
+    this.ref.replay.href = settingsUrl([this.replayValues()]);
+    this.ref.final.hidden = false;
+    this.say(`Done: ${done.steps} steps in ${formatSeconds(done.elapsed_s)}.`, "done");
+    return true;
+  }
+
+  /** The settings of the last finished story, with its seed: they write the same story again. */
+  replayValues() {
+    const values = this.values();
+    return this.seed ? { ...values, seed: this.seed } : values;
+  }
+
+  scrubTo(upto) {
+    if (this.running) return;
+    this.view.replay(this.history, upto);
+    this.showScrubPosition(upto);
+  }
+
+  showScrubPosition(upto) {
+    const event = upto > 0 ? this.history[upto - 1] : null;
+    this.showStats(event);
+    const steps = this.history[this.history.length - 1].steps;
+    const text = event ? `step ${event.step} of ${steps}` : "before the first step";
+    this.ref.scrubOutput.textContent = text;
+    this.ref.scrubber.setAttribute("aria-valuetext", text);
+  }
+}

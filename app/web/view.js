@@ -1,0 +1,97 @@
+// The sequence as cells, one per position in reading order: masked, prompt, or revealed, with
+// the tokens revealed by the latest step highlighted and coloured by the model's probability.
+
+const MASK = "░";
+const SPECIAL = /^(\[[A-Z]+\]|<\/?[a-z]+>|<\|[a-z_]+\|>)$/;
+
+/** Red for a guess, green for a sure token: the hue runs 0 -> 130 as p runs 0 -> 1. */
+export function probabilityHue(p) {
+  return Math.round(130 * Math.min(1, Math.max(0, p)));
+}
+
+/** How a WordPiece / SentencePiece token reads inside a sentence. */
+function pieceOf(text) {
+  if (SPECIAL.test(text)) return { label: text.replace(/[[\]<>|/]/g, ""), kind: "special", joins: false };
+  if (text.startsWith("##")) return { label: text.slice(2), kind: "word", joins: true };
+  if (text.startsWith("▁")) return { label: text.slice(1), kind: "word", joins: false };
+  return { label: text, kind: "word", joins: false };
+}
+
+export class SequenceView {
+  /** @param {HTMLElement} root the element that holds the cells */
+  constructor(root) {
+    this.root = root;
+    this.cells = [];
+    this.fresh = [];
+    this.promptCell = null;
+  }
+
+  /** All positions masked: the canvas before the first step. */
+  reset(length) {
+    this.root.replaceChildren();
+    this.cells = [];
+    this.fresh = [];
+    this.promptCell = null;
+    const fragment = document.createDocumentFragment();
+    for (let pos = 0; pos < length; pos++) {
+      const cell = document.createElement("span");
+      fragment.append(cell);
+      this.cells.push(cell);
+      this.mask(pos);
+    }
+    this.root.append(fragment);
+    this.root.dataset.length = String(length);
+  }
+
+  mask(pos) {
+    const cell = this.cells[pos];
+    cell.className = "cell masked";
+    cell.textContent = MASK;
+    cell.title = `position ${pos}: masked`;
+    cell.style.removeProperty("--hue");
+  }
+
+  /**
+   * Show the first `count` positions as the prompt. The stream carries no prompt tokens (they
+   * never change), so the prompt is one cell holding its text that stands for those positions.
+   */
+  setPrompt(count, text) {
+    this.promptCell?.remove();
+    this.promptCell = null;
+    for (let pos = 0; pos < this.cells.length; pos++) this.cells[pos].hidden = pos < count;
+    if (count === 0) return;
+    const cell = document.createElement("span");
+    cell.className = "cell prompt";
+    cell.textContent = text.trim() || "[start]";
+    cell.title = `positions 0–${count - 1}: the prompt (${count} tokens, never masked)`;
+    this.root.prepend(cell);
+    this.promptCell = cell;
+  }
+
+  /** Write the reveals of one event; `fresh` marks them as this step's. */
+  reveal(changed, fresh = true) {
+    for (const { pos, text, p } of changed) {
+      const cell = this.cells[pos];
+      if (!cell) continue;
+      const piece = pieceOf(text);
+      cell.className = `cell ${piece.kind}${piece.joins ? " joins" : ""}${fresh ? " fresh" : ""}`;
+      cell.textContent = piece.label;
+      cell.title = `position ${pos}: ${text} (p = ${p.toFixed(3)})`;
+      cell.style.setProperty("--hue", String(probabilityHue(p)));
+      if (fresh) this.fresh.push(cell);
+    }
+  }
+
+  /** Un-highlight the previous step's reveals before showing the next ones. */
+  settle() {
+    for (const cell of this.fresh) cell.classList.remove("fresh");
+    this.fresh = [];
+  }
+
+  /** The state after `upto` of the recorded events, the last of them highlighted (for scrubbing). */
+  replay(history, upto) {
+    for (let pos = 0; pos < this.cells.length; pos++) this.mask(pos);
+    this.fresh = [];
+    for (let i = 0; i < upto; i++) this.reveal(history[i].changed, i === upto - 1);
+  }
+}

@@ -1,0 +1,364 @@
+"""The web page end to end: headless Chromium (Playwright) against a real uvicorn with a tiny model."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from playwright.sync_api import Page, expect, sync_playwright
+
+from app.api import create_app
+from app.config import Settings
+from tests.conftest import TINY_SEQ_LEN
+
+CHROMIUM = os.environ.get("STORYDIFF_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason=f"no Chromium at {CHROMIUM} (run .ci/setup-browser.sh, or set STORYDIFF_CHROMIUM)",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run faster on one thread, and a shared 2-core CI makes two threads stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class LiveServer:
+    """The real service on a free port of 127.0.0.1, in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        while httpx.get(f"{self.url}/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the model never became ready"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def engine(self) -> dict:
+        return httpx.get(f"{self.url}/info").json()["engine"]
+
+    def wait_idle(self, timeout_s: float = 10.0) -> dict:
+        """The engine's counters once no request is active or waiting."""
+        deadline = time.monotonic() + timeout_s
+        while (engine := self.engine())["active"] or engine["waiting"]:
+            assert time.monotonic() < deadline, f"the engine stayed busy: {engine}"
+            time.sleep(0.05)
+        return engine
+
+
+@pytest.fixture(scope="module")
+def live(tiny_checkpoint_dir):
+    settings = Settings(model=str(tiny_checkpoint_dir), device="cpu", ping_interval=0, shutdown_grace=1)
+    server = LiveServer(settings)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory):
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh user-data-dir
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        context.set_default_timeout(30_000)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser_context, live) -> Page:
+    """A fresh tab on the page, loaded with /info's defaults; fails the test on uncaught JS errors."""
+    page = browser_context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(live.url)
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    yield page
+    page.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def panel(page: Page, n: int = 1):
+    return page.locator("section.panel").nth(n - 1)
+
+
+def fill(section, **fields) -> None:
+    labels = {"length": "Length", "steps": "Steps", "temperature": "Temperature", "top_k": "Top-k",
+              "top_p": "Top-p", "seed": "Seed", "stream_every": "Show every", "prompt": "Prompt"}
+    for name, value in fields.items():
+        if name == "remasking":
+            section.get_by_label("Remasking").select_option(value)
+        else:
+            section.get_by_label(labels[name], exact=True).fill(str(value))
+
+
+def record_step_counter(section) -> None:
+    """Keep every text the step counter shows, so a test can see the values it passed through."""
+    section.locator("[data-ref=step]").evaluate(
+        """el => { el.seen = []; new MutationObserver(() => el.seen.push(el.textContent))
+                   .observe(el, {childList: true, characterData: true, subtree: true}); }"""
+    )
+
+
+def steps_seen(section) -> list[int]:
+    seen = section.locator("[data-ref=step]").evaluate("el => el.seen")
+    return [int(text.split("/")[0]) for text in seen]
+
+
+def test_page_and_static_files_are_served(live):
+    index = httpx.get(f"{live.url}/")
+    assert index.status_code == 200 and "text/html" in index.headers["content-type"]
+    assert index.headers["cache-control"] == "no-cache"
+    for name in ("app.js", "panel.js", "view.js", "api.js", "sse.js", "style.css"):
+        asset = httpx.get(f"{live.url}/static/{name}")
+        assert asset.status_code == 200, name
+        assert asset.headers["cache-control"] == "no-cache"
+    assert httpx.get(f"{live.url}/static/missing.js").status_code == 404
+    assert "/" not in httpx.get(f"{live.url}/openapi.json").json()["paths"]
+
+
+def test_the_page_loads_with_defaults_from_info(page, live):
+    info = httpx.get(f"{live.url}/info").json()
+    defaults, section = info["defaults"], panel(page)
+    assert section.get_by_label("Length").input_value() == str(defaults["length"]) == str(TINY_SEQ_LEN)
+    assert section.get_by_label("Length").get_attribute("max") == str(info["max_length"])
+    assert section.get_by_label("Steps").input_value() == str(defaults["steps"])
+    assert section.get_by_label("Remasking").input_value() == defaults["remasking"]
+    assert float(section.get_by_label("Temperature").input_value()) == defaults["temperature"]
+    assert section.get_by_label("Top-k").input_value() == str(defaults["top_k"] or "")
+    assert section.get_by_label("Seed").input_value() == ""
+    expect(page.locator("#server")).to_contain_text(info["model"])
+    expect(section.locator(".cell.masked")).to_have_count(TINY_SEQ_LEN)
+
+
+def test_generate_streams_every_step_then_shows_the_story(page, live):
+    section = panel(page)
+    fill(section, prompt="Once upon a time", steps=120, remasking="low_confidence", seed=7)
+    record_step_counter(section)
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=final]")).to_be_visible()
+
+    seen = steps_seen(section)
+    intermediate = {step for step in seen if 1 < step < 120}
+    assert len(intermediate) >= 3, f"the counter jumped to the end: {seen}"
+    assert seen == sorted(seen) and seen[-1] == 120
+    expect(section.locator("[data-ref=step]")).to_have_text("120 / 120")
+    expect(section.locator("[data-ref=seed]")).to_have_text("7")
+    expect(section.locator("[data-ref=status]")).to_contain_text("Done")
+    expect(section.locator(".cell.prompt")).to_have_text("Once upon a time")
+    expect(section.locator(".cell.masked:visible")).to_have_count(0)
+    assert section.locator("[data-ref=story]").inner_text().strip()
+
+    # the scrubber steps back through the denoising, from all masked to the final draft
+    scrubber = section.get_by_label(re.compile("Replay the denoising"))
+    events = int(scrubber.get_attribute("max"))  # one per step event; a busy server merges steps
+    assert len(intermediate) + 1 <= events <= 120 and scrubber.input_value() == str(events)
+    scrubber.fill("0")
+    prompt_positions = TINY_SEQ_LEN - section.locator(".cell.masked:visible").count()
+    assert 1 < prompt_positions < 10  # [CLS] and the prompt's pieces
+    scrubber.fill(str(events // 2))
+    middle = int(section.locator("[data-ref=step]").inner_text().split("/")[0])
+    assert 0 < middle < 120
+    assert 0 < section.locator(".cell.masked:visible").count() < TINY_SEQ_LEN - prompt_positions
+    scrubber.focus()
+    page.keyboard.press("End")
+    expect(section.locator(".cell.masked:visible")).to_have_count(0)
+
+
+def test_the_replay_link_writes_the_same_story(page, live):
+    section = panel(page)
+    fill(section, steps=16, temperature=1.0, seed="")
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=final]")).to_be_visible()
+    story = section.locator("[data-ref=story]").inner_text()
+    seed = section.locator("[data-ref=seed]").inner_text()
+    href = section.get_by_role("link", name="replay this story").get_attribute("href")
+    query = parse_qs(urlsplit(href).query)
+    assert query["seed"] == [seed] and query["steps"] == ["16"] and query["run"] == ["1"]
+
+    page.goto(live.url + href)  # loads the settings and runs at once
+    replayed = panel(page)
+    expect(replayed.locator("[data-ref=final]")).to_be_visible()
+    assert replayed.get_by_label("Seed").input_value() == seed
+    assert replayed.locator("[data-ref=story]").inner_text() == story
+
+
+def test_seeds_beyond_javascripts_safe_integers_keep_every_digit(page):
+    section = panel(page)
+    fill(section, steps=4, seed=2**63 - 1)  # a JS number would round it to 9223372036854775808
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=seed]")).to_have_text(str(2**63 - 1))
+
+
+def test_stop_closes_the_stream_and_frees_the_server_slot(page, live):
+    before = live.wait_idle()
+    section = panel(page)
+    fill(section, steps=4000, remasking="low_confidence")
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=step]")).to_have_text(re.compile(r"^([3-9]|\d\d+) / 4000$"))
+    assert live.engine()["active"] == 1
+
+    section.get_by_role("button", name="Stop").click()
+    expect(section.locator("[data-ref=status]")).to_contain_text("Stopped at step")
+    after = live.wait_idle()
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["completed"] == before["completed"]
+    expect(section.get_by_role("button", name="Generate")).to_be_enabled()
+    expect(page.locator("#engine")).to_have_attribute("data-active", "0")
+
+
+def test_bad_fields_show_the_servers_422_next_to_each_field(page, live):
+    section = panel(page)
+    fill(section, steps=0, temperature=-1)  # the form has min= attributes, but novalidate: the server decides
+    section.get_by_role("button", name="Generate").click()
+    steps_error = section.locator("[data-field=steps] .error")
+    expect(steps_error).to_contain_text("greater than or equal to 1")
+    expect(section.locator("[data-field=temperature] .error")).to_contain_text("greater than or equal to 0")
+    expect(section.get_by_label("Steps")).to_have_attribute("aria-invalid", "true")
+    expect(section.get_by_label("Steps")).to_be_focused()
+    described_by = section.get_by_label("Steps").get_attribute("aria-describedby").split()
+    assert steps_error.get_attribute("id") in described_by
+    expect(section.locator("[data-ref=status]")).to_have_attribute("data-kind", "error")
+    expect(section.get_by_role("button", name="Generate")).to_be_enabled()
+
+    section.get_by_label("Steps").fill("4")  # typing clears the field's error
+    expect(steps_error).to_be_empty()
+    fill(section, temperature=0, length=100)  # under the schema's ceiling, over the model's 64 positions
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-field=length] .error")).to_contain_text("maximum positions")
+
+
+def test_busy_and_lost_connections_show_messages(page):
+    section = panel(page)
+    page.route("**/generate", lambda route: route.fulfill(
+        status=429, headers={"Retry-After": "7"}, json={"detail": "the server is busy"}))
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=status]")).to_have_text("The server is busy: retry in 7 s.")
+    expect(section.get_by_role("button", name="Generate")).to_be_enabled()
+
+    page.unroute("**/generate")
+    page.route("**/generate", lambda route: route.abort("connectionreset"))
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=status]")).to_have_text("Cannot reach the server.")
+
+    page.unroute("**/generate")
+    step = '{"step":1,"steps":9,"t":0.8,"masked":40,"changed":[],"text":""}'
+    cut = f"event: step\r\nid: 1\r\ndata: {step}\r\n\r\n"  # then the connection ends: no done event
+    page.route("**/generate", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=cut))
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=status]")).to_contain_text("Lost the connection at step 1")
+    expect(section.get_by_role("button", name="Stop")).to_be_disabled()
+
+
+def test_side_by_side_comparison_runs_two_streams(page, live):
+    before = live.wait_idle()
+    first = panel(page)
+    fill(first, steps=200, remasking="random", seed=11)
+    page.get_by_role("button", name="Add comparison").click()
+    second = panel(page, 2)
+    assert second.get_by_label("Remasking").input_value() == "low_confidence"
+    assert second.get_by_label("Seed").input_value() == "11"
+    record_step_counter(first)
+    record_step_counter(second)
+
+    page.get_by_role("button", name="Generate all").click()
+    for section in (first, second):
+        expect(section.locator("[data-ref=final]")).to_be_visible()
+        expect(section.locator("[data-ref=seed]")).to_have_text("11")
+        assert len({step for step in steps_seen(section) if 1 < step < 200}) >= 3
+
+    after = live.wait_idle()
+    assert after["completed"] == before["completed"] + 2
+    pairs = after["batch_sizes"].get("2", 0) - before["batch_sizes"].get("2", 0)
+    assert pairs > 0, "the two streams never shared a forward pass"
+    share_link = page.get_by_role("link", name="Link to this comparison").get_attribute("href")
+    share = parse_qs(urlsplit(share_link).query)
+    assert share["1.remasking"] == ["random"] and share["2.remasking"] == ["low_confidence"]
+
+    second.get_by_role("button", name="Remove this generation").click()
+    expect(page.locator("section.panel")).to_have_count(1)
+
+
+def test_keyboard_and_phone_width(page):
+    page.keyboard.press("Tab")  # a skip link first, then the toolbar and every field, in order
+    expect(page.get_by_role("link", name="Skip to the generations")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Generate all")).to_be_focused()
+
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.get_by_role("button", name="Add comparison").click()
+    expect(page.locator("section.panel")).to_have_count(2)
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    first, second = (panel(page, n).bounding_box() for n in (1, 2))
+    assert second["y"] >= first["y"] + first["height"]  # stacked, not squeezed side by side
+
+
+SSE_CASES = r"""
+async () => {
+  const { SSEParser } = await import("/static/sse.js");
+  const stream = "\uFEFF: hello\r\n"
+    + "event: step\r\nid: 1\r\ndata: {\"a\":1}\r\n\r\n"
+    + ": ping\r\n\r\n"
+    + "data: line one\ndata:line two\ndata\n\n"
+    + "id: 7\rretry: 300\revent: done\rdata:  two spaces\r\r"
+    + "event: ignored-no-data\n\n"
+    + "data: unterminated";
+  const expected = [
+    { type: "step", data: "{\"a\":1}", id: "1" },
+    { type: "message", data: "line one\nline two\n", id: "1" },
+    { type: "done", data: " two spaces", id: "7" },
+  ];
+  const failures = [];
+  // every way of cutting the stream in two, and one character at a time
+  const cuts = [...Array(stream.length + 1).keys()].map((i) => [stream.slice(0, i), stream.slice(i)]);
+  cuts.push([...stream]);
+  for (const chunks of cuts) {
+    const events = [], comments = [];
+    const parser = new SSEParser((e) => events.push(e), (c) => comments.push(c));
+    for (const chunk of chunks) parser.feed(chunk);
+    const got = JSON.stringify([events, comments, parser.retry]);
+    const want = JSON.stringify([expected, ["hello", "ping"], 300]);
+    if (got !== want) failures.push({ chunks, got });
+  }
+  return failures.slice(0, 3);
+}
+"""
+
+
+def test_the_sse_parser_survives_any_chunking(page):
+    assert page.evaluate(SSE_CASES) == []
