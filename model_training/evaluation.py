@@ -1,0 +1,84 @@
+"""Validation: the ELBO bound per position and per character, and sample stories from the core samplers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from app.diffusion.logits import logits_at
+from app.diffusion.sampling import SamplerConfig, denoise, initial_tokens
+from app.diffusion.text import decode_story
+from model_training.objective import mask_tokens, weighted_masked_nll
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The validation bound: nats per position (PAD included) and bits per story character."""
+
+    nats_per_token: float
+    bits_per_char: float
+    num_stories: int
+
+
+def stratified_t(num_samples: int, batch_size: int, eps: float, generator: torch.Generator,
+                 device: torch.device) -> torch.Tensor:
+    """(K, B) masking rates: sample k of each story in the k-th of K equal strata of [eps, 1)."""
+    u = torch.rand(num_samples, batch_size, generator=generator, device=device)
+    k = torch.arange(num_samples, device=device).unsqueeze(1)  # (K, 1)
+    return eps + (1 - eps) * (k + u) / num_samples  # (K, B)
+
+
+@torch.no_grad()
+def validation_bound(
+    model: PreTrainedModel, loader: DataLoader, accelerator: Accelerator, mask_id: int,
+    eps: float, num_t_samples: int, seed: int,
+) -> EvalResult:
+    """Monte-Carlo ELBO over the validation set, with the same t and masks at every evaluation."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=accelerator.device)
+    nats, chars = [], []
+    for index, batch in enumerate(loader):
+        generator.manual_seed(seed * 1_000_003 + index * 7919 + accelerator.process_index)
+        x0 = batch["input_ids"]  # (B, L)
+        ts = stratified_t(num_t_samples, x0.shape[0], eps, generator, x0.device)  # (K, B)
+        total = torch.zeros(x0.shape[0], device=x0.device)  # (B,)
+        for t in ts:
+            x_t, masked = mask_tokens(x0, t, mask_id, generator)
+            logits = model(input_ids=x_t).logits  # (B, L, V)
+            total += weighted_masked_nll(logits, x0, masked, t)
+        seq_nats = torch.stack([total / num_t_samples, x0.new_full((x0.shape[0],), x0.shape[1]).float()], dim=1)
+        nats.append(accelerator.gather_for_metrics(seq_nats))  # (B, 2): nats, positions
+        chars.append(accelerator.gather_for_metrics(batch["n_chars"].float()))
+    model.train(was_training)
+    per_seq = torch.cat(nats)
+    total_nats = per_seq[:, 0].sum().item()
+    return EvalResult(
+        nats_per_token=total_nats / per_seq[:, 1].sum().item(),
+        bits_per_char=total_nats / math.log(2) / torch.cat(chars).sum().item(),
+        num_stories=per_seq.shape[0],
+    )
+
+
+def sample_stories(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, num_stories: int, seq_len: int,
+    sampler: SamplerConfig, seed: int,
+) -> list[str]:
+    """Unprompted stories written by the core sampler (`denoise` + `logits_at`), as the server would."""
+    if num_stories == 0:
+        return []
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    mask_id = int(tokenizer.mask_token_id)
+    x = initial_tokens([], seq_len, mask_id, device).repeat(num_stories, 1)  # (N, L)
+    for step in denoise(lambda x_t, query: logits_at(model, x_t, query), x, sampler, mask_id, generator):
+        x = step.x
+    model.train(was_training)
+    return [decode_story(row.tolist(), tokenizer) for row in x]

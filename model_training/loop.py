@@ -1,0 +1,235 @@
+"""The training loop: accelerate for devices, precision, accumulation, scale-out and resumable state."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from app.diffusion.sampling import SamplerConfig
+from model_training.checkpoints import Progress, load_state, resolve_resume, save_state
+from model_training.config import TrainConfig
+from model_training.evaluation import EvalResult, sample_stories, validation_bound
+from model_training.export import export_final, hardware
+from model_training.inputs import RunInputs, build_inputs
+from model_training.objective import diffusion_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    """What a finished run reports."""
+
+    final_dir: Path
+    progress: Progress
+    result: EvalResult
+    tokens_per_second: float
+    loss_history: list[tuple[int, float]]
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator for `cfg`: precision, accumulation, seedable shuffling, tensorboard when installed."""
+    use_tb = cfg.log_with == "tensorboard" or (cfg.log_with == "auto" and importlib.util.find_spec("tensorboard"))
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with="tensorboard" if use_tb else None,
+        project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(Path(cfg.output) / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+    )
+
+
+def mask_generator(cfg: TrainConfig, accelerator: Accelerator, step: int, micro: int) -> torch.Generator:
+    """A generator seeded by (seed, step, micro-batch, rank): masks replay exactly after a resume."""
+    seed = hash((cfg.seed, step, micro, accelerator.process_index)) % (2**63)
+    return torch.Generator(device=accelerator.device).manual_seed(seed)
+
+
+def tracker_config(cfg: TrainConfig) -> dict:
+    """Flat scalar hyperparameters for the trackers."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.model_dump().items()}
+
+
+def can_sample_unwrapped(accelerator: Accelerator) -> bool:
+    """Sampling on the main process alone needs the full weights there (not FSDP / DeepSpeed shards)."""
+    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+class Trainer:
+    """One run: holds the prepared objects and steps, evaluates and saves them."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, inputs: RunInputs) -> None:
+        self.cfg, self.accelerator, self.inputs = cfg, accelerator, inputs
+        # Its own generator: otherwise each new iterator draws a worker seed from the global RNG, which
+        # after a resume would shift the dropout masks away from those of an uninterrupted run.
+        train_loader = DataLoader(inputs.train.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=cfg.dataloader_workers,
+                                  generator=torch.Generator().manual_seed(cfg.seed))
+        valid_loader = DataLoader(inputs.valid.dataset, batch_size=cfg.eval_batch_size or cfg.batch_size)
+        model = torch.compile(inputs.model) if cfg.compile else inputs.model
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=cfg.betas,
+        )
+        self.model, self.optimizer, self.train_loader, self.valid_loader = accelerator.prepare(
+            model, optimizer, train_loader, valid_loader
+        )
+        if len(self.train_loader) == 0:
+            from model_training.errors import TrainingInputError
+
+            raise TrainingInputError(f"fewer training stories ({len(inputs.train.dataset)}) than one batch")
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.grad_accum)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        # The prepared scheduler steps once per process per optimizer step (accelerate's convention).
+        n = accelerator.num_processes
+        self.scheduler = accelerator.prepare(get_cosine_with_min_lr_schedule_with_warmup(
+            self.optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps) * n,
+            num_training_steps=self.total_steps * n, min_lr_rate=cfg.min_lr_ratio,
+        ))
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * n
+        self.progress = Progress()
+        self.loss_history: list[tuple[int, float]] = []
+
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(num_steps=self.cfg.sample_steps or self.cfg.seq_len, remasking="random",
+                             temperature=self.cfg.sample_temperature, top_p=self.cfg.sample_top_p)
+
+    def evaluate(self) -> tuple[EvalResult, list[str]]:
+        """Validation bound (all processes) and sample stories (main process), logged to the trackers."""
+        cfg, acc = self.cfg, self.accelerator
+        result = validation_bound(self.model, self.valid_loader, acc, self.inputs.mask_id, cfg.eps,
+                                  cfg.eval_t_samples, cfg.seed)
+        samples: list[str] = []
+        if acc.is_main_process and can_sample_unwrapped(acc):
+            samples = sample_stories(acc.unwrap_model(self.model), self.inputs.tokenizer, cfg.num_samples,
+                                     cfg.seq_len, self.sampler(), cfg.seed)
+        acc.log({"val/nats_per_token": result.nats_per_token, "val/bits_per_char": result.bits_per_char},
+                step=self.progress.step)
+        if acc.is_main_process:
+            tqdm.write(f"step {self.progress.step}: val {result.nats_per_token:.4f} nats/position, "
+                       f"{result.bits_per_char:.4f} bits/char")
+            for i, story in enumerate(samples):
+                tqdm.write(f"  sample {i}: {story[:300]!r}")
+        return result, samples
+
+    def resume(self) -> None:
+        state = resolve_resume(self.cfg.resume, Path(self.cfg.output))
+        if state is not None:
+            self.progress = load_state(self.accelerator, state)
+            if self.accelerator.is_main_process:
+                tqdm.write(f"resumed from {state} at step {self.progress.step}")
+
+    def train_step(self, batch: dict, micro: int) -> torch.Tensor:
+        cfg, acc = self.cfg, self.accelerator
+        with acc.accumulate(self.model):
+            generator = mask_generator(cfg, acc, self.progress.step, micro)
+            loss = diffusion_loss(lambda x_t: self.model(input_ids=x_t).logits, batch["input_ids"],
+                                  self.inputs.mask_id, generator, cfg.eps, cfg.low_discrepancy)
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def batches(self):
+        """(epoch, batch) from the current position on, skipping what a resumed run already saw."""
+        epoch = self.progress.step // self.steps_per_epoch
+        skip = (self.progress.step - epoch * self.steps_per_epoch) * self.cfg.grad_accum
+        while True:
+            self.train_loader.set_epoch(epoch)
+            loader = self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+            skip = 0
+            for batch in loader:
+                yield batch
+            epoch += 1
+
+    def fit(self) -> Summary:
+        """Train to `total_steps`, evaluating and saving on schedule; write output/final."""
+        cfg, acc, progress = self.cfg, self.accelerator, self.progress
+        bar = tqdm(total=self.total_steps, initial=progress.step, disable=not acc.is_local_main_process,
+                   desc="training", dynamic_ncols=True)
+        losses: list[torch.Tensor] = []
+        micro, start, window_start, window_steps = 0, time.perf_counter() - progress.wall_seconds, time.perf_counter(), 0
+        result: EvalResult | None = None
+        for batch in self.batches() if progress.step < self.total_steps else ():
+            losses.append(self.train_step(batch, micro))
+            micro += 1
+            if not acc.sync_gradients:
+                continue
+            micro = 0
+            progress.step += 1
+            progress.tokens_seen += self.tokens_per_step
+            progress.wall_seconds = time.perf_counter() - start
+            window_steps += 1
+            bar.update(1)
+            if progress.step % cfg.log_every == 0 or progress.step == self.total_steps:
+                loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
+                tok_s = window_steps * self.tokens_per_step / (time.perf_counter() - window_start)
+                lr = self.scheduler.get_last_lr()[0]
+                self.loss_history.append((progress.step, loss))
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                acc.log({"train/loss": loss, "train/lr": lr, "train/tokens_per_s": tok_s,
+                         "train/tokens_seen": progress.tokens_seen}, step=progress.step)
+                losses, window_start, window_steps = [], time.perf_counter(), 0
+            if progress.step % cfg.save_every == 0 and progress.step < self.total_steps:
+                save_state(acc, Path(cfg.output), progress, cfg.keep_last)
+            if progress.step % cfg.eval_every == 0 and progress.step < self.total_steps:
+                result, _ = self.evaluate()
+            if progress.step >= self.total_steps:
+                break
+        bar.close()
+        return self.finish(start)
+
+    def finish(self, start: float) -> Summary:
+        cfg, acc, progress = self.cfg, self.accelerator, self.progress
+        progress.wall_seconds = time.perf_counter() - start
+        save_state(acc, Path(cfg.output), progress, cfg.keep_last)
+        result, samples = self.evaluate()
+        training = {
+            "steps": progress.step, "tokens_seen": progress.tokens_seen,
+            "val_nats_per_token": round(result.nats_per_token, 5), "val_bits_per_char": round(result.bits_per_char, 5),
+            "hardware": hardware(acc), "wall_seconds": round(progress.wall_seconds, 1),
+            "global_batch": cfg.batch_size * cfg.grad_accum * acc.num_processes,
+            "train_stories": len(self.inputs.train.dataset), "valid_stories": result.num_stories,
+            "truncated_fraction": round(self.inputs.train.truncated_fraction, 4),
+            "vocab_size": len(self.inputs.tokenizer), "seed": cfg.seed, "lr": cfg.lr,
+        }
+        final = export_final(acc, self.model, self.inputs.tokenizer, cfg, self.inputs.source, training, samples)
+        acc.end_training()
+        tok_s = progress.tokens_seen / max(progress.wall_seconds, 1e-9)
+        return Summary(final, progress, result, tok_s, self.loss_history)
+
+
+def train(cfg: TrainConfig) -> Summary:
+    """Run training as configured and return its summary; bad input raises TrainingInputError first."""
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.seed)
+    inputs = build_inputs(cfg, accelerator)
+    if accelerator.is_main_process:
+        log.info("train: %d stories (%d truncated at %d tokens), valid: %d stories",
+                 len(inputs.train.dataset), inputs.train.num_truncated, cfg.seq_len, len(inputs.valid.dataset))
+        tqdm.write(f"data: {len(inputs.train.dataset)} training stories, {inputs.train.num_truncated} "
+                   f"({inputs.train.truncated_fraction:.1%}) truncated at {cfg.seq_len} tokens; "
+                   f"{len(inputs.valid.dataset)} validation stories; model "
+                   f"{sum(p.numel() for p in inputs.model.parameters()) / 1e6:.2f}M parameters")
+    trainer = Trainer(cfg, accelerator, inputs)
+    if accelerator.is_main_process:
+        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers("storydiff", config=tracker_config(cfg))
+    trainer.resume()
+    return trainer.fit()

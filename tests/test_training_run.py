@@ -1,0 +1,138 @@
+"""End-to-end training on the shipped story sample: learning, the output checkpoint, resume, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+from app.diffusion.checkpoint import load_checkpoint
+from app.diffusion.logits import logits_at
+from app.diffusion.sampling import SamplerConfig, denoise, initial_tokens
+from app.diffusion.text import decode_story
+from model_training import loop
+from model_training.checkpoints import complete_states
+from model_training.cli import main, parse_config
+from model_training.loop import train
+
+STORIES = Path(__file__).parent / "data" / "tinystories"
+
+
+def tiny_config(output: Path, *flags: str):
+    """tiny-test.yaml with absolute data paths, writing into `output`, plus extra flags."""
+    return parse_config(["--config", "tiny-test", "--output", str(output), "--dataset", str(STORIES / "train.txt"),
+                         "--valid", str(STORIES / "valid.txt"), *flags])
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator; accelerate's state is a process-wide singleton."""
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """50 steps of tiny-test.yaml (trained once for the tests that inspect it)."""
+    summary = train(tiny_config(tmp_path_factory.mktemp("tiny-run")))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return summary
+
+
+def test_loss_goes_down_and_beats_uniform(tiny_run) -> None:
+    losses = [loss for _, loss in tiny_run.loss_history]
+    assert len(losses) == 10
+    assert sum(losses[-3:]) / 3 < sum(losses[:2]) / 2 - 0.5
+    assert tiny_run.result.nats_per_token < torch.log(torch.tensor(256.0)).item() - 0.3  # uniform guess: ln V
+    assert tiny_run.progress.step == 50 and tiny_run.progress.tokens_seen == 50 * 8 * 64
+
+
+def test_output_loads_in_the_core_loader_and_generates(tiny_run) -> None:
+    final = tiny_run.final_dir
+    assert {"README.md", "config.json", "diffusion_config.json", "tokenizer.json", "model.safetensors"} <= {
+        p.name for p in final.iterdir()}
+    checkpoint = load_checkpoint(final, device="cpu")
+    training = checkpoint.config.training
+    assert checkpoint.config.seq_len == 64 and training["steps"] == 50
+    assert training["tokens_seen"] == 25_600 and training["val_bits_per_char"] > 0 and "hardware" in training
+    x = initial_tokens([], 64, checkpoint.mask_id).unsqueeze(0)
+    sampler = SamplerConfig(num_steps=8, temperature=1.0)
+    fn = lambda x_t, query: logits_at(checkpoint.model, x_t, query)  # noqa: E731
+    for step in denoise(fn, x, sampler, checkpoint.mask_id, torch.Generator().manual_seed(0)):
+        x = step.x
+    assert not (x == checkpoint.mask_id).any()
+    assert isinstance(decode_story(x[0].tolist(), checkpoint.tokenizer), str)
+    card = (final / "README.md").read_text()
+    assert "50 steps" in card and "nats / position" in card
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, monkeypatch) -> None:
+    flags = ("--max-steps", "12", "--save-every", "5", "--dropout", "0.1", "--num-samples", "0", "--log-every", "4")
+    reference = train(tiny_config(tmp_path / "straight", *flags))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+    original = loop.Trainer.train_step
+
+    def killed_at_step_7(self, batch, micro):
+        if self.progress.step == 7:
+            raise KeyboardInterrupt
+        return original(self, batch, micro)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", killed_at_step_7)
+    # WordPiece training can break frequency ties differently run to run; a resumed run reuses its
+    # own saved vocabulary, so give the second run the first one's to compare the weights.
+    shutil.copytree(tmp_path / "straight" / "tokenizer", tmp_path / "killed" / "tokenizer")
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path / "killed", *flags))
+    assert [p.name for p in complete_states(tmp_path / "killed")] == ["step-5"]
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    monkeypatch.setattr(loop.Trainer, "train_step", original)
+    resumed = train(tiny_config(tmp_path / "killed", *flags, "--resume", "auto"))
+
+    assert resumed.progress.step == reference.progress.step == 12
+    assert resumed.progress.tokens_seen == reference.progress.tokens_seen
+    a = load_file(reference.final_dir / "model.safetensors")
+    b = load_file(resumed.final_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+    assert resumed.result.nats_per_token == pytest.approx(reference.result.nats_per_token, rel=1e-5)
+    assert [p.name for p in complete_states(tmp_path / "killed")] == ["step-10", "step-12"]  # keep_last 2
+
+
+def _bad_tokenizer_dir(tmp_path: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "once": 2}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(tmp_path / "tok")
+    return tmp_path / "tok"
+
+
+@pytest.mark.parametrize("case", ["missing file", "unknown dataset id", "unknown model id", "no mask token",
+                                  "seq len too long", "missing config"])
+def test_bad_input_is_one_clear_line_and_exit_code_2(case: str, tmp_path: Path, capsys, tiny_checkpoint_dir) -> None:
+    base = ["--config", "tiny-test", "--output", str(tmp_path / "out"), "--valid", str(STORIES / "valid.txt"),
+            "--dataset", str(STORIES / "train.txt")]
+    extra, expected = {
+        "missing file": (["--dataset", str(tmp_path / "nope.txt.gz")], "does not exist"),
+        "unknown dataset id": (["--dataset", "no-such-org/no-such-stories"], "no-such-org/no-such-stories"),
+        "unknown model id": (["--model", "no-such-org/no-such-model"], "no-such-org/no-such-model"),
+        "no mask token": (["--tokenizer", str(_bad_tokenizer_dir(tmp_path))], "no mask token"),
+        "seq len too long": (["--model", str(tiny_checkpoint_dir), "--seq-len", "128"], "above the model's 64 positions"),
+        "missing config": (["--config", "no-such-preset"], "not found"),
+    }[case]
+    assert main(base + extra) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0] and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "checkpoints").exists()
