@@ -33,6 +33,15 @@ def tiny_distilbert(vocab_size: int, max_positions: int = 64, seed: int = 0) -> 
     return DistilBertForMaskedLM(config).eval()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models run faster on one thread, and a shared 2-core CI makes two threads stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def cased_tokenizer():
     """The real distilbert-base-cased WordPiece tokenizer (28,996 tokens)."""

@@ -9,7 +9,6 @@ import time
 
 import httpx
 import pytest
-import torch
 from asgi_lifespan import LifespanManager
 from httpx_sse import aconnect_sse
 
@@ -25,15 +24,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(scope="module")
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run faster on one thread, and a shared 2-core CI makes two threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def settings_for(model_dir, **overrides) -> Settings:

@@ -26,15 +26,6 @@ from app.engine import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run faster on one thread, and a shared 2-core CI makes two threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tiny_checkpoint_dir):
     return load_checkpoint(tiny_checkpoint_dir, device="cpu")

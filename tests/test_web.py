@@ -12,7 +12,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import torch
 import uvicorn
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -30,15 +29,6 @@ pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).is_file(),
     reason=f"no Chromium at {CHROMIUM} (run .ci/setup-browser.sh, or set STORYDIFF_CHROMIUM)",
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run faster on one thread, and a shared 2-core CI makes two threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class LiveServer:
