@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import torch
@@ -24,7 +23,7 @@ from app.diffusion.checkpoint import Checkpoint, load_checkpoint
 from app.diffusion.logits import logits_at
 from app.diffusion.sampling import Remasking, SamplerConfig, denoise, initial_tokens
 from app.diffusion.text import decode_story, story_end
-from model_training.objective import mask_tokens, weighted_masked_nll
+from model_training.evaluation import text_bound
 
 SETTINGS = [
     SamplerConfig(256, Remasking.RANDOM, temperature=0.0),
@@ -45,25 +44,6 @@ def repeated_4grams(text: str) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-@torch.inference_mode()
-def judge_bits_per_char(judge: Checkpoint, texts: list[str], t_samples: int = 8, seed: int = 0) -> float:
-    """ELBO bound of `texts` under the judge model, in bits per character (lower: more plausible)."""
-    tok, length = judge.tokenizer, judge.config.seq_len
-    generator = torch.Generator().manual_seed(seed)
-    total_nats, total_chars = 0.0, 0
-    for text in texts:
-        ids = tok(text, add_special_tokens=True)["input_ids"][:length]
-        x0 = torch.full((1, length), tok.pad_token_id, dtype=torch.long)
-        x0[0, : len(ids)] = torch.tensor(ids)
-        for k in range(t_samples):
-            t = torch.tensor([(k + torch.rand(1, generator=generator).item()) / t_samples]).clamp_min(1e-3)
-            x_t, masked = mask_tokens(x0, t, judge.mask_id, generator)
-            logits = judge.model(input_ids=x_t).logits
-            total_nats += weighted_masked_nll(logits, x0, masked, t).item() / t_samples
-        total_chars += max(len(text), 1)
-    return total_nats / math.log(2) / total_chars
-
-
 def measure(ckpt: Checkpoint, judge: Checkpoint, cfg: SamplerConfig, stories: int, seed: int) -> dict:
     """Write `stories` stories with `cfg` in one batch and score them."""
     length = ckpt.config.seq_len
@@ -80,7 +60,7 @@ def measure(ckpt: Checkpoint, judge: Checkpoint, cfg: SamplerConfig, stories: in
         "steps": cfg.num_steps,
         "ended": sum(story_end(r, ckpt.tokenizer) < length for r in rows) / stories,
         "rep4": sum(map(repeated_4grams, texts)) / stories,
-        "judge_bpc": judge_bits_per_char(judge, texts),
+        "judge_bpc": text_bound(judge.model, judge.tokenizer, texts, judge.config.seq_len).bits_per_char,
         "words": sum(len(t.split()) for t in texts) / stories,
         "s_per_story": elapsed / stories,
         "example": texts[0],

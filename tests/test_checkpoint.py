@@ -44,12 +44,16 @@ def test_directory_without_weights(copy_of, tiny_checkpoint_dir):
         load_checkpoint(damaged)
 
 
+def edit_json(path, **changes) -> None:
+    """Overwrite some keys of a JSON file."""
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
 def test_tokenizer_without_mask_token(copy_of, tiny_checkpoint_dir):
     damaged = copy_of(tiny_checkpoint_dir)
-    config_path = damaged / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["mask_token"] = None
-    config_path.write_text(json.dumps(config))
+    edit_json(damaged / "tokenizer_config.json", mask_token=None)
     (damaged / "tokenizer.json").unlink(missing_ok=True)
     special = damaged / "special_tokens_map.json"
     if special.exists():
@@ -60,10 +64,7 @@ def test_tokenizer_without_mask_token(copy_of, tiny_checkpoint_dir):
 
 def test_seq_len_above_max_positions(copy_of, tiny_checkpoint_dir):
     damaged = copy_of(tiny_checkpoint_dir)
-    path = damaged / "diffusion_config.json"
-    config = json.loads(path.read_text())
-    config["seq_len"] = 10_000
-    path.write_text(json.dumps(config))
+    edit_json(damaged / "diffusion_config.json", seq_len=10_000)
     with pytest.raises(CheckpointError, match="above the model's 64 positions"):
         load_checkpoint(damaged)
 

@@ -83,6 +83,14 @@ async def stream_events(client: httpx.AsyncClient, request: dict) -> list:
         return [event async for event in source.aiter_sse() if event.data]
 
 
+async def wait_until_idle(engine, failure: str, within_s: float = 2.0) -> None:
+    """Wait until the engine's batch is empty; fail with `failure` after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while engine.stats.snapshot().active:
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.01)
+
+
 async def test_json_generation_over_tcp(client):
     response = await client.post("/generate", json={"length": 24, "steps": 4, "seed": 9})
     assert response.status_code == 200
@@ -143,10 +151,7 @@ async def test_disconnect_mid_stream_frees_the_slot(client, server):
             if received == 2:
                 assert engine.stats.snapshot().active == 1
                 break  # leaving the block closes the connection mid-stream
-    deadline = time.monotonic() + 2
-    while engine.stats.snapshot().active:
-        assert time.monotonic() < deadline, "the disconnected request stayed in the batch"
-        await asyncio.sleep(0.01)
+    await wait_until_idle(engine, "the disconnected request stayed in the batch")
     after = engine.stats.snapshot()
     assert after.cancelled == before.cancelled + 1 and after.completed == before.completed
     assert (await client.get("/ready")).status_code == 200
@@ -166,9 +171,6 @@ async def test_json_client_that_gives_up_is_dropped_from_the_batch(client, serve
     request = {"length": 64, "steps": 64, "remasking": "low_confidence"}
     with pytest.raises(httpx.ReadTimeout):
         await client.post("/generate", json=request, timeout=0.3)  # the client hangs up
-    deadline = time.monotonic() + 2
-    while engine.stats.snapshot().active:
-        assert time.monotonic() < deadline, "the abandoned request stayed in the batch"
-        await asyncio.sleep(0.01)
+    await wait_until_idle(engine, "the abandoned request stayed in the batch")
     after = engine.stats.snapshot()
     assert after.cancelled == before.cancelled + 1 and after.completed == before.completed
