@@ -1,0 +1,61 @@
+"""The shipped default model: present, packaged, and as good as when it was trained.
+
+A broken export (wrong dtype, a tokenizer that no longer matches the weights, a lost
+diffusion_config) shows up here as a bound far above the one recorded at training time.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint
+from app.diffusion.generation import sampler_from_defaults
+from app.diffusion.logits import logits_at
+from app.diffusion.sampling import denoise, initial_tokens
+from app.diffusion.text import decode_story, story_end
+from model_training.evaluation import text_bound
+from tests.conftest import STORIES_DIR
+
+# Recorded from the shipped model on tests/data/tinystories/valid.txt (validation-split stories it
+# never trained on), 4 t-samples, seed 0; the gate leaves 5% for platform noise.
+RECORDED_BITS_PER_CHAR = 1.946
+GATE = 1.05
+
+
+@pytest.fixture(scope="module")
+def default_ckpt():
+    return load_checkpoint(DEFAULT_MODEL_DIR, device="cpu")
+
+
+def held_out_stories() -> list[str]:
+    text = (STORIES_DIR / "valid.txt").read_text()
+    return [story.strip() for story in text.split("<|endoftext|>") if story.strip()]
+
+
+def test_default_model_is_small_and_self_describing(default_ckpt):
+    weights = DEFAULT_MODEL_DIR / "model.safetensors"
+    assert weights.stat().st_size < 40 * 2**20
+    assert (DEFAULT_MODEL_DIR / "README.md").is_file()
+    assert default_ckpt.config.seq_len == 256
+    assert default_ckpt.config.training.get("val_bits_per_char")
+
+
+def test_held_out_bound_stays_below_the_recorded_one(default_ckpt):
+    result = text_bound(default_ckpt.model, default_ckpt.tokenizer, held_out_stories(),
+                        default_ckpt.config.seq_len, num_t_samples=4, seed=0)
+    assert result.bits_per_char < RECORDED_BITS_PER_CHAR * GATE, result
+
+
+@pytest.mark.parametrize("temperature", [0.0, None], ids=["greedy", "default-sampling"])
+def test_generated_stories_end_before_the_last_position(default_ckpt, temperature):
+    ckpt = default_ckpt
+    cfg = sampler_from_defaults(ckpt, num_steps=64, temperature=temperature)
+    length = ckpt.config.seq_len
+    x = initial_tokens([], length, ckpt.mask_id).repeat(4, 1)  # (4, L): four different stories
+    generator = torch.Generator().manual_seed(0)
+    for step in denoise(lambda x_t, q: logits_at(ckpt.model, x_t, q), x, cfg, ckpt.mask_id, generator):
+        x = step.x
+    ends = [story_end(row.tolist(), ckpt.tokenizer) for row in x]
+    assert sum(end < length for end in ends) >= 3, ends
+    assert all(len(decode_story(row.tolist(), ckpt.tokenizer).split()) >= 10 for row in x)
