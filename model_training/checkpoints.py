@@ -22,11 +22,14 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 @dataclass
 class Progress:
-    """Where a run is: optimizer steps done, token positions seen and wall time spent so far."""
+    """Where a run is: optimizer steps done, token positions seen, wall time spent so far, and the
+    lowest validation bound so far (nats per position) with its step, as exported to output/best."""
 
     step: int = 0
     tokens_seen: int = 0
     wall_seconds: float = 0.0
+    best_nats: float | None = None
+    best_step: int | None = None
 
 
 def checkpoints_dir(output: Path) -> Path:

@@ -100,4 +100,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"done: {p.step} steps, {p.tokens_seen:,} tokens in {p.wall_seconds:.0f} s "
               f"({summary.tokens_per_second:,.0f} tok/s); val {r.nats_per_token:.4f} nats/position, "
               f"{r.bits_per_char:.4f} bits/char; saved {summary.final_dir}")
+        print(f"best: step {p.best_step}, val {p.best_nats:.4f} nats/position; saved {summary.best_dir}")
     return 0

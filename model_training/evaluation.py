@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from app.diffusion.logits import logits_at
+from app.diffusion.logits import logits_at, logits_at_positions
 from app.diffusion.sampling import SamplerConfig, denoise, initial_tokens
 from app.diffusion.text import decode_story
 from model_training.objective import mask_tokens, weighted_masked_nll
@@ -37,9 +37,13 @@ def stratified_t(num_samples: int, batch_size: int, eps: float, generator: torch
 @torch.no_grad()
 def validation_bound(
     model: PreTrainedModel, loader: DataLoader, accelerator: Accelerator, mask_id: int,
-    eps: float, num_t_samples: int, seed: int,
+    eps: float, num_t_samples: int, seed: int, head_only: bool = True,
 ) -> EvalResult:
-    """Monte-Carlo ELBO over the validation set, with the same t and masks at every evaluation."""
+    """Monte-Carlo ELBO over the validation set, with the same t and masks at every evaluation.
+
+    `model` is the prepared (possibly wrapped) model; `head_only` as in `logits_at_positions`.
+    """
+    bare = accelerator.unwrap_model(model)
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=accelerator.device)
@@ -51,7 +55,7 @@ def validation_bound(
         total = torch.zeros(x0.shape[0], device=x0.device)  # (B,)
         for t in ts:
             x_t, masked = mask_tokens(x0, t, mask_id, generator)
-            logits = model(input_ids=x_t).logits  # (B, L, V)
+            logits = logits_at_positions(model, bare, x_t, masked, head_only=head_only)  # (N, V)
             total += weighted_masked_nll(logits, x0, masked, t)
         seq_nats = torch.stack([total / num_t_samples, x0.new_full((x0.shape[0],), x0.shape[1]).float()], dim=1)
         nats.append(accelerator.gather_for_metrics(seq_nats))  # (B, 2): nats, positions
@@ -105,7 +109,7 @@ def text_bound(
         x0 = x_all[start:start + batch_size]  # (B, L)
         for t in stratified_t(num_t_samples, x0.shape[0], eps, generator, device):  # (B,) each
             x_t, masked = mask_tokens(x0, t, mask_id, generator)
-            nll = weighted_masked_nll(model(input_ids=x_t).logits, x0, masked, t)  # (B,)
+            nll = weighted_masked_nll(logits_at_positions(model, model, x_t, masked), x0, masked, t)  # (B,)
             total_nats += nll.sum().item() / num_t_samples
     return EvalResult(
         nats_per_token=total_nats / x_all.numel(),

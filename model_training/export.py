@@ -1,8 +1,9 @@
-"""output/final: the shipped checkpoint (core `save_checkpoint` format) and its model card."""
+"""output/final and output/best: servable checkpoints (core `save_checkpoint` format) with model cards."""
 
 from __future__ import annotations
 
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +82,23 @@ Monte-Carlo ELBO over {training['valid_stories']} stories, {cfg.eval_t_samples} 
 """
 
 
-def export_final(
+def export_checkpoint(
     accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig,
-    source: str, training: dict[str, Any], samples: list[str],
+    source: str, training: dict[str, Any], samples: list[str], name: str = "final",
 ) -> Path:
-    """Write output/final with `save_checkpoint` plus README.md (main process)."""
-    final = Path(cfg.output) / "final"
+    """Write output/`name` with `save_checkpoint` plus README.md (main process); every process calls it.
+
+    The directory is written beside its target and swapped in when complete, so a run killed while
+    exporting leaves the previous export whole.
+    """
+    target = Path(cfg.output) / name
     copy = gathered_model(accelerator, model, cfg.save_dtype)
     if accelerator.is_main_process:
-        save_checkpoint(final, copy, tokenizer, diffusion_config(cfg, source, training))
-        (final / "README.md").write_text(model_card(cfg, copy, source, training, samples))
+        tmp = target.with_name(f".tmp-{name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(tmp, copy, tokenizer, diffusion_config(cfg, source, training))
+        (tmp / "README.md").write_text(model_card(cfg, copy, source, training, samples))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
     accelerator.wait_for_everyone()
-    return final
+    return target

@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from app.diffusion.logits import logits_at_positions
 from app.diffusion.sampling import SamplerConfig
 from model_training.checkpoints import Progress, load_state, resolve_resume, save_state
 from model_training.config import TrainConfig
 from model_training.evaluation import EvalResult, sample_stories, validation_bound
-from model_training.export import export_final, hardware
+from model_training.export import export_checkpoint, hardware
 from model_training.inputs import RunInputs, build_inputs
 from model_training.objective import diffusion_loss
 
@@ -36,6 +37,13 @@ class Summary:
     result: EvalResult
     tokens_per_second: float
     loss_history: list[tuple[int, float]]
+    evaluations: list[tuple[int, float]]
+    """(step, validation nats per position) for each evaluation of this process's run."""
+
+    @property
+    def best_dir(self) -> Path:
+        """output/best: the checkpoint with the lowest validation bound (`progress.best_step`)."""
+        return self.final_dir.with_name("best")
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -59,6 +67,12 @@ def mask_generator(cfg: TrainConfig, accelerator: Accelerator, step: int, micro:
 def tracker_config(cfg: TrainConfig) -> dict:
     """Flat scalar hyperparameters for the trackers."""
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.model_dump().items()}
+
+
+def can_hook_head(cfg: TrainConfig, accelerator: Accelerator) -> bool:
+    """Whether the head may run at masked positions only: the hook must sit inside a plain forward,
+    not a compiled graph or FSDP / DeepSpeed's parameter handling (those compute full logits)."""
+    return not cfg.compile and accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def can_sample_unwrapped(accelerator: Accelerator) -> bool:
@@ -100,8 +114,11 @@ class Trainer:
             num_training_steps=self.total_steps * n, min_lr_rate=cfg.min_lr_ratio,
         ))
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * n
+        self.bare_model = accelerator.unwrap_model(self.model)
+        self.head_only = can_hook_head(cfg, accelerator)
         self.progress = Progress()
         self.loss_history: list[tuple[int, float]] = []
+        self.evaluations: list[tuple[int, float]] = []
 
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(num_steps=self.cfg.sample_steps or self.cfg.seq_len, remasking="random",
@@ -111,13 +128,14 @@ class Trainer:
         """Validation bound (all processes) and sample stories (main process), logged to the trackers."""
         cfg, acc = self.cfg, self.accelerator
         result = validation_bound(self.model, self.valid_loader, acc, self.inputs.mask_id, cfg.eps,
-                                  cfg.eval_t_samples, cfg.seed)
+                                  cfg.eval_t_samples, cfg.seed, self.head_only)
         samples: list[str] = []
         if acc.is_main_process and can_sample_unwrapped(acc):
             samples = sample_stories(acc.unwrap_model(self.model), self.inputs.tokenizer, cfg.num_samples,
                                      cfg.seq_len, self.sampler(), cfg.seed)
         acc.log({"val/nats_per_token": result.nats_per_token, "val/bits_per_char": result.bits_per_char},
                 step=self.progress.step)
+        self.evaluations.append((self.progress.step, result.nats_per_token))
         if acc.is_main_process:
             tqdm.write(f"step {self.progress.step}: val {result.nats_per_token:.4f} nats/position, "
                        f"{result.bits_per_char:.4f} bits/char")
@@ -132,12 +150,16 @@ class Trainer:
             if self.accelerator.is_main_process:
                 tqdm.write(f"resumed from {state} at step {self.progress.step}")
 
+    def masked_logits(self, x_t: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Logits at the masked positions through the prepared model (its wrappers stay in the call)."""
+        return logits_at_positions(self.model, self.bare_model, x_t, masked, head_only=self.head_only)
+
     def train_step(self, batch: dict, micro: int) -> torch.Tensor:
         cfg, acc = self.cfg, self.accelerator
         with acc.accumulate(self.model):
             generator = mask_generator(cfg, acc, self.progress.step, micro)
-            loss = diffusion_loss(lambda x_t: self.model(input_ids=x_t).logits, batch["input_ids"],
-                                  self.inputs.mask_id, generator, cfg.eps, cfg.low_discrepancy)
+            loss = diffusion_loss(self.masked_logits, batch["input_ids"], self.inputs.mask_id, generator, cfg.eps,
+                                  cfg.low_discrepancy)
             acc.backward(loss)
             if acc.sync_gradients and cfg.max_grad_norm:
                 acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -159,13 +181,13 @@ class Trainer:
             epoch += 1
 
     def fit(self) -> Summary:
-        """Train to `total_steps`, evaluating and saving on schedule; write output/final."""
+        """Train to `total_steps`, evaluating and saving on schedule; output/best follows the lowest
+        validation bound, output/final is written at the end."""
         cfg, acc, progress = self.cfg, self.accelerator, self.progress
         bar = tqdm(total=self.total_steps, initial=progress.step, disable=not acc.is_local_main_process,
                    desc="training", dynamic_ncols=True)
         losses: list[torch.Tensor] = []
         micro, start, window_start, window_steps = 0, time.perf_counter() - progress.wall_seconds, time.perf_counter(), 0
-        result: EvalResult | None = None
         for batch in self.batches() if progress.step < self.total_steps else ():
             losses.append(self.train_step(batch, micro))
             micro += 1
@@ -186,21 +208,19 @@ class Trainer:
                 acc.log({"train/loss": loss, "train/lr": lr, "train/tokens_per_s": tok_s,
                          "train/tokens_seen": progress.tokens_seen}, step=progress.step)
                 losses, window_start, window_steps = [], time.perf_counter(), 0
+            if progress.step % cfg.eval_every == 0 and progress.step < self.total_steps:
+                self.keep_if_best(*self.evaluate())  # before saving: the state records the best so far
             if progress.step % cfg.save_every == 0 and progress.step < self.total_steps:
                 save_state(acc, Path(cfg.output), progress, cfg.keep_last)
-            if progress.step % cfg.eval_every == 0 and progress.step < self.total_steps:
-                result, _ = self.evaluate()
             if progress.step >= self.total_steps:
                 break
         bar.close()
         return self.finish(start)
 
-    def finish(self, start: float) -> Summary:
+    def training_record(self, result: EvalResult) -> dict:
+        """Provenance and metrics of the weights as they are now, for diffusion_config.json and the card."""
         cfg, acc, progress = self.cfg, self.accelerator, self.progress
-        progress.wall_seconds = time.perf_counter() - start
-        save_state(acc, Path(cfg.output), progress, cfg.keep_last)
-        result, samples = self.evaluate()
-        training = {
+        return {
             "steps": progress.step, "tokens_seen": progress.tokens_seen,
             "val_nats_per_token": round(result.nats_per_token, 5), "val_bits_per_char": round(result.bits_per_char, 5),
             "hardware": hardware(acc), "wall_seconds": round(progress.wall_seconds, 1),
@@ -209,10 +229,31 @@ class Trainer:
             "truncated_fraction": round(self.inputs.train.truncated_fraction, 4),
             "vocab_size": len(self.inputs.tokenizer), "seed": cfg.seed, "lr": cfg.lr,
         }
-        final = export_final(acc, self.model, self.inputs.tokenizer, cfg, self.inputs.source, training, samples)
+
+    def export(self, result: EvalResult, samples: list[str], name: str) -> Path:
+        return export_checkpoint(self.accelerator, self.model, self.inputs.tokenizer, self.cfg, self.inputs.source,
+                                 self.training_record(result), samples, name)
+
+    def keep_if_best(self, result: EvalResult, samples: list[str]) -> None:
+        """Export output/best when the validation bound is the lowest so far (picks steps by validation)."""
+        progress = self.progress
+        if progress.best_nats is not None and result.nats_per_token >= progress.best_nats:
+            return
+        progress.best_nats, progress.best_step = result.nats_per_token, progress.step
+        self.export(result, samples, "best")
+        if self.accelerator.is_main_process:
+            tqdm.write(f"step {progress.step}: best validation bound so far; exported {Path(self.cfg.output) / 'best'}")
+
+    def finish(self, start: float) -> Summary:
+        acc, progress = self.accelerator, self.progress
+        progress.wall_seconds = time.perf_counter() - start
+        result, samples = self.evaluate()
+        self.keep_if_best(result, samples)
+        save_state(acc, Path(self.cfg.output), progress, self.cfg.keep_last)
+        final = self.export(result, samples, "final")
         acc.end_training()
         tok_s = progress.tokens_seen / max(progress.wall_seconds, 1e-9)
-        return Summary(final, progress, result, tok_s, self.loss_history)
+        return Summary(final, progress, result, tok_s, self.loss_history, self.evaluations)
 
 
 def train(cfg: TrainConfig) -> Summary:

@@ -4,6 +4,9 @@ For clean tokens x_0 (B, L): draw a masking rate t ~ U(eps, 1) per sequence, mas
 independently with probability t, and score the model's cross-entropy at the masked positions
 weighted by 1/t, averaged over all B*L positions (PAD included). Its expectation is an upper bound
 on the negative log-likelihood per position (the ELBO), which is also what evaluation reports.
+
+Logits are asked for at the masked positions only (`app.diffusion.logits.logits_at_positions`):
+nothing else enters the loss, and the vocabulary head is skipped everywhere else.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
-"""x_t (B, L) -> logits (B, L, V)."""
+LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(x_t (B, L), masked (B, L) bool) -> logits at the masked positions, row-major (N, V)."""
 
 
 def sample_t(batch_size: int, eps: float, generator: torch.Generator, low_discrepancy: bool = False,
@@ -36,10 +39,14 @@ def mask_tokens(x0: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torc
     return x0.masked_fill(masked, mask_id), masked
 
 
-def weighted_masked_nll(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """(B,) per-sequence sum over masked positions of cross-entropy / t: a bound on -log p(x0) in nats."""
-    ce = F.cross_entropy(logits.float().transpose(1, 2), x0, reduction="none")  # (B, L)
-    return (ce * masked).sum(dim=1) / t  # (B,)
+def weighted_masked_nll(masked_logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(B,) per-sequence sum over masked positions of cross-entropy / t: a bound on -log p(x0) in nats.
+
+    `masked_logits` (N, V) are the logits at the N masked positions of x0 (B, L), in row-major order.
+    """
+    ce = F.cross_entropy(masked_logits.float(), x0[masked], reduction="none")  # (N,)
+    rows = masked.nonzero()[:, 0]  # (N,) the sequence of each masked position
+    return torch.zeros(x0.shape[0], device=x0.device).index_add_(0, rows, ce) / t  # (B,)
 
 
 def diffusion_loss(
@@ -53,5 +60,5 @@ def diffusion_loss(
     """Scalar loss: the 1/t-weighted masked cross-entropy averaged over all B*L positions."""
     t = sample_t(x0.shape[0], eps, generator, low_discrepancy, device=x0.device)  # (B,)
     x_t, masked = mask_tokens(x0, t, mask_id, generator)
-    logits = logits_fn(x_t)  # (B, L, V)
-    return weighted_masked_nll(logits, x0, masked, t).sum() / x0.numel()
+    masked_logits = logits_fn(x_t, masked)  # (N, V)
+    return weighted_masked_nll(masked_logits, x0, masked, t).sum() / x0.numel()

@@ -193,3 +193,21 @@ def test_logits_at_matches_full_forward(ckpt):
     query = torch.rand(2, 20) < 0.5
     full = ckpt.model(input_ids=x).logits[query]
     assert torch.allclose(logits_at(ckpt.model, x, query), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_logits_at_runs_the_head_only_at_queried_positions(family: str) -> None:
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    config = AutoConfig.for_model(family, vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=40)
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(config).eval()
+    rows: list[int] = []
+    decoder = model.cls.predictions.decoder if family == "bert" else model.lm_head.decoder
+    decoder.register_forward_hook(lambda _m, _a, out: rows.append(out[..., 0].numel()))
+    x = torch.randint(5, 60, (2, 20))
+    query = torch.rand(2, 20, generator=torch.Generator().manual_seed(0)) < 0.5
+    full = model(input_ids=x).logits[query]
+    assert torch.allclose(logits_at(model, x, query), full, atol=1e-5)
+    assert rows == [40, int(query.sum())]

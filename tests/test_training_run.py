@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from app.diffusion.text import decode_story
 from model_training import loop
 from model_training.checkpoints import complete_states
 from model_training.cli import main, parse_config
+from model_training.evaluation import EvalResult
 from model_training.loop import train
 
 STORIES = Path(__file__).parent / "data" / "tinystories"
@@ -106,6 +108,27 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, mon
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
     assert resumed.result.nats_per_token == pytest.approx(reference.result.nats_per_token, rel=1e-5)
     assert [p.name for p in complete_states(tmp_path / "killed")] == ["step-10", "step-12"]  # keep_last 2
+
+
+def test_best_checkpoint_follows_the_lowest_validation_bound(tmp_path: Path, monkeypatch) -> None:
+    bounds = iter([3.0, 2.0, 2.5])  # steps 10, 20 and 30 (the end): the best is step 20's
+
+    def scripted_bound(*args, **kwargs) -> EvalResult:
+        return EvalResult(nats_per_token=next(bounds), bits_per_char=1.0, num_stories=16)
+
+    monkeypatch.setattr(loop, "validation_bound", scripted_bound)
+    summary = train(tiny_config(tmp_path / "run", "--max-steps", "30", "--eval-every", "10", "--num-samples", "0"))
+
+    assert summary.evaluations == [(10, 3.0), (20, 2.0), (30, 2.5)]
+    assert (summary.progress.best_step, summary.progress.best_nats) == (20, 2.0)
+    best = load_checkpoint(summary.best_dir, device="cpu")
+    assert best.config.training["steps"] == 20 and best.config.training["val_nats_per_token"] == 2.0
+    assert load_checkpoint(summary.final_dir, device="cpu").config.training["steps"] == 30
+    a, b = load_file(summary.best_dir / "model.safetensors"), load_file(summary.final_dir / "model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # step 20's weights, not the last ones
+    state = json.loads((complete_states(tmp_path / "run")[-1] / "trainer_state.json").read_text())
+    assert (state["best_step"], state["best_nats"]) == (20, 2.0)  # a resumed run keeps the same best
+    assert not list((tmp_path / "run").glob(".tmp-*"))
 
 
 def _bad_tokenizer_dir(tmp_path: Path) -> Path:
