@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML preset: a path or a name in model_training/configs/ "
-                        "(distilbert-tinystories, scratch-tinystories, tiny-test)")
+                        "(distilbert-tinystories, scratch-tinystories, scratch-tinystories-gpu, tiny-test)")
     for name, field in TrainConfig.model_fields.items():
         default = "required" if field.is_required() else f"default: {field.default}"
         kwargs = _flag_kwargs(field.annotation)

@@ -12,7 +12,7 @@ import pytest
 
 from app.cli import main as storydiff_main
 from model_training.cli import build_parser, main
-from model_training.config import TrainConfig
+from model_training.config import PRESET_DIR, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -42,6 +42,14 @@ def test_flags_override_the_config_file() -> None:
     assert build_parser().parse_args(["--max-grad-norm", "none"]).max_grad_norm is None
 
 
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+def test_every_preset_is_a_valid_config(preset: str) -> None:
+    from model_training.cli import parse_config
+
+    cfg = parse_config(["--config", preset])  # unknown keys or bad values fail here
+    assert cfg.dataset and cfg.seq_len >= 8
+
+
 def _launch(tmp_path: Path, *launch_args: str, env_extra: dict[str, str] | None = None) -> Path:
     output = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
@@ -50,7 +58,7 @@ def _launch(tmp_path: Path, *launch_args: str, env_extra: dict[str, str] | None 
            "--max-steps", "4", "--save-every", "2", "--num-samples", "0", "--log-every", "2"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "done: 4 steps" in done.stdout
+    assert "done: 4 steps" in done.stdout and "best: step 4" in done.stdout
     return output
 
 
