@@ -69,15 +69,15 @@ def tracker_config(cfg: TrainConfig) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.model_dump().items()}
 
 
-def can_hook_head(cfg: TrainConfig, accelerator: Accelerator) -> bool:
-    """Whether the head may run at masked positions only: the hook must sit inside a plain forward,
-    not a compiled graph or FSDP / DeepSpeed's parameter handling (those compute full logits)."""
-    return not cfg.compile and accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
 def can_sample_unwrapped(accelerator: Accelerator) -> bool:
     """Sampling on the main process alone needs the full weights there (not FSDP / DeepSpeed shards)."""
     return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def can_hook_head(cfg: TrainConfig, accelerator: Accelerator) -> bool:
+    """Whether the head may run at masked positions only: the hook must sit inside a plain forward
+    over whole weights, not a compiled graph or FSDP / DeepSpeed shards (those compute full logits)."""
+    return not cfg.compile and can_sample_unwrapped(accelerator)
 
 
 class Trainer:
