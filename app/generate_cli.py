@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -35,6 +36,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None, help="0 = argmax")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    parser.add_argument("--block-length", type=int, default=None,
+                        help="low_confidence: reveal blocks of this many tokens, left to right "
+                        "(default: the checkpoint's; 0: no blocks)")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
     parser.add_argument("--no-live", action="store_true", help="print only the final story")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -49,8 +53,10 @@ def run_generate(args: argparse.Namespace) -> int:
         ckpt = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
         cfg = sampler_from_defaults(
             ckpt, num_steps=args.steps, remasking=args.remasking, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p,
+            top_k=args.top_k, top_p=args.top_p, block_length=args.block_length or None,
         )
+        if args.block_length == 0:  # explicitly no blocks, whatever the checkpoint recommends
+            cfg = dataclasses.replace(cfg, block_length=None)
         seed = new_seed() if args.seed is None else args.seed
         steps = story_steps(ckpt, cfg, seed, args.prompt, args.length)
         start = time.perf_counter()
@@ -64,7 +70,7 @@ def run_generate(args: argparse.Namespace) -> int:
         print(json.dumps({
             "text": story, "seed": seed, "steps": cfg.num_steps, "length": len(x),
             "remasking": cfg.remasking.value, "temperature": cfg.temperature, "top_k": cfg.top_k,
-            "top_p": cfg.top_p, "elapsed_s": round(elapsed, 3), "model": ckpt.source,
+            "top_p": cfg.top_p, "block_length": cfg.block_length, "elapsed_s": round(elapsed, 3), "model": ckpt.source,
         }))
     else:
         print(story)

@@ -15,6 +15,7 @@ from httpx_sse import aconnect_sse
 import app.api.runtime as runtime_module
 from app.api import create_app
 from app.config import Settings
+from app.diffusion.diffusion_config import DIFFUSION_CONFIG_NAME, DiffusionConfig
 from app.diffusion.text import MASK_PLACEHOLDER
 from tests.conftest import TINY_SEQ_LEN
 
@@ -130,6 +131,8 @@ async def test_accept_header_selects_the_stream(client):
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": 0}, "top_k"),
+        ({"block_length": 0}, "block_length"),
+        ({"block_length": "8"}, "block_length"),
         ({"seed": -1}, "seed"),
         ({"remasking": "sideways"}, "remasking"),
         ({"stream": "yes"}, "stream"),
@@ -146,6 +149,22 @@ async def test_bad_fields_are_422_naming_the_field(client, body, field):
     assert any(error["loc"][-1] == field and error["msg"] for error in errors), errors
 
 
+async def test_block_length_reaches_the_sampler_and_null_turns_blocks_off(tiny_checkpoint_dir, copy_of):
+    directory = copy_of(tiny_checkpoint_dir)
+    config = DiffusionConfig.load(directory / DIFFUSION_CONFIG_NAME)
+    config.sampler.block_length = 8
+    config.save(directory)
+    async with Service(settings_for(directory)) as blocked:
+        assert (await blocked.get("/info")).json()["defaults"]["block_length"] == 8
+        request = {"remasking": "low_confidence", "steps": 16, "temperature": 1.0, "seed": 5}
+        default, explicit, off = [
+            (await blocked.post("/generate", json=body)).json()["tokens"]
+            for body in (request, {**request, "block_length": 8}, {**request, "block_length": None})
+        ]
+    assert default == explicit  # absent: the checkpoint's 8
+    assert off != default  # null: no blocks, another order of reveals and so another story
+
+
 @pytest.mark.parametrize(
     "content", [b"", b"not json", b"[1, 2]", b'{"steps": 4', b"null"], ids=["empty", "text", "list", "cut", "null"]
 )
@@ -159,7 +178,7 @@ async def test_info_and_openapi(client):
     assert info["device"] == "cpu" and info["dtype"] == "float32" and info["parameters"] > 0
     assert info["defaults"] == {
         "length": TINY_SEQ_LEN, "steps": TINY_SEQ_LEN, "remasking": "random",
-        "temperature": 0.0, "top_k": None, "top_p": None,
+        "temperature": 0.0, "top_k": None, "top_p": None, "block_length": None,
     }
     assert info["engine"]["forward_calls"] >= 1 and info["version"]
     schema = (await client.get("/openapi.json")).json()

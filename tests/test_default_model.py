@@ -47,10 +47,13 @@ def test_held_out_bound_stays_below_the_recorded_one(default_ckpt):
     assert result.bits_per_char < RECORDED_BITS_PER_CHAR * GATE, result
 
 
-@pytest.mark.parametrize("temperature", [0.0, None], ids=["greedy", "default-sampling"])
-def test_generated_stories_end_before_the_last_position(default_ckpt, temperature):
+@pytest.mark.parametrize(
+    ("temperature", "remasking"), [(0.0, None), (None, None), (None, "low_confidence")],
+    ids=["greedy", "default-sampling", "low-confidence-in-blocks"],
+)
+def test_generated_stories_end_before_the_last_position(default_ckpt, temperature, remasking):
     ckpt = default_ckpt
-    cfg = sampler_from_defaults(ckpt, num_steps=64, temperature=temperature)
+    cfg = sampler_from_defaults(ckpt, num_steps=64, temperature=temperature, remasking=remasking)
     length = ckpt.config.seq_len
     x = initial_tokens([], length, ckpt.mask_id).repeat(4, 1)  # (4, L): four different stories
     generator = torch.Generator().manual_seed(0)

@@ -48,12 +48,24 @@ def test_no_live_prints_only_the_story(tiny_checkpoint_dir):
     "args, message",
     [(["--model", "/no/such/dir"], "does not exist"),
      (["--steps", "0"], "num_steps must be at least 1"),
-     (["--length", "1000"], "above the model's 64 positions")],
+     (["--length", "1000"], "above the model's 64 positions"),
+     (["--block-length", "-1"], "block_length must be at least 1")],
 )
 def test_bad_input_is_one_clear_line(tiny_checkpoint_dir, args, message, capsys):
     assert main(["generate", "--model", str(tiny_checkpoint_dir), "--no-live", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_block_length_flag_reaches_the_sampler(tiny_checkpoint_dir, capsys):
+    def run(block_length: str) -> dict:
+        assert main(["generate", "--model", str(tiny_checkpoint_dir), "--remasking", "low_confidence", "--steps", "8",
+                     "--temperature", "1", "--seed", "3", "--block-length", block_length, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    blocked, plain = run("4"), run("0")
+    assert blocked["block_length"] == 4 and plain["block_length"] is None
+    assert blocked["text"] != plain["text"]
 
 
 def test_sequence_view_marks_masks_and_fresh_tokens(cased_tokenizer):

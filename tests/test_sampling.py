@@ -64,6 +64,8 @@ ALL_SETTINGS = [
     SamplerConfig(num_steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0),
     SamplerConfig(num_steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9),
     SamplerConfig(num_steps=50, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0),  # T > L
+    SamplerConfig(num_steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, block_length=8),
+    SamplerConfig(num_steps=12, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0, block_length=5),  # uneven
 ]
 
 
@@ -117,6 +119,52 @@ def test_low_confidence_keeps_the_most_confident(ckpt):
     query = torch.ones_like(x, dtype=torch.bool)
     _, probs = choose_tokens(logits_at(ckpt.model, x, query), cfg, ckpt.mask_id, torch.Generator())
     assert sorted(first.positions.tolist()) == sorted(probs.topk(8).indices.tolist())
+
+
+@pytest.mark.parametrize("block_length", [1, 5, 8, 64])
+def test_blocks_are_revealed_left_to_right_at_the_same_pace(ckpt, block_length):
+    """Semi-autoregressive low_confidence: a block is revealed only once every earlier one is whole,
+    and each step still reveals the schedule's k (blocks change where, not how many)."""
+    cfg = SamplerConfig(num_steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0, block_length=block_length)
+    unblocked = SamplerConfig(num_steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0)
+    steps, _ = run(ckpt, cfg, batch=2, length=32, prefix=[7, 8, 9])
+    plain, _ = run(ckpt, unblocked, batch=2, length=32, prefix=[7, 8, 9])
+    for step, plain_step in zip(steps, plain):
+        assert step.positions.numel() == plain_step.positions.numel()
+        for row in range(2):
+            masked = (step.x[row] == ckpt.mask_id).nonzero().flatten()
+            revealed = step.x[row, 3:] != ckpt.mask_id
+            if masked.numel() and revealed.any():
+                last_revealed = 3 + int(revealed.nonzero().max())
+                assert last_revealed // block_length <= int(masked.min()) // block_length, (step.index, row)
+
+
+def test_blocks_keep_a_confident_tail_from_ending_the_story_at_once():
+    """A model sure of PAD at the end (as a trained one is) fills the tail first without blocks."""
+    pad, mask_id, vocab, length = 0, 1, 6, 24
+
+    def pad_loving_logits(x, query):  # PAD likelier the further right; a word (id 5) at the start
+        _, positions = query.nonzero(as_tuple=True)
+        logits = torch.zeros(positions.numel(), vocab)
+        logits[:, pad] = positions.float() / length * 8
+        logits[:, 5] = 3.0
+        return logits
+
+    def first_step(block_length):
+        cfg = SamplerConfig(num_steps=8, remasking=Remasking.LOW_CONFIDENCE, block_length=block_length)
+        x = torch.full((1, length), mask_id)
+        return next(denoise(pad_loving_logits, x, cfg, mask_id, torch.Generator()))
+
+    plain, blocked = first_step(None), first_step(6)
+    assert (plain.token_ids == pad).all() and plain.positions.min() >= length - 6
+    assert sorted(blocked.positions.tolist()) == [0, 1, 2], "the first block, left to right"
+    assert (blocked.token_ids == 5).all()
+
+
+def test_random_remasking_ignores_block_length(ckpt):
+    cfg = SamplerConfig(num_steps=8, remasking=Remasking.RANDOM, temperature=1.0)
+    with_blocks = SamplerConfig(num_steps=8, remasking=Remasking.RANDOM, temperature=1.0, block_length=4)
+    assert torch.equal(run(ckpt, cfg, seed=3)[0][-1].x, run(ckpt, with_blocks, seed=3)[0][-1].x)
 
 
 @pytest.mark.parametrize("cfg", ALL_SETTINGS, ids=str)
@@ -181,7 +229,8 @@ def test_temperature_sampling_follows_the_distribution():
 
 @pytest.mark.parametrize(
     "kwargs", [dict(num_steps=0), dict(num_steps=4, temperature=-1), dict(num_steps=4, top_p=0.0),
-               dict(num_steps=4, top_k=0), dict(num_steps=4, remasking="sideways")]
+               dict(num_steps=4, top_k=0), dict(num_steps=4, remasking="sideways"),
+               dict(num_steps=4, block_length=0)]
 )
 def test_bad_sampler_settings_are_refused(kwargs):
     with pytest.raises(ValueError):

@@ -108,7 +108,8 @@ def panel(page: Page, n: int = 1):
 
 def fill(section, **fields) -> None:
     labels = {"length": "Length", "steps": "Steps", "temperature": "Temperature", "top_k": "Top-k",
-              "top_p": "Top-p", "seed": "Seed", "stream_every": "Show every", "prompt": "Prompt"}
+              "top_p": "Top-p", "block_length": "Block length", "seed": "Seed", "stream_every": "Show every",
+              "prompt": "Prompt"}
     for name, value in fields.items():
         if name == "remasking":
             section.get_by_label("Remasking").select_option(value)
@@ -144,12 +145,13 @@ def test_page_and_static_files_are_served(live):
 def test_the_page_loads_with_defaults_from_info(page, live):
     info = httpx.get(f"{live.url}/info").json()
     defaults, section = info["defaults"], panel(page)
-    assert section.get_by_label("Length").input_value() == str(defaults["length"]) == str(TINY_SEQ_LEN)
-    assert section.get_by_label("Length").get_attribute("max") == str(info["max_length"])
+    assert section.get_by_label("Length", exact=True).input_value() == str(defaults["length"]) == str(TINY_SEQ_LEN)
+    assert section.get_by_label("Length", exact=True).get_attribute("max") == str(info["max_length"])
     assert section.get_by_label("Steps").input_value() == str(defaults["steps"])
     assert section.get_by_label("Remasking").input_value() == defaults["remasking"]
     assert float(section.get_by_label("Temperature").input_value()) == defaults["temperature"]
     assert section.get_by_label("Top-k").input_value() == str(defaults["top_k"] or "")
+    assert section.get_by_label("Block length").input_value() == str(defaults["block_length"] or "")
     assert section.get_by_label("Seed").input_value() == ""
     expect(page.locator("#server")).to_contain_text(info["model"])
     expect(section.locator(".cell.masked")).to_have_count(TINY_SEQ_LEN)
@@ -207,6 +209,24 @@ def test_the_replay_link_writes_the_same_story(page, live):
     assert replayed.locator("[data-ref=story]").inner_text() == story
 
 
+def test_block_length_is_sent_and_kept_in_the_replay_link(page, live):
+    settings = {"steps": 16, "remasking": "low_confidence", "temperature": 1.0, "seed": 9}
+    section = panel(page)
+    fill(section, block_length=8, **settings)
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=final]")).to_be_visible()
+    href = section.get_by_role("link", name="replay this story").get_attribute("href")
+    assert parse_qs(urlsplit(href).query)["block_length"] == ["8"]
+
+    def api_story(block_length):
+        body = {**settings, "block_length": block_length, "stream": False}
+        return httpx.post(f"{live.url}/generate", json=body, timeout=60).json()["text"]
+
+    blocked = api_story(8)
+    assert section.locator("[data-ref=story]").inner_text().strip() == blocked.strip()
+    assert api_story(None) != blocked  # so the page's story shows that it asked for blocks
+
+
 def test_seeds_beyond_javascripts_safe_integers_keep_every_digit(page):
     section = panel(page)
     fill(section, steps=4, seed=2**63 - 1)  # a JS number would round it to 9223372036854775808
@@ -233,11 +253,12 @@ def test_stop_closes_the_stream_and_frees_the_server_slot(page, live):
 
 def test_bad_fields_show_the_servers_422_next_to_each_field(page, live):
     section = panel(page)
-    fill(section, steps=0, temperature=-1)  # the form has min= attributes, but novalidate: the server decides
+    fill(section, steps=0, temperature=-1, block_length=0)  # min= attributes, but novalidate: the server decides
     section.get_by_role("button", name="Generate").click()
     steps_error = section.locator("[data-field=steps] .error")
     expect(steps_error).to_contain_text("greater than or equal to 1")
     expect(section.locator("[data-field=temperature] .error")).to_contain_text("greater than or equal to 0")
+    expect(section.locator("[data-field=block_length] .error")).to_contain_text("greater than or equal to 1")
     expect(section.get_by_label("Steps")).to_have_attribute("aria-invalid", "true")
     expect(section.get_by_label("Steps")).to_be_focused()
     described_by = section.get_by_label("Steps").get_attribute("aria-describedby").split()
@@ -247,7 +268,7 @@ def test_bad_fields_show_the_servers_422_next_to_each_field(page, live):
 
     section.get_by_label("Steps").fill("4")  # typing clears the field's error
     expect(steps_error).to_be_empty()
-    fill(section, temperature=0, length=100)  # under the schema's ceiling, over the model's 64 positions
+    fill(section, temperature=0, length=100, block_length="")  # under the schema's ceiling, over the model's 64
     section.get_by_role("button", name="Generate").click()
     expect(section.locator("[data-field=length] .error")).to_contain_text("maximum positions")
 

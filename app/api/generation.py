@@ -30,6 +30,7 @@ def sampler_defaults(checkpoint: Checkpoint) -> SamplerInfo:
     return SamplerInfo(
         length=config.seq_len, steps=config.default_steps, remasking=sampler.remasking,
         temperature=sampler.temperature, top_k=sampler.top_k, top_p=sampler.top_p,
+        block_length=sampler.block_length,
     )
 
 
@@ -41,8 +42,8 @@ def _invalid(field: str, message: str, value: Any, kind: str = "value_error") ->
 def _default(body: GenerateRequest, field: str, default: Any) -> Any:
     """The request's value; the default when absent, or when null for fields where null means nothing."""
     value = getattr(body, field)
-    if field in ("top_k", "top_p") and field in body.model_fields_set:
-        return value  # explicit null: no limit
+    if field in ("top_k", "top_p", "block_length") and field in body.model_fields_set:
+        return value  # explicit null: no limit, no blocks
     return default if value is None else value
 
 
@@ -67,6 +68,7 @@ def build_job(body: GenerateRequest, checkpoint: Checkpoint, stream_every: int |
         temperature=_default(body, "temperature", defaults.temperature),
         top_k=_default(body, "top_k", defaults.top_k),
         top_p=_default(body, "top_p", defaults.top_p),
+        block_length=_default(body, "block_length", defaults.block_length),
     )
     seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
     spec = GenerationSpec(tuple(prefix), length, sampler, seed, stream_every)

@@ -46,6 +46,12 @@ class GenerateRequest(BaseModel):
         None, gt=0.0, le=1.0,
         description="Nucleus sampling mass. Absent: the checkpoint's default; null: no limit.",
     )
+    block_length: int | None = Field(
+        None, ge=1, le=MAX_LENGTH,
+        description="low_confidence only: reveal the story in blocks of this many tokens, left to right "
+        "(LLaDA's semi-autoregressive sampling); random ignores it. Absent: the checkpoint's default; "
+        "null: no blocks.",
+    )
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Same seed and settings, same story; chosen and returned when absent.",
     )
@@ -113,6 +119,7 @@ class SamplerInfo(BaseModel):
     temperature: float
     top_k: int | None
     top_p: float | None
+    block_length: int | None
 
 
 class EngineInfo(BaseModel):

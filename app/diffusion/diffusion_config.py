@@ -23,6 +23,9 @@ class SamplerDefaults(BaseModel):
     temperature: float = Field(0.0, ge=0.0)
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    block_length: int | None = Field(
+        None, ge=1, description="low_confidence only: reveal blocks of this many positions, left to right."
+    )
 
 
 class DiffusionConfig(BaseModel):

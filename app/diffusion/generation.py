@@ -27,6 +27,7 @@ def sampler_from_defaults(ckpt: Checkpoint, **overrides: object) -> SamplerConfi
         "temperature": defaults.temperature,
         "top_k": defaults.top_k,
         "top_p": defaults.top_p,
+        "block_length": defaults.block_length,
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return SamplerConfig(**settings)  # type: ignore[arg-type]

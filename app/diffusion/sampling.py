@@ -8,6 +8,10 @@ positions to reveal, asks the model for logits at those positions only, and writ
   a step that reveals nothing skips the model (MDLM's cache trick, without a cache).
 - `low_confidence` (LLaDA): predict every masked position and keep the k most confident, with k
   from the linear schedule so that the expected masked fraction is s, and none is left at t = 0.
+  With `block_length`, it is LLaDA's semi-autoregressive remasking: the sequence is cut into blocks
+  that are revealed left to right, so the k of a step come from the leftmost block that still has
+  masks (and the next ones, if k is larger). Without blocks, a model that pads its stories with
+  confident PAD tokens fills the tail first and ends the story before it starts.
 
 Tokens are chosen with temperature (0 = argmax), top-k and top-p; sampling uses the Gumbel-max
 trick in float64, since float32 Gumbel noise measurably narrows the distribution (Zheng et al. 2024,
@@ -40,6 +44,7 @@ class SamplerConfig:
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
+    block_length: int | None = None  # low_confidence only: reveal blocks of this many positions in order
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "remasking", Remasking(self.remasking))
@@ -51,6 +56,8 @@ class SamplerConfig:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.block_length is not None and self.block_length < 1:
+            raise ValueError(f"block_length must be at least 1, got {self.block_length}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,24 @@ def plan_step(
     remaining = cfg.num_steps - index
     n_masked = masked.sum(dim=1)  # (B,)
     counts = n_masked - torch.div(n_masked * (remaining - 1), remaining, rounding_mode="floor")
-    return StepPlan(index, masked & (counts > 0).unsqueeze(1), counts)
+    query = masked & (counts > 0).unsqueeze(1)
+    if cfg.block_length is not None:
+        query &= _up_to_block_of_kth_mask(masked, counts, cfg.block_length)
+    return StepPlan(index, query, counts)
+
+
+def _block_index(length: int, block_length: int, device: torch.device) -> torch.Tensor:
+    """(L,) the block of each position."""
+    return torch.arange(length, device=device) // block_length
+
+
+def _up_to_block_of_kth_mask(masked: torch.Tensor, counts: torch.Tensor, block_length: int) -> torch.Tensor:
+    """(B, L) bool: positions in the blocks up to the one holding each row's `counts`-th masked position,
+    the only blocks a semi-autoregressive step can reveal from."""
+    kth = masked & (masked.cumsum(dim=1) == counts.unsqueeze(1))  # (B, L): at most one per row
+    blocks = _block_index(masked.shape[1], block_length, masked.device)  # (L,)
+    last_block = (kth * blocks).sum(dim=1)  # (B,); 0 for rows that reveal nothing
+    return blocks.unsqueeze(0) <= last_block.unsqueeze(1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -141,11 +165,14 @@ def choose_tokens(
     return ids, probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
-def _keep_most_confident(plan: StepPlan, probs: torch.Tensor) -> torch.Tensor:
-    """(N,) bool over the queried positions: the `reveal_counts` most confident of each row."""
+def _keep_most_confident(plan: StepPlan, probs: torch.Tensor, block_length: int | None) -> torch.Tensor:
+    """(N,) bool over the queried positions: the `reveal_counts` most confident of each row; with
+    blocks, every position of an earlier block before any of a later one."""
     assert plan.reveal_counts is not None
-    confidence = torch.full(plan.query.shape, -1.0, device=probs.device)  # (B, L)
-    confidence[plan.query] = probs
+    confidence = torch.full(plan.query.shape, -math.inf, device=probs.device)  # (B, L)
+    confidence[plan.query] = probs.float()
+    if block_length is not None:  # probabilities lie in [0, 1]: 2 per block puts blocks first
+        confidence = confidence - 2.0 * _block_index(plan.query.shape[1], block_length, probs.device)
     order = confidence.argsort(dim=1, descending=True, stable=True)  # (B, L)
     rank = order.argsort(dim=1)  # (B, L) rank of each position within its row
     keep = rank < plan.reveal_counts.unsqueeze(1)  # (B, L)
@@ -168,7 +195,7 @@ def apply_step(
         return Step(plan.index + 1, cfg.num_steps, s, x, empty, empty, empty, empty.float(), False)
     ids, probs = choose_tokens(logits, cfg, mask_id, generator)
     if cfg.remasking is Remasking.LOW_CONFIDENCE:
-        keep = _keep_most_confident(plan, probs)
+        keep = _keep_most_confident(plan, probs, cfg.block_length)
         rows, positions, ids, probs = rows[keep], positions[keep], ids[keep], probs[keep]
     x = x.clone()
     x[rows, positions] = ids

@@ -5,10 +5,12 @@ import { SequenceView } from "./view.js";
 
 /** The request fields, in the order the form shows them and URLs list them. */
 export const FIELDS = [
-  "prompt", "length", "steps", "remasking", "temperature", "top_k", "top_p", "seed", "stream_every",
+  "prompt", "length", "steps", "remasking", "temperature", "top_k", "top_p", "block_length", "seed",
+  "stream_every",
 ];
-const NUMERIC = new Set(["length", "steps", "temperature", "top_k", "top_p", "stream_every"]);
-const NULL_MEANS_NO_LIMIT = new Set(["top_k", "top_p"]);
+const NUMERIC = new Set(["length", "steps", "temperature", "top_k", "top_p", "block_length", "stream_every"]);
+// blank means "no limit" (or "no blocks"): sent as null, where absent would mean the default
+const NULL_MEANS_NO_LIMIT = new Set(["top_k", "top_p", "block_length"]);
 
 let panelsMade = 0;
 
@@ -18,7 +20,7 @@ export function settingsUrl(groups, run = true) {
   groups.forEach((values, i) => {
     for (const field of FIELDS) {
       const value = values[field];
-      // a blank top-k/p means "no limit" and must survive the trip (absent would mean "default")
+      // a blank top-k/p/block length means "none" and must survive the trip (absent: "default")
       if (value === undefined || (value === "" && !NULL_MEANS_NO_LIMIT.has(field))) continue;
       params.set(groups.length === 1 ? field : `${i + 1}.${field}`, value);
     }
@@ -87,7 +89,7 @@ export class Panel {
 
   applyDefaults(info) {
     const d = info.defaults;
-    const { length, steps, remasking, temperature, top_k: topK, top_p: topP } = this.inputs;
+    const { length, steps, remasking, temperature, top_k: topK, top_p: topP, block_length: blocks } = this.inputs;
     length.max = String(info.max_length);
     length.value = String(d.length);
     steps.value = String(d.steps);
@@ -95,6 +97,7 @@ export class Panel {
     temperature.value = String(d.temperature);
     topK.value = d.top_k == null ? "" : String(d.top_k);
     topP.value = d.top_p == null ? "" : String(d.top_p);
+    blocks.value = d.block_length == null ? "" : String(d.block_length);
     length.placeholder = String(d.length);
     steps.placeholder = String(d.steps);
   }
