@@ -98,6 +98,14 @@ async def test_json_generation_over_tcp(client):
     assert body["seed"] == 9 and body["length"] == 24 and len(body["tokens"]) == 24
 
 
+async def test_metrics_over_tcp_follow_the_engine(client, server):
+    scraped = (await client.get("/metrics"))
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    completed = engine_of(server).stats.snapshot().completed
+    assert f'storydiff_requests_total{{outcome="completed"}} {float(completed)}' in scraped.text
+    assert 'storydiff_model_state{state="ready"} 1.0' in scraped.text
+
+
 async def test_stream_of_steps_ends_with_done(client):
     events = await stream_events(client, {"stream": True, "length": 32, "steps": 12, "seed": 4})
     assert [e.event for e in events[:-1]] == ["step"] * (len(events) - 1) and events[-1].event == "done"

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.errors import add_exception_handlers
+from app.api.metrics import add_metrics
 from app.api.openapi import add_model_schemas
 from app.api.routes import router
 from app.api.runtime import ModelRuntime
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.runtime = runtime
     app.state.settings = settings
     app.include_router(router)
+    add_metrics(app, runtime)
     add_web_page(app)
 
     add_exception_handlers(app, settings.retry_after)

@@ -245,7 +245,7 @@ class Engine:
             seq.done = True
             elapsed = time.monotonic() - seq.handle.submitted
             self._publish(seq.handle, Finished(tuple(step.x[0].tolist()), step.num_steps, elapsed))
-            self.stats.count("completed")
+            self.stats.completed(elapsed)
             self._release()
 
     def _fail_active(self, failure: Failed, counter: str) -> None:

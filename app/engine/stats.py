@@ -7,6 +7,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
+DURATION_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+"""Upper bounds (seconds) of the request-duration histogram: a GPU story to a slow CPU one."""
+
+
+@dataclass(frozen=True)
+class DurationHistogram:
+    """Completed requests by duration (submission to last step): cumulative counts per upper bound."""
+
+    buckets: dict[float, int]  # upper bound -> requests that took at most that long
+    count: int
+    sum_s: float
+
+
 @dataclass(frozen=True)
 class StatsSnapshot:
     """A consistent copy of the engine's counters."""
@@ -37,10 +50,31 @@ class EngineStats:
     _counts: Counter = field(default_factory=Counter)
     _active: int = 0
     _waiting: int = 0
+    _duration_counts: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS_S))
+    _duration_sum_s: float = 0.0
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+
+    def completed(self, elapsed_s: float) -> None:
+        """A request finished after `elapsed_s` seconds (queueing included)."""
+        with self._lock:
+            self._counts["completed"] += 1
+            self._duration_sum_s += elapsed_s
+            for i, bound in enumerate(DURATION_BUCKETS_S):
+                if elapsed_s <= bound:
+                    self._duration_counts[i] += 1
+                    break
+
+    def durations(self) -> DurationHistogram:
+        """The duration histogram of completed requests, cumulative as Prometheus expects."""
+        with self._lock:
+            cumulative, running = {}, 0
+            for bound, n in zip(DURATION_BUCKETS_S, self._duration_counts):
+                running += n
+                cumulative[bound] = running
+            return DurationHistogram(cumulative, self._counts["completed"], self._duration_sum_s)
 
     def forward(self, batch_size: int) -> None:
         with self._lock:
