@@ -6,7 +6,7 @@ no Prometheus objects and each app has its own registry (no process-wide state).
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, get_args
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -16,8 +16,9 @@ from prometheus_client.registry import Collector
 
 from app import __version__
 from app.api.runtime import ModelRuntime
+from app.api.schemas import Readiness
 
-MODEL_STATES = ("loading", "ready", "failed", "stopped")
+MODEL_STATES = get_args(Readiness.model_fields["status"].annotation)  # what GET /ready can say
 OUTCOMES = ("submitted", "completed", "cancelled", "timed_out", "failed", "rejected")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,10 +63,9 @@ class EngineStats:
         with self._lock:
             self._counts["completed"] += 1
             self._duration_sum_s += elapsed_s
-            for i, bound in enumerate(DURATION_BUCKETS_S):
-                if elapsed_s <= bound:
-                    self._duration_counts[i] += 1
-                    break
+            bucket = bisect.bisect_left(DURATION_BUCKETS_S, elapsed_s)  # the first bound >= elapsed_s
+            if bucket < len(DURATION_BUCKETS_S):  # above the last bound: counted under +Inf only
+                self._duration_counts[bucket] += 1
 
     def durations(self) -> DurationHistogram:
         """The duration histogram of completed requests, cumulative as Prometheus expects."""
