@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,20 +19,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_arguments(
         commands.add_parser(
-            "generate", help="write one story in the terminal, watching it denoise",
+            "generate",
+            help="write one story in the terminal, watching it denoise",
             description="Write one story, showing every denoising step live in the terminal.",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
     )
     add_serve_arguments(
         commands.add_parser(
-            "serve", help="run the HTTP API (POST /generate, streamed over SSE)",
+            "serve",
+            help="run the HTTP API (POST /generate, streamed over SSE)",
             description="Run the storydiff HTTP service with uvicorn. Every flag can also be set "
             "through an environment variable STORYDIFF_<NAME>.",
         )
     )
     commands.add_parser(
-        "train", help="train a model (same options as `python -m model_training`)", add_help=False,
+        "train",
+        help="train a model (same options as `python -m model_training`)",
+        add_help=False,
     )
     return parser
 

@@ -22,23 +22,32 @@ from app.terminal_view import step_view
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `storydiff generate`; sampler flags left out take the checkpoint's defaults."""
-    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
-                        help="checkpoint directory or Hugging Face hub id")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="checkpoint directory or Hugging Face hub id")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--prompt", default=None, help="story beginning; kept, never masked")
-    parser.add_argument("--length", type=int, default=None,
-                        help="sequence length in tokens (default: the checkpoint's)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="denoising steps (default: the checkpoint's, else one per token)")
-    parser.add_argument("--remasking", choices=[r.value for r in Remasking], default=None,
-                        help="random: the reference sampler; low_confidence: keep the surest tokens")
+    parser.add_argument(
+        "--length", type=int, default=None, help="sequence length in tokens (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default: the checkpoint's, else one per token)"
+    )
+    parser.add_argument(
+        "--remasking",
+        choices=[r.value for r in Remasking],
+        default=None,
+        help="random: the reference sampler; low_confidence: keep the surest tokens",
+    )
     parser.add_argument("--temperature", type=float, default=None, help="0 = argmax")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
-    parser.add_argument("--block-length", type=int, default=None,
-                        help="low_confidence: reveal blocks of this many tokens, left to right "
-                        "(default: the checkpoint's; 0: no blocks)")
+    parser.add_argument(
+        "--block-length",
+        type=int,
+        default=None,
+        help="low_confidence: reveal blocks of this many tokens, left to right "
+        "(default: the checkpoint's; 0: no blocks)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
     parser.add_argument("--no-live", action="store_true", help="print only the final story")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -52,8 +61,13 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         ckpt = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
         cfg = sampler_from_defaults(
-            ckpt, num_steps=args.steps, remasking=args.remasking, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, block_length=args.block_length or None,
+            ckpt,
+            num_steps=args.steps,
+            remasking=args.remasking,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            block_length=args.block_length or None,
         )
         if args.block_length == 0:  # explicitly no blocks, whatever the checkpoint recommends
             cfg = dataclasses.replace(cfg, block_length=None)
@@ -67,11 +81,23 @@ def run_generate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     story = decode_story(x, ckpt.tokenizer)
     if args.json:
-        print(json.dumps({
-            "text": story, "seed": seed, "steps": cfg.num_steps, "length": len(x),
-            "remasking": cfg.remasking.value, "temperature": cfg.temperature, "top_k": cfg.top_k,
-            "top_p": cfg.top_p, "block_length": cfg.block_length, "elapsed_s": round(elapsed, 3), "model": ckpt.source,
-        }))
+        print(
+            json.dumps(
+                {
+                    "text": story,
+                    "seed": seed,
+                    "steps": cfg.num_steps,
+                    "length": len(x),
+                    "remasking": cfg.remasking.value,
+                    "temperature": cfg.temperature,
+                    "top_k": cfg.top_k,
+                    "top_p": cfg.top_p,
+                    "block_length": cfg.block_length,
+                    "elapsed_s": round(elapsed, 3),
+                    "model": ckpt.source,
+                }
+            )
+        )
     else:
         print(story)
         if not args.no_live:
@@ -88,8 +114,9 @@ def _follow(steps, tokenizer, console: Console, live: bool) -> list[int]:
     start = time.perf_counter()
     with Live(console=console, refresh_per_second=20, transient=False) as view:
         for step in steps:
-            fresh = dict(zip(step.positions.tolist(), step.probs.tolist()))
+            fresh = dict(zip(step.positions.tolist(), step.probs.tolist(), strict=True))
             ids = step.x[0].tolist()
-            view.update(step_view(ids, tokenizer, fresh, step.index, step.num_steps, step.t,
-                                  time.perf_counter() - start))
+            view.update(
+                step_view(ids, tokenizer, fresh, step.index, step.num_steps, step.t, time.perf_counter() - start)
+            )
     return ids

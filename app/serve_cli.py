@@ -40,8 +40,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     for name, (kind, help_text) in SERVE_FLAGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=help_text)
     parser.add_argument(
-        "--log-level", dest="log_level", default=None,
-        choices=["critical", "error", "warning", "info", "debug"], help="(default: info)",
+        "--log-level",
+        dest="log_level",
+        default=None,
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="(default: info)",
     )
 
 
@@ -57,7 +60,11 @@ async def serve(settings: Settings) -> int:
     runtime: ModelRuntime = app.state.runtime
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=settings.host, port=settings.port, workers=1, log_level=settings.log_level,
+            app,
+            host=settings.host,
+            port=settings.port,
+            workers=1,
+            log_level=settings.log_level,
             timeout_graceful_shutdown=settings.shutdown_grace + 5,
         )
     )
@@ -84,9 +91,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValidationError as err:
         print(f"storydiff serve: invalid settings:\n{err}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transformers_logging.disable_progress_bar()  # a progress bar is noise in a service log
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)  # process-wide, so set by the process owner only

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rich.console import Group
 from rich.panel import Panel
@@ -19,9 +19,7 @@ def probability_style(p: float) -> str:
     return f"bold black on {colour}"
 
 
-def sequence_text(
-    ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, fresh: dict[int, float]
-) -> Text:
+def sequence_text(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, fresh: dict[int, float]) -> Text:
     """The sequence up to the story's end: masks dim, `fresh` positions (pos -> p) highlighted."""
     text = Text()
     special = set(tokenizer.all_special_ids) - {tokenizer.mask_token_id}
@@ -55,8 +53,7 @@ def step_view(
     masked = sum(1 for i in ids if i == tokenizer.mask_token_id)
     rate = step / elapsed_s if elapsed_s > 0 else 0.0
     status = Text(
-        f"step {step}/{num_steps}  t={t:.3f}  masked {masked}/{len(ids)}  "
-        f"{elapsed_s:.1f}s  {rate:.1f} steps/s",
+        f"step {step}/{num_steps}  t={t:.3f}  masked {masked}/{len(ids)}  {elapsed_s:.1f}s  {rate:.1f} steps/s",
         style="cyan",
     )
     bar = ProgressBar(total=num_steps, completed=step)

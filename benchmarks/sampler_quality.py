@@ -45,7 +45,7 @@ SETTINGS = [
 def repeated_4grams(text: str) -> float:
     """Share of word 4-grams that already occurred earlier in the same text."""
     words = text.split()
-    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
+    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -61,12 +61,18 @@ def measure(ckpt: Checkpoint, judge: Checkpoint, cfg: SamplerConfig, stories: in
     rows = [row.tolist() for row in x]
     texts = [decode_story(row, ckpt.tokenizer) for row in rows]
     return {
-        "remasking": cfg.remasking.value, "temperature": cfg.temperature, "top_p": cfg.top_p,
-        "steps": cfg.num_steps, "block_length": cfg.block_length,
+        "remasking": cfg.remasking.value,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "steps": cfg.num_steps,
+        "block_length": cfg.block_length,
         "ended": sum(story_end(r, ckpt.tokenizer) < length for r in rows) / stories,
         "rep4": sum(map(repeated_4grams, texts)) / stories,
-        "judge_bpc": (text_bound(judge.model, judge.tokenizer, texts, judge.config.seq_len).bits_per_char
-                      if any(texts) else math.nan),  # nothing written: nothing to judge
+        "judge_bpc": (
+            text_bound(judge.model, judge.tokenizer, texts, judge.config.seq_len).bits_per_char
+            if any(texts)
+            else math.nan
+        ),  # nothing written: nothing to judge
         "words": sum(len(t.split()) for t in texts) / stories,
         "s_per_story": elapsed / stories,
         "example": texts[0],
@@ -80,21 +86,30 @@ def main() -> None:
     parser.add_argument("--stories", type=int, default=8, help="stories per setting")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the rows to this file")
-    parser.add_argument("--remasking", choices=[r.value for r in Remasking], default=None,
-                        help="measure only the settings with this remasking")
+    parser.add_argument(
+        "--remasking",
+        choices=[r.value for r in Remasking],
+        default=None,
+        help="measure only the settings with this remasking",
+    )
     args = parser.parse_args()
     ckpt, judge = load_checkpoint(args.model, device="cpu"), load_checkpoint(args.judge, device="cpu")
     rows = []
-    print(f"{'remasking':<15}{'temp':>5}{'top_p':>6}{'block':>6}{'ended':>7}{'rep4':>7}{'judge_bpc':>10}{'words':>7}"
-          f"{'s/story':>8}")
+    print(
+        f"{'remasking':<15}{'temp':>5}{'top_p':>6}{'block':>6}{'ended':>7}{'rep4':>7}{'judge_bpc':>10}{'words':>7}"
+        f"{'s/story':>8}"
+    )
     for cfg in SETTINGS:
         if args.remasking and cfg.remasking.value != args.remasking:
             continue
         row = measure(ckpt, judge, cfg, args.stories, args.seed)
         rows.append(row)
-        print(f"{row['remasking']:<15}{row['temperature']:>5}{str(row['top_p']):>6}{str(row['block_length']):>6}"
-              f"{row['ended']:>7.2f}"
-              f"{row['rep4']:>7.3f}{row['judge_bpc']:>10.3f}{row['words']:>7.0f}{row['s_per_story']:>8.2f}", flush=True)
+        print(
+            f"{row['remasking']:<15}{row['temperature']:>5}{row['top_p']!s:>6}{row['block_length']!s:>6}"
+            f"{row['ended']:>7.2f}"
+            f"{row['rep4']:>7.3f}{row['judge_bpc']:>10.3f}{row['words']:>7.0f}{row['s_per_story']:>8.2f}",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

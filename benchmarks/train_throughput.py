@@ -72,9 +72,12 @@ def main() -> None:
         return args.steps * cfg.batch_size * cfg.seq_len / (time.perf_counter() - start)
 
     params = sum(p.numel() for p in model.parameters())
-    print(f"{cfg.architecture} dim {cfg.dim} x {cfg.n_layers} layers, vocab {cfg.vocab_size}, {params / 1e6:.2f}M params; "
-          f"batch {cfg.batch_size} x {cfg.seq_len}, {cfg.mixed_precision} precision, {device}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{cfg.architecture} dim {cfg.dim} x {cfg.n_layers} layers, vocab {cfg.vocab_size}, "
+        f"{params / 1e6:.2f}M params; "
+        f"batch {cfg.batch_size} x {cfg.seq_len}, {cfg.mixed_precision} precision, {device}, "
+        f"{torch.get_num_threads()} threads"
+    )
     full = tokens_per_second(head_only=False)
     print(f"  logits at every position (baseline): {full:,.0f} tokens/s")
     masked = tokens_per_second(head_only=True)

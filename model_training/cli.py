@@ -11,8 +11,9 @@ import logging
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from model_training.config import TrainConfig, build_config, read_yaml, resolve_preset
 from model_training.errors import TrainingInputError
@@ -55,17 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m model_training",
         description="Train a masked diffusion story model (fine-tune a masked LM or train one from scratch).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="YAML preset: a path or a name in model_training/configs/ "
-                        "(distilbert-tinystories, scratch-tinystories, scratch-tinystories-gpu, tiny-test)")
+    parser.add_argument(
+        "--config",
+        help="YAML preset: a path or a name in model_training/configs/ "
+        "(distilbert-tinystories, scratch-tinystories, scratch-tinystories-gpu, tiny-test)",
+    )
     for name, field in TrainConfig.model_fields.items():
         default = "required" if field.is_required() else f"default: {field.default}"
         kwargs = _flag_kwargs(field.annotation)
         if name == "resume":
             kwargs.update(nargs="?", const="auto", metavar="auto|PATH")
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
-                            help=f"{field.description or ''} ({default})", **kwargs)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=argparse.SUPPRESS,
+            help=f"{field.description or ''} ({default})",
+            **kwargs,
+        )
     return parser
 
 
@@ -97,8 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if PartialState().is_main_process:
         r, p = summary.result, summary.progress
-        print(f"done: {p.step} steps, {p.tokens_seen:,} tokens in {p.wall_seconds:.0f} s "
-              f"({summary.tokens_per_second:,.0f} tok/s); val {r.nats_per_token:.4f} nats/position, "
-              f"{r.bits_per_char:.4f} bits/char; saved {summary.final_dir}")
+        print(
+            f"done: {p.step} steps, {p.tokens_seen:,} tokens in {p.wall_seconds:.0f} s "
+            f"({summary.tokens_per_second:,.0f} tok/s); val {r.nats_per_token:.4f} nats/position, "
+            f"{r.bits_per_char:.4f} bits/char; saved {summary.final_dir}"
+        )
         print(f"best: step {p.best_step}, val {p.best_nats:.4f} nats/position; saved {summary.best_dir}")
     return 0

@@ -24,8 +24,11 @@ class TrainConfig(BaseModel):
 
     # Model and tokenizer
     model: str | None = Field(None, description="pretrained masked LM (hub id or local dir); empty: a fresh model")
-    tokenizer: str | None = Field(None, description="pretrained tokenizer (hub id or dir); default: the model's, "
-                                  "or a WordPiece vocabulary trained on the training stories for a fresh model")
+    tokenizer: str | None = Field(
+        None,
+        description="pretrained tokenizer (hub id or dir); default: the model's, "
+        "or a WordPiece vocabulary trained on the training stories for a fresh model",
+    )
     vocab_size: int = Field(8192, ge=64, description="WordPiece vocabulary size (fresh tokenizer only)")
     architecture: Architecture = Field("distilbert", description="fresh model family")
     dim: int = Field(256, ge=8, description="fresh model: hidden size")
@@ -36,7 +39,9 @@ class TrainConfig(BaseModel):
     attention_dropout: float = Field(0.1, ge=0, lt=1, description="fresh model: attention dropout")
 
     # Data
-    dataset: list[str] = Field(..., min_length=1, description="hub dataset id, or local .txt/.txt.gz/.jsonl/.parquet files")
+    dataset: list[str] = Field(
+        ..., min_length=1, description="hub dataset id, or local .txt/.txt.gz/.jsonl/.parquet files"
+    )
     dataset_config: str | None = Field(None, description="hub dataset configuration name")
     text_field: str = Field("text", description="column holding the story text")
     train_split: str = Field("train", description="hub split to train on")
@@ -77,7 +82,9 @@ class TrainConfig(BaseModel):
     eval_batch_size: int | None = Field(None, ge=1, description="validation batch size (default batch_size)")
     num_samples: int = Field(2, ge=0, description="sample stories written at each evaluation")
     sample_steps: int | None = Field(None, ge=1, description="denoising steps for samples (default seq_len)")
-    sample_temperature: float = Field(1.0, ge=0, description="sampling temperature for samples and the checkpoint's default")
+    sample_temperature: float = Field(
+        1.0, ge=0, description="sampling temperature for samples and the checkpoint's default"
+    )
     sample_top_p: float | None = Field(0.9, gt=0, le=1, description="nucleus for samples and the checkpoint's default")
     log_every: int = Field(10, ge=1, description="log training metrics every N steps")
     log_with: Literal["auto", "tensorboard", "none"] = Field("auto", description="accelerate tracker")
@@ -85,7 +92,7 @@ class TrainConfig(BaseModel):
     dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.model is None and self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         return self

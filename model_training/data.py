@@ -7,9 +7,9 @@ Local `.txt` / `.txt.gz` files hold stories separated by lines that are exactly 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import datasets
 from datasets import Dataset
@@ -20,8 +20,11 @@ from model_training.errors import TrainingInputError
 STORY_SEPARATOR = "<|endoftext|>"
 
 LOCAL_BUILDERS: dict[str, str] = {
-    ".txt": "text", ".txt.gz": "text",
-    ".jsonl": "json", ".jsonl.gz": "json", ".json": "json",
+    ".txt": "text",
+    ".txt.gz": "text",
+    ".jsonl": "json",
+    ".jsonl.gz": "json",
+    ".json": "json",
     ".parquet": "parquet",
 }
 
@@ -42,7 +45,11 @@ def _suffix(path: Path) -> str:
 
 def is_local(source: str) -> bool:
     """True when `source` names files rather than a hub dataset id."""
-    return Path(source).expanduser().exists() or source.startswith(("/", ".", "~")) or _suffix(Path(source)) in LOCAL_BUILDERS
+    return (
+        Path(source).expanduser().exists()
+        or source.startswith(("/", ".", "~"))
+        or _suffix(Path(source)) in LOCAL_BUILDERS
+    )
 
 
 def _split_stories(batch: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -51,7 +58,7 @@ def _split_stories(batch: dict[str, list[str]]) -> dict[str, list[str]]:
     for document in batch["text"]:
         lines = document.replace("\r\n", "\n").split("\n")
         story: list[str] = []
-        for line in lines + [STORY_SEPARATOR]:
+        for line in [*lines, STORY_SEPARATOR]:
             if line.strip() == STORY_SEPARATOR:
                 text = "\n".join(s for s in story if s).strip()
                 if text:
@@ -71,9 +78,7 @@ def load_local(files: list[str], text_field: str) -> Dataset:
     kinds = {_suffix(p) for p in paths}
     builders = {LOCAL_BUILDERS.get(k) for k in kinds}
     if None in builders:
-        raise TrainingInputError(
-            f"unsupported data file type {sorted(kinds)}; use one of {', '.join(LOCAL_BUILDERS)}"
-        )
+        raise TrainingInputError(f"unsupported data file type {sorted(kinds)}; use one of {', '.join(LOCAL_BUILDERS)}")
     if len(builders) > 1:
         raise TrainingInputError(f"mix of data file types {sorted(kinds)}; give files of one kind")
     builder = builders.pop()
@@ -84,7 +89,11 @@ def load_local(files: list[str], text_field: str) -> Dataset:
     ds = datasets.load_dataset(builder, data_files=data_files, split="train")
     if text_field not in ds.column_names:
         raise TrainingInputError(f"{files[0]!r} has no {text_field!r} column (it has {ds.column_names})")
-    return ds.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text" else ds.select_columns(["text"])
+    return (
+        ds.select_columns([text_field]).rename_column(text_field, "text")
+        if text_field != "text"
+        else ds.select_columns(["text"])
+    )
 
 
 def load_hub(dataset_id: str, config_name: str | None, split: str, text_field: str) -> Dataset:
@@ -100,7 +109,11 @@ def load_hub(dataset_id: str, config_name: str | None, split: str, text_field: s
         ) from None
     if text_field not in ds.column_names:
         raise TrainingInputError(f"dataset {dataset_id!r} has no {text_field!r} column (it has {ds.column_names})")
-    return ds.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text" else ds.select_columns(["text"])
+    return (
+        ds.select_columns([text_field]).rename_column(text_field, "text")
+        if text_field != "text"
+        else ds.select_columns(["text"])
+    )
 
 
 def _hub_split(cfg: TrainConfig, split: str) -> Callable[[], Dataset]:

@@ -26,8 +26,9 @@ class EvalResult:
     num_stories: int
 
 
-def stratified_t(num_samples: int, batch_size: int, eps: float, generator: torch.Generator,
-                 device: torch.device) -> torch.Tensor:
+def stratified_t(
+    num_samples: int, batch_size: int, eps: float, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """(K, B) masking rates: sample k of each story in the k-th of K equal strata of [eps, 1)."""
     u = torch.rand(num_samples, batch_size, generator=generator, device=device)
     k = torch.arange(num_samples, device=device).unsqueeze(1)  # (K, 1)
@@ -36,8 +37,14 @@ def stratified_t(num_samples: int, batch_size: int, eps: float, generator: torch
 
 @torch.no_grad()
 def validation_bound(
-    model: PreTrainedModel, loader: DataLoader, accelerator: Accelerator, mask_id: int,
-    eps: float, num_t_samples: int, seed: int, head_only: bool = True,
+    model: PreTrainedModel,
+    loader: DataLoader,
+    accelerator: Accelerator,
+    mask_id: int,
+    eps: float,
+    num_t_samples: int,
+    seed: int,
+    head_only: bool = True,
 ) -> EvalResult:
     """Monte-Carlo ELBO over the validation set, with the same t and masks at every evaluation.
 
@@ -71,8 +78,12 @@ def validation_bound(
 
 
 def sample_stories(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, num_stories: int, seq_len: int,
-    sampler: SamplerConfig, seed: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    num_stories: int,
+    seq_len: int,
+    sampler: SamplerConfig,
+    seed: int,
 ) -> list[str]:
     """Unprompted stories written by the core sampler (`denoise` + `logits_at`), as the server would."""
     if num_stories == 0:
@@ -91,8 +102,14 @@ def sample_stories(
 
 @torch.no_grad()
 def text_bound(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], seq_len: int,
-    num_t_samples: int = 8, seed: int = 0, eps: float = 1e-3, batch_size: int = 16,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    seq_len: int,
+    num_t_samples: int = 8,
+    seed: int = 0,
+    eps: float = 1e-3,
+    batch_size: int = 16,
 ) -> EvalResult:
     """The same bound for raw story texts, encoded exactly as training encodes them; no accelerate.
 
@@ -106,7 +123,7 @@ def text_bound(
     generator = torch.Generator(device=device).manual_seed(seed)
     total_nats = 0.0
     for start in range(0, len(x_all), batch_size):
-        x0 = x_all[start:start + batch_size]  # (B, L)
+        x0 = x_all[start : start + batch_size]  # (B, L)
         for t in stratified_t(num_t_samples, x0.shape[0], eps, generator, device):  # (B,) each
             x_t, masked = mask_tokens(x0, t, mask_id, generator)
             nll = weighted_masked_nll(logits_at_positions(model, model, x_t, masked), x0, masked, t)  # (B,)

@@ -41,14 +41,17 @@ def diffusion_config(cfg: TrainConfig, source: str, training: dict[str, Any]) ->
     """The checkpoint's sampler defaults and provenance."""
     return DiffusionConfig(
         seq_len=cfg.seq_len,
-        sampler=SamplerDefaults(num_steps=cfg.sample_steps, remasking="random",
-                                temperature=cfg.sample_temperature, top_p=cfg.sample_top_p),
+        sampler=SamplerDefaults(
+            num_steps=cfg.sample_steps, remasking="random", temperature=cfg.sample_temperature, top_p=cfg.sample_top_p
+        ),
         trained_on=source,
         training=training,
     )
 
 
-def model_card(cfg: TrainConfig, model: PreTrainedModel, source: str, training: dict[str, Any], samples: list[str]) -> str:
+def model_card(
+    cfg: TrainConfig, model: PreTrainedModel, source: str, training: dict[str, Any], samples: list[str]
+) -> str:
     """A README.md for output/final: data, shape, steps, tokens, hardware, metrics and samples."""
     params = sum(p.numel() for p in model.parameters())
     story_lines = "\n\n".join(f"> {s.replace(chr(10), chr(10) + '> ')}" for s in samples) or "(none)"
@@ -56,21 +59,21 @@ def model_card(cfg: TrainConfig, model: PreTrainedModel, source: str, training: 
 
 - Base: {cfg.model or f"fresh {model.config.model_type}"} ({params / 1e6:.2f}M parameters, weights {cfg.save_dtype});
   tokenizer: {cfg.tokenizer or cfg.model or f"WordPiece, {training['vocab_size']} tokens, trained on the training stories"}.
-- Data: {source}; {training['train_stories']} training stories ({training['truncated_fraction']:.1%} truncated),
-  {training['valid_stories']} validation stories; each story padded with [PAD] to {cfg.seq_len} tokens.
+- Data: {source}; {training["train_stories"]} training stories ({training["truncated_fraction"]:.1%} truncated),
+  {training["valid_stories"]} validation stories; each story padded with [PAD] to {cfg.seq_len} tokens.
 - Objective: masked diffusion (t ~ U({cfg.eps:g}, 1), mask with probability t, cross-entropy on masked
   positions weighted 1/t, mean over all positions incl. PAD).
-- Training: {training['steps']} steps, {training['tokens_seen']:,} token positions seen; AdamW lr {cfg.lr:g},
-  batch {training['global_batch']} sequences, cosine with {cfg.warmup_ratio:.0%} warm-up, {cfg.mixed_precision} mixed precision;
-  hardware: {training['hardware']}; wall time {training['wall_seconds']:.0f} s.
+- Training: {training["steps"]} steps, {training["tokens_seen"]:,} token positions seen; AdamW lr {cfg.lr:g},
+  batch {training["global_batch"]} sequences, cosine with {cfg.warmup_ratio:.0%} warm-up, {cfg.mixed_precision} mixed precision;
+  hardware: {training["hardware"]}; wall time {training["wall_seconds"]:.0f} s.
 
 ## Validation bound (lower is better)
 
 | nats / position | bits / character |
 | --- | --- |
-| {training['val_nats_per_token']:.4f} | {training['val_bits_per_char']:.4f} |
+| {training["val_nats_per_token"]:.4f} | {training["val_bits_per_char"]:.4f} |
 
-Monte-Carlo ELBO over {training['valid_stories']} stories, {cfg.eval_t_samples} stratified t per story, fixed seed.
+Monte-Carlo ELBO over {training["valid_stories"]} stories, {cfg.eval_t_samples} stratified t per story, fixed seed.
 
 ## Samples (temperature {cfg.sample_temperature:g}, top-p {cfg.sample_top_p}, random remasking)
 
@@ -83,8 +86,14 @@ Monte-Carlo ELBO over {training['valid_stories']} stories, {cfg.eval_t_samples} 
 
 
 def export_checkpoint(
-    accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig,
-    source: str, training: dict[str, Any], samples: list[str], name: str = "final",
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: TrainConfig,
+    source: str,
+    training: dict[str, Any],
+    samples: list[str],
+    name: str = "final",
 ) -> Path:
     """Write output/`name` with `save_checkpoint` plus README.md (main process); every process calls it.
 

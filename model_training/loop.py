@@ -87,16 +87,22 @@ class Trainer:
         self.cfg, self.accelerator, self.inputs = cfg, accelerator, inputs
         # Its own generator: otherwise each new iterator draws a worker seed from the global RNG, which
         # after a resume would shift the dropout masks away from those of an uninterrupted run.
-        train_loader = DataLoader(inputs.train.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                  num_workers=cfg.dataloader_workers,
-                                  generator=torch.Generator().manual_seed(cfg.seed))
+        train_loader = DataLoader(
+            inputs.train.dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.dataloader_workers,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
         valid_loader = DataLoader(inputs.valid.dataset, batch_size=cfg.eval_batch_size or cfg.batch_size)
         model = torch.compile(inputs.model) if cfg.compile else inputs.model
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=cfg.betas,
+            lr=cfg.lr,
+            betas=cfg.betas,
         )
         self.model, self.optimizer, self.train_loader, self.valid_loader = accelerator.prepare(
             model, optimizer, train_loader, valid_loader
@@ -109,10 +115,14 @@ class Trainer:
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         # The prepared scheduler steps once per process per optimizer step (accelerate's convention).
         n = accelerator.num_processes
-        self.scheduler = accelerator.prepare(get_cosine_with_min_lr_schedule_with_warmup(
-            self.optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps) * n,
-            num_training_steps=self.total_steps * n, min_lr_rate=cfg.min_lr_ratio,
-        ))
+        self.scheduler = accelerator.prepare(
+            get_cosine_with_min_lr_schedule_with_warmup(
+                self.optimizer,
+                num_warmup_steps=int(cfg.warmup_ratio * self.total_steps) * n,
+                num_training_steps=self.total_steps * n,
+                min_lr_rate=cfg.min_lr_ratio,
+            )
+        )
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * n
         self.bare_model = accelerator.unwrap_model(self.model)
         self.head_only = can_hook_head(cfg, accelerator)
@@ -121,24 +131,46 @@ class Trainer:
         self.evaluations: list[tuple[int, float]] = []
 
     def sampler(self) -> SamplerConfig:
-        return SamplerConfig(num_steps=self.cfg.sample_steps or self.cfg.seq_len, remasking="random",
-                             temperature=self.cfg.sample_temperature, top_p=self.cfg.sample_top_p)
+        return SamplerConfig(
+            num_steps=self.cfg.sample_steps or self.cfg.seq_len,
+            remasking="random",
+            temperature=self.cfg.sample_temperature,
+            top_p=self.cfg.sample_top_p,
+        )
 
     def evaluate(self) -> tuple[EvalResult, list[str]]:
         """Validation bound (all processes) and sample stories (main process), logged to the trackers."""
         cfg, acc = self.cfg, self.accelerator
-        result = validation_bound(self.model, self.valid_loader, acc, self.inputs.mask_id, cfg.eps,
-                                  cfg.eval_t_samples, cfg.seed, self.head_only)
+        result = validation_bound(
+            self.model,
+            self.valid_loader,
+            acc,
+            self.inputs.mask_id,
+            cfg.eps,
+            cfg.eval_t_samples,
+            cfg.seed,
+            self.head_only,
+        )
         samples: list[str] = []
         if acc.is_main_process and can_sample_unwrapped(acc):
-            samples = sample_stories(acc.unwrap_model(self.model), self.inputs.tokenizer, cfg.num_samples,
-                                     cfg.seq_len, self.sampler(), cfg.seed)
-        acc.log({"val/nats_per_token": result.nats_per_token, "val/bits_per_char": result.bits_per_char},
-                step=self.progress.step)
+            samples = sample_stories(
+                acc.unwrap_model(self.model),
+                self.inputs.tokenizer,
+                cfg.num_samples,
+                cfg.seq_len,
+                self.sampler(),
+                cfg.seed,
+            )
+        acc.log(
+            {"val/nats_per_token": result.nats_per_token, "val/bits_per_char": result.bits_per_char},
+            step=self.progress.step,
+        )
         self.evaluations.append((self.progress.step, result.nats_per_token))
         if acc.is_main_process:
-            tqdm.write(f"step {self.progress.step}: val {result.nats_per_token:.4f} nats/position, "
-                       f"{result.bits_per_char:.4f} bits/char")
+            tqdm.write(
+                f"step {self.progress.step}: val {result.nats_per_token:.4f} nats/position, "
+                f"{result.bits_per_char:.4f} bits/char"
+            )
             for i, story in enumerate(samples):
                 tqdm.write(f"  sample {i}: {story[:300]!r}")
         return result, samples
@@ -158,8 +190,9 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         with acc.accumulate(self.model):
             generator = mask_generator(cfg, acc, self.progress.step, micro)
-            loss = diffusion_loss(self.masked_logits, batch["input_ids"], self.inputs.mask_id, generator, cfg.eps,
-                                  cfg.low_discrepancy)
+            loss = diffusion_loss(
+                self.masked_logits, batch["input_ids"], self.inputs.mask_id, generator, cfg.eps, cfg.low_discrepancy
+            )
             acc.backward(loss)
             if acc.sync_gradients and cfg.max_grad_norm:
                 acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -176,18 +209,27 @@ class Trainer:
             self.train_loader.set_epoch(epoch)
             loader = self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
             skip = 0
-            for batch in loader:
-                yield batch
+            yield from loader
             epoch += 1
 
     def fit(self) -> Summary:
         """Train to `total_steps`, evaluating and saving on schedule; output/best follows the lowest
         validation bound, output/final is written at the end."""
         cfg, acc, progress = self.cfg, self.accelerator, self.progress
-        bar = tqdm(total=self.total_steps, initial=progress.step, disable=not acc.is_local_main_process,
-                   desc="training", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=progress.step,
+            disable=not acc.is_local_main_process,
+            desc="training",
+            dynamic_ncols=True,
+        )
         losses: list[torch.Tensor] = []
-        micro, start, window_start, window_steps = 0, time.perf_counter() - progress.wall_seconds, time.perf_counter(), 0
+        micro, start, window_start, window_steps = (
+            0,
+            time.perf_counter() - progress.wall_seconds,
+            time.perf_counter(),
+            0,
+        )
         for batch in self.batches() if progress.step < self.total_steps else ():
             losses.append(self.train_step(batch, micro))
             micro += 1
@@ -205,8 +247,15 @@ class Trainer:
                 lr = self.scheduler.get_last_lr()[0]
                 self.loss_history.append((progress.step, loss))
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-                acc.log({"train/loss": loss, "train/lr": lr, "train/tokens_per_s": tok_s,
-                         "train/tokens_seen": progress.tokens_seen}, step=progress.step)
+                acc.log(
+                    {
+                        "train/loss": loss,
+                        "train/lr": lr,
+                        "train/tokens_per_s": tok_s,
+                        "train/tokens_seen": progress.tokens_seen,
+                    },
+                    step=progress.step,
+                )
                 losses, window_start, window_steps = [], time.perf_counter(), 0
             if progress.step % cfg.eval_every == 0 and progress.step < self.total_steps:
                 self.keep_if_best(*self.evaluate())  # before saving: the state records the best so far
@@ -221,18 +270,32 @@ class Trainer:
         """Provenance and metrics of the weights as they are now, for diffusion_config.json and the card."""
         cfg, acc, progress = self.cfg, self.accelerator, self.progress
         return {
-            "steps": progress.step, "tokens_seen": progress.tokens_seen,
-            "val_nats_per_token": round(result.nats_per_token, 5), "val_bits_per_char": round(result.bits_per_char, 5),
-            "hardware": hardware(acc), "wall_seconds": round(progress.wall_seconds, 1),
+            "steps": progress.step,
+            "tokens_seen": progress.tokens_seen,
+            "val_nats_per_token": round(result.nats_per_token, 5),
+            "val_bits_per_char": round(result.bits_per_char, 5),
+            "hardware": hardware(acc),
+            "wall_seconds": round(progress.wall_seconds, 1),
             "global_batch": cfg.batch_size * cfg.grad_accum * acc.num_processes,
-            "train_stories": len(self.inputs.train.dataset), "valid_stories": result.num_stories,
+            "train_stories": len(self.inputs.train.dataset),
+            "valid_stories": result.num_stories,
             "truncated_fraction": round(self.inputs.train.truncated_fraction, 4),
-            "vocab_size": len(self.inputs.tokenizer), "seed": cfg.seed, "lr": cfg.lr,
+            "vocab_size": len(self.inputs.tokenizer),
+            "seed": cfg.seed,
+            "lr": cfg.lr,
         }
 
     def export(self, result: EvalResult, samples: list[str], name: str) -> Path:
-        return export_checkpoint(self.accelerator, self.model, self.inputs.tokenizer, self.cfg, self.inputs.source,
-                                 self.training_record(result), samples, name)
+        return export_checkpoint(
+            self.accelerator,
+            self.model,
+            self.inputs.tokenizer,
+            self.cfg,
+            self.inputs.source,
+            self.training_record(result),
+            samples,
+            name,
+        )
 
     def keep_if_best(self, result: EvalResult, samples: list[str]) -> None:
         """Export output/best when the validation bound is the lowest so far (picks steps by validation)."""
@@ -262,12 +325,19 @@ def train(cfg: TrainConfig) -> Summary:
     set_seed(cfg.seed)
     inputs = build_inputs(cfg, accelerator)
     if accelerator.is_main_process:
-        log.info("train: %d stories (%d truncated at %d tokens), valid: %d stories",
-                 len(inputs.train.dataset), inputs.train.num_truncated, cfg.seq_len, len(inputs.valid.dataset))
-        tqdm.write(f"data: {len(inputs.train.dataset)} training stories, {inputs.train.num_truncated} "
-                   f"({inputs.train.truncated_fraction:.1%}) truncated at {cfg.seq_len} tokens; "
-                   f"{len(inputs.valid.dataset)} validation stories; model "
-                   f"{sum(p.numel() for p in inputs.model.parameters()) / 1e6:.2f}M parameters")
+        log.info(
+            "train: %d stories (%d truncated at %d tokens), valid: %d stories",
+            len(inputs.train.dataset),
+            inputs.train.num_truncated,
+            cfg.seq_len,
+            len(inputs.valid.dataset),
+        )
+        tqdm.write(
+            f"data: {len(inputs.train.dataset)} training stories, {inputs.train.num_truncated} "
+            f"({inputs.train.truncated_fraction:.1%}) truncated at {cfg.seq_len} tokens; "
+            f"{len(inputs.valid.dataset)} validation stories; model "
+            f"{sum(p.numel() for p in inputs.model.parameters()) / 1e6:.2f}M parameters"
+        )
     trainer = Trainer(cfg, accelerator, inputs)
     if accelerator.is_main_process:
         Path(cfg.output).mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from transformers import (
-    AutoConfig, AutoModelForMaskedLM, AutoTokenizer, BertConfig, DistilBertConfig, PretrainedConfig,
-    PreTrainedModel, PreTrainedTokenizerBase,
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    DistilBertConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 
 from app.diffusion.checkpoint import looks_like_local_path, max_positions
@@ -20,18 +27,32 @@ from model_training.vocab import load_or_train_wordpiece
 
 def _distilbert(cfg: TrainConfig, vocab_size: int, pad_id: int) -> PretrainedConfig:
     return DistilBertConfig(
-        vocab_size=vocab_size, dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-        hidden_dim=cfg.ffn_dim, max_position_embeddings=cfg.seq_len, dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout, pad_token_id=pad_id, tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        dim=cfg.dim,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        hidden_dim=cfg.ffn_dim,
+        max_position_embeddings=cfg.seq_len,
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        pad_token_id=pad_id,
+        tie_word_embeddings=True,
     )
 
 
 def _bert(cfg: TrainConfig, vocab_size: int, pad_id: int) -> PretrainedConfig:
     return BertConfig(
-        vocab_size=vocab_size, hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads, intermediate_size=cfg.ffn_dim, max_position_embeddings=cfg.seq_len,
-        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attention_dropout,
-        pad_token_id=pad_id, type_vocab_size=1, tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        hidden_size=cfg.dim,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        intermediate_size=cfg.ffn_dim,
+        max_position_embeddings=cfg.seq_len,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.attention_dropout,
+        pad_token_id=pad_id,
+        type_vocab_size=1,
+        tie_word_embeddings=True,
     )
 
 
@@ -63,8 +84,9 @@ def load_pretrained_tokenizer(source: str, kind: str = "tokenizer") -> PreTraine
     """A tokenizer from a hub id or directory; it must have [MASK] and [PAD] tokens."""
     local = _check_source(kind, source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(Path(source).expanduser()) if local else source,
-                                                  local_files_only=local)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(Path(source).expanduser()) if local else source, local_files_only=local
+        )
     except (OSError, ValueError) as err:
         raise _load_error(kind, source, err, local) from None
     if tokenizer.mask_token_id is None:

@@ -11,7 +11,7 @@ nothing else enters the loss, and the vocabulary head is skipped everywhere else
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +20,13 @@ LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(x_t (B, L), masked (B, L) bool) -> logits at the masked positions, row-major (N, V)."""
 
 
-def sample_t(batch_size: int, eps: float, generator: torch.Generator, low_discrepancy: bool = False,
-             device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_t(
+    batch_size: int,
+    eps: float,
+    generator: torch.Generator,
+    low_discrepancy: bool = False,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """(B,) masking rates in [eps, 1).
 
     With `low_discrepancy` (MDLM, Sahoo et al. 2024) one uniform offset is shared and the batch is
@@ -33,13 +38,17 @@ def sample_t(batch_size: int, eps: float, generator: torch.Generator, low_discre
     return eps + (1 - eps) * u
 
 
-def mask_tokens(x0: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    x0: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_t, masked): each position of x0 (B, L) replaced by `mask_id` with probability t (B,)."""
     masked = torch.rand(x0.shape, generator=generator, device=x0.device) < t.unsqueeze(1)  # (B, L)
     return x0.masked_fill(masked, mask_id), masked
 
 
-def weighted_masked_nll(masked_logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def weighted_masked_nll(
+    masked_logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
     """(B,) per-sequence sum over masked positions of cross-entropy / t: a bound on -log p(x0) in nats.
 
     `masked_logits` (N, V) are the logits at the N masked positions of x0 (B, L), in row-major order.

@@ -33,11 +33,11 @@ def encode_batch(batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase
     pad_id = tokenizer.pad_token_id
     special = set(tokenizer.all_special_ids)
     rows: dict[str, list] = {name: [] for name in COLUMNS}
-    for text, ids, offsets in zip(batch["text"], enc["input_ids"], enc["offset_mapping"]):
+    for text, ids, offsets in zip(batch["text"], enc["input_ids"], enc["offset_mapping"], strict=True):
         truncated = len(ids) > seq_len
         kept = ids[:seq_len]
         if truncated:
-            ends = [end for tok, (_, end) in zip(kept, offsets[:seq_len]) if tok not in special]
+            ends = [end for tok, (_, end) in zip(kept, offsets[:seq_len], strict=False) if tok not in special]
             n_chars = max(ends, default=0)
         else:
             n_chars = len(text)

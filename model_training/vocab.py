@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -42,8 +42,13 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, model_max_length: int
     tokenizer.train_from_iterator(_batches(texts), trainer=trainer)
     tokenizer.model = models.WordPiece(canonical_ids(tokenizer.get_vocab()), unk_token="[UNK]")
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, model_max_length=model_max_length,
-        pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+        tokenizer_object=tokenizer,
+        model_max_length=model_max_length,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
     )
 
 

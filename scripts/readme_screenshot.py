@@ -15,8 +15,14 @@ from urllib.parse import urlencode
 
 from playwright.sync_api import expect, sync_playwright
 
-COMMON = {"prompt": "Once upon a time, a little fox", "length": "112", "steps": "48", "temperature": "0.8",
-          "top_p": "0.9", "seed": "5"}
+COMMON = {
+    "prompt": "Once upon a time, a little fox",
+    "length": "112",
+    "steps": "48",
+    "temperature": "0.8",
+    "top_p": "0.9",
+    "seed": "5",
+}
 PANELS = [{"remasking": "random", "block_length": ""}, {"remasking": "low_confidence", "block_length": "32"}]
 
 
@@ -31,8 +37,11 @@ def take(url: str, output: str, replay_step: int) -> None:
     chromium = os.environ.get("STORYDIFF_CHROMIUM", "/usr/bin/chromium")
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="storydiff-shot-"), executable_path=chromium, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu"], viewport={"width": 1440, "height": 900},
+            tempfile.mkdtemp(prefix="storydiff-shot-"),
+            executable_path=chromium,
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu"],
+            viewport={"width": 1440, "height": 900},
         )
         page = context.new_page()
         page.goto(f"{url}/?{comparison_query()}")

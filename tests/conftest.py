@@ -12,10 +12,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM  # noqa: E402
+from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM
 
-from app.diffusion.checkpoint import save_checkpoint  # noqa: E402
-from app.diffusion.diffusion_config import DiffusionConfig  # noqa: E402
+from app.diffusion.checkpoint import save_checkpoint
+from app.diffusion.diffusion_config import DiffusionConfig
 
 DATA_DIR = Path(__file__).parent / "data"
 CASED_VOCAB_DIR = DATA_DIR / "tokenizers" / "distilbert-base-cased"
@@ -27,8 +27,14 @@ def tiny_distilbert(vocab_size: int, max_positions: int = 64, seed: int = 0) -> 
     """A 2-layer, 32-dim DistilBERT with random weights: fast, deterministic, architecture-real."""
     torch.manual_seed(seed)
     config = DistilBertConfig(
-        vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-        max_position_embeddings=max_positions, dropout=0.0, attention_dropout=0.0,
+        vocab_size=vocab_size,
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=max_positions,
+        dropout=0.0,
+        attention_dropout=0.0,
     )
     return DistilBertForMaskedLM(config).eval()
 

@@ -107,9 +107,7 @@ async def test_sse_stream_in_process(client):
 
 
 async def test_accept_header_selects_the_stream(client):
-    response = await client.post(
-        "/generate", json={"length": 16, "steps": 2}, headers={"accept": "text/event-stream"}
-    )
+    response = await client.post("/generate", json={"length": 16, "steps": 2}, headers={"accept": "text/event-stream"})
     assert response.headers["content-type"].startswith("text/event-stream")
     assert "event: done" in response.text
     explicit = await client.post(
@@ -177,8 +175,13 @@ async def test_info_and_openapi(client):
     info = (await client.get("/info")).json()
     assert info["device"] == "cpu" and info["dtype"] == "float32" and info["parameters"] > 0
     assert info["defaults"] == {
-        "length": TINY_SEQ_LEN, "steps": TINY_SEQ_LEN, "remasking": "random",
-        "temperature": 0.0, "top_k": None, "top_p": None, "block_length": None,
+        "length": TINY_SEQ_LEN,
+        "steps": TINY_SEQ_LEN,
+        "remasking": "random",
+        "temperature": 0.0,
+        "top_k": None,
+        "top_p": None,
+        "block_length": None,
     }
     assert info["engine"]["forward_calls"] >= 1 and info["version"]
     schema = (await client.get("/openapi.json")).json()

@@ -71,14 +71,20 @@ def test_seq_len_above_max_positions(copy_of, tiny_checkpoint_dir):
 
 def test_hub_id_offline_says_so(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE.*STORYDIFF_MODEL|STORYDIFF_MODEL"):
+    with pytest.raises(CheckpointError, match=r"HF_HUB_OFFLINE.*STORYDIFF_MODEL|STORYDIFF_MODEL"):
         load_checkpoint("someone/not-a-real-model-xyz")
 
 
 @pytest.mark.parametrize(
     "source, local",
-    [("distilbert-base-cased", False), ("org/model", False), ("./out", True), ("/abs/dir", True),
-     ("a/b/c", True), ("~/models/x", True)],
+    [
+        ("distilbert-base-cased", False),
+        ("org/model", False),
+        ("./out", True),
+        ("/abs/dir", True),
+        ("a/b/c", True),
+        ("~/models/x", True),
+    ],
 )
 def test_local_paths_and_hub_ids_are_told_apart(source, local):
     assert looks_like_local_path(source) is local

@@ -210,21 +210,24 @@ def dockerignore_excludes(patterns: list[str], path: str) -> bool:
     return excluded
 
 
-@pytest.mark.parametrize("path, sent", [
-    ("pyproject.toml", True),
-    ("README.md", True),
-    ("app/cli.py", True),
-    ("app/models/tinystories-default/model.safetensors", True),
-    ("app/models/tinystories-default/tokenizer.json", True),
-    ("model_training/configs/tiny-test.yaml", True),
-    (".git/HEAD", False),
-    (".venv/bin/python", False),
-    ("runs/scratch/final/model.safetensors", False),
-    ("output/x", False),
-    ("tests/data/tinystories/train.txt", False),
-    ("app/__pycache__/cli.cpython-311.pyc", False),
-    ("docker-compose.yml", False),
-])
+@pytest.mark.parametrize(
+    "path, sent",
+    [
+        ("pyproject.toml", True),
+        ("README.md", True),
+        ("app/cli.py", True),
+        ("app/models/tinystories-default/model.safetensors", True),
+        ("app/models/tinystories-default/tokenizer.json", True),
+        ("model_training/configs/tiny-test.yaml", True),
+        (".git/HEAD", False),
+        (".venv/bin/python", False),
+        ("runs/scratch/final/model.safetensors", False),
+        ("output/x", False),
+        ("tests/data/tinystories/train.txt", False),
+        ("app/__pycache__/cli.cpython-311.pyc", False),
+        ("docker-compose.yml", False),
+    ],
+)
 def test_dockerignore_keeps_the_package_and_its_models_only(path, sent):
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
@@ -241,7 +244,11 @@ def compose_config(*files: Path, profile: str | None = None, **env: str) -> dict
     command += [arg for f in files for arg in ("-f", str(f))]
     command += ["--profile", profile] if profile else []
     result = subprocess.run(
-        [*command, "config", "--format", "json"], capture_output=True, text=True, env=clean_env(**env), cwd=ROOT,
+        [*command, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=clean_env(**env),
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -334,7 +341,7 @@ def image_env(dockerfile, tmp_path: Path, **overrides: str) -> dict[str, str]:
 class _Ready(http.server.BaseHTTPRequestHandler):
     status = 503
 
-    def do_GET(self):  # noqa: N802 (the http.server API)
+    def do_GET(self):
         self.send_response(self.status if self.path == "/ready" else 404)
         self.end_headers()
 
@@ -391,7 +398,8 @@ def test_image_command_serves_a_story(dockerfile, tmp_path, tiny_checkpoint_dir)
         assert subprocess.run(check, env=env, timeout=30).returncode == 0
 
         reply = httpx.post(
-            f"{base}/generate", timeout=60,
+            f"{base}/generate",
+            timeout=60,
             json={"prompt": "Once upon a time", "length": 24, "steps": 8, "seed": 3, "stream": False},
         )
         assert reply.status_code == 200, reply.text
@@ -417,8 +425,12 @@ def test_train_command_writes_a_checkpoint_the_server_loads(tmp_path):
     output = tmp_path / "models" / "tiny"
     command = [*train["entrypoint"], "--config", "tiny-test", "--output", str(output), "--max-steps", "2"]
     result = subprocess.run(
-        command, cwd=ROOT, env=clean_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")),
-        capture_output=True, text=True, timeout=240,
+        command,
+        cwd=ROOT,
+        env=clean_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")),
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 

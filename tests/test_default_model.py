@@ -42,13 +42,20 @@ def test_default_model_is_small_and_self_describing(default_ckpt):
 
 
 def test_held_out_bound_stays_below_the_recorded_one(default_ckpt):
-    result = text_bound(default_ckpt.model, default_ckpt.tokenizer, held_out_stories(),
-                        default_ckpt.config.seq_len, num_t_samples=4, seed=0)
+    result = text_bound(
+        default_ckpt.model,
+        default_ckpt.tokenizer,
+        held_out_stories(),
+        default_ckpt.config.seq_len,
+        num_t_samples=4,
+        seed=0,
+    )
     assert result.bits_per_char < RECORDED_BITS_PER_CHAR * GATE, result
 
 
 @pytest.mark.parametrize(
-    ("temperature", "remasking"), [(0.0, None), (None, None), (None, "low_confidence")],
+    ("temperature", "remasking"),
+    [(0.0, None), (None, None), (None, "low_confidence")],
     ids=["greedy", "default-sampling", "low-confidence-in-blocks"],
 )
 def test_generated_stories_end_before_the_last_position(default_ckpt, temperature, remasking):

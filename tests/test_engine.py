@@ -280,5 +280,5 @@ def test_padding_is_invisible_to_a_sequence(ckpt):
     xs = [torch.randint(1000, 2000, (1, n), generator=generator) for n in (12, 30, 20)]
     queries = [torch.rand(x.shape, generator=generator) < 0.5 for x in xs]
     together = batch_logits(forward, xs, queries, pad_id=0)
-    for x, query, logits in zip(xs, queries, together):
+    for x, query, logits in zip(xs, queries, together, strict=True):
         torch.testing.assert_close(logits, forward(x, query, None), atol=1e-4, rtol=1e-4)

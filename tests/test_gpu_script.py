@@ -22,10 +22,12 @@ from app.diffusion.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train_default_gpu.sh"
 STORIES = Path(__file__).parent / "data" / "tinystories"
-TINY_FLAGS = ("--vocab-size 300 --dim 32 --n-layers 1 --n-heads 2 --hidden-dim 64 --seq-len 64 --batch-size 4 "
-              "--max-steps 2 --eval-every 1 --max-valid-stories 4 --eval-batch-size 4 --eval-t-samples 1 "
-              "--num-samples 1 --sample-steps 4 --mixed-precision no --dataloader-workers 0 --log-every 1 "
-              "--save-every 100")
+TINY_FLAGS = (
+    "--vocab-size 300 --dim 32 --n-layers 1 --n-heads 2 --hidden-dim 64 --seq-len 64 --batch-size 4 "
+    "--max-steps 2 --eval-every 1 --max-valid-stories 4 --eval-batch-size 4 --eval-t-samples 1 "
+    "--num-samples 1 --sample-steps 4 --mixed-precision no --dataloader-workers 0 --log-every 1 "
+    "--save-every 100"
+)
 
 
 def gzipped_story_files(folder: Path) -> Path:
@@ -34,8 +36,11 @@ def gzipped_story_files(folder: Path) -> Path:
     train = (STORIES / "train.txt").read_text()
     half = len(train) // 2
     cut = train.index("<|endoftext|>", half) + len("<|endoftext|>")
-    for name, text in [("train.txt.gz", train[:cut]), ("train_extra_recased.txt.gz", train[cut:]),
-                       ("valid.txt.gz", (STORIES / "valid.txt").read_text())]:
+    for name, text in [
+        ("train.txt.gz", train[:cut]),
+        ("train_extra_recased.txt.gz", train[cut:]),
+        ("valid.txt.gz", (STORIES / "valid.txt").read_text()),
+    ]:
         with gzip.open(folder / name, "wt") as f:
             f.write(text)
     return folder
@@ -43,12 +48,20 @@ def gzipped_story_files(folder: Path) -> Path:
 
 def run_script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     python_bin = str(Path(sys.executable).parent)  # `python3` in the script is this interpreter
-    full_env = {**os.environ, "PATH": python_bin + os.pathsep + os.environ["PATH"], "OUT": str(tmp_path / "out"),
-                "RUN": str(tmp_path / "run"), "DATA": str(gzipped_story_files(tmp_path / "data")),
-                "WHEELS": str(tmp_path / "no-wheels"), "PYARROW_WHEELS": str(tmp_path / "no-wheels"), **env}
+    full_env = {
+        **os.environ,
+        "PATH": python_bin + os.pathsep + os.environ["PATH"],
+        "OUT": str(tmp_path / "out"),
+        "RUN": str(tmp_path / "run"),
+        "DATA": str(gzipped_story_files(tmp_path / "data")),
+        "WHEELS": str(tmp_path / "no-wheels"),
+        "PYARROW_WHEELS": str(tmp_path / "no-wheels"),
+        **env,
+    }
     (tmp_path / "out").mkdir()
-    return subprocess.run(["bash", str(SCRIPT)], check=False, cwd=REPO, env=full_env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        ["bash", str(SCRIPT)], check=False, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")

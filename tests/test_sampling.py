@@ -129,7 +129,7 @@ def test_blocks_are_revealed_left_to_right_at_the_same_pace(ckpt, block_length):
     unblocked = SamplerConfig(num_steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0)
     steps, _ = run(ckpt, cfg, batch=2, length=32, prefix=[7, 8, 9])
     plain, _ = run(ckpt, unblocked, batch=2, length=32, prefix=[7, 8, 9])
-    for step, plain_step in zip(steps, plain):
+    for step, plain_step in zip(steps, plain, strict=True):
         assert step.positions.numel() == plain_step.positions.numel()
         for row in range(2):
             masked = (step.x[row] == ckpt.mask_id).nonzero().flatten()
@@ -200,7 +200,7 @@ def test_steps_that_reveal_nothing_skip_the_model(ckpt):
 
 def test_low_confidence_skips_steps_with_nothing_to_reveal(ckpt):
     cfg = SamplerConfig(num_steps=64, remasking=Remasking.LOW_CONFIDENCE)  # twice as many steps as tokens
-    steps, calls = run(ckpt, cfg, length=32)
+    _steps, calls = run(ckpt, cfg, length=32)
     assert calls == 32
 
 
@@ -208,7 +208,7 @@ def test_mask_token_is_never_chosen(ckpt):
     logits = torch.zeros(4, 10)
     logits[:, 3] = 100.0
     for temperature in (0.0, 1.0):
-        ids, probs = choose_tokens(logits, SamplerConfig(1, temperature=temperature), 3, torch.Generator())
+        ids, _probs = choose_tokens(logits, SamplerConfig(1, temperature=temperature), 3, torch.Generator())
         assert (ids != 3).all()
 
 
@@ -228,9 +228,15 @@ def test_temperature_sampling_follows_the_distribution():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(num_steps=0), dict(num_steps=4, temperature=-1), dict(num_steps=4, top_p=0.0),
-               dict(num_steps=4, top_k=0), dict(num_steps=4, remasking="sideways"),
-               dict(num_steps=4, block_length=0)]
+    "kwargs",
+    [
+        {"num_steps": 0},
+        {"num_steps": 4, "temperature": -1},
+        {"num_steps": 4, "top_p": 0.0},
+        {"num_steps": 4, "top_k": 0},
+        {"num_steps": 4, "remasking": "sideways"},
+        {"num_steps": 4, "block_length": 0},
+    ],
 )
 def test_bad_sampler_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
@@ -248,8 +254,15 @@ def test_logits_at_matches_full_forward(ckpt):
 def test_logits_at_runs_the_head_only_at_queried_positions(family: str) -> None:
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    config = AutoConfig.for_model(family, vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=32, max_position_embeddings=40)
+    config = AutoConfig.for_model(
+        family,
+        vocab_size=60,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=40,
+    )
     torch.manual_seed(0)
     model = AutoModelForMaskedLM.from_config(config).eval()
     rows: list[int] = []

@@ -41,7 +41,11 @@ def server(tiny_checkpoint_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runtime_module, "logits_at", slow_logits_at)
         settings = Settings(
-            model=str(tiny_checkpoint_dir), device="cpu", port=0, max_batch=16, ping_interval=0.1,
+            model=str(tiny_checkpoint_dir),
+            device="cpu",
+            port=0,
+            max_batch=16,
+            ping_interval=0.1,
             log_level="warning",
         )
         app = create_app(settings)
@@ -99,7 +103,7 @@ async def test_json_generation_over_tcp(client):
 
 
 async def test_metrics_over_tcp_follow_the_engine(client, server):
-    scraped = (await client.get("/metrics"))
+    scraped = await client.get("/metrics")
     assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
     completed = engine_of(server).stats.snapshot().completed
     assert f'storydiff_requests_total{{outcome="completed"}} {float(completed)}' in scraped.text
@@ -137,8 +141,7 @@ async def test_keep_alive_pings_are_sse_comments(client):
 async def test_ten_concurrent_streams_complete_and_share_forward_passes(client, server):
     before = (await client.get("/info")).json()["engine"]
     requests = [
-        {"stream": True, "length": 20 + 4 * i, "steps": 16, "remasking": "low_confidence", "seed": i}
-        for i in range(10)
+        {"stream": True, "length": 20 + 4 * i, "steps": 16, "remasking": "low_confidence", "seed": i} for i in range(10)
     ]
     results = await asyncio.gather(*(stream_events(client, request) for request in requests))
     assert all(events[-1].event == "done" for events in results)
@@ -166,8 +169,15 @@ async def test_disconnect_mid_stream_frees_the_slot(client, server):
 
 
 async def test_client_input_never_yields_a_500(client):
-    bodies = [b"", b"{", b'{"length": 1e309}', b'{"steps": NaN}', b'{"top_k": 99999999999999999999999}',
-              b'{"prompt": "' + b"x" * 30_000 + b'"}', b'"just a string"']
+    bodies = [
+        b"",
+        b"{",
+        b'{"length": 1e309}',
+        b'{"steps": NaN}',
+        b'{"top_k": 99999999999999999999999}',
+        b'{"prompt": "' + b"x" * 30_000 + b'"}',
+        b'"just a string"',
+    ]
     for content in bodies:
         response = await client.post("/generate", content=content, headers={"content-type": "application/json"})
         assert response.status_code == 422, (content[:40], response.status_code)

@@ -10,19 +10,30 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
+from model_training.cli import parse_config
 from model_training.data import load_local, load_story_splits
 from model_training.errors import TrainingInputError
 from model_training.tokenization import tokenize_split
 from model_training.vocab import SPECIAL_TOKENS, train_wordpiece
-from model_training.cli import parse_config
 
 STORIES = Path(__file__).parent / "data" / "tinystories"
 
 
 def tiny_config(output: Path, *flags: str):
     """tiny-test.yaml with absolute data paths, writing into `output`, plus extra flags."""
-    return parse_config(["--config", "tiny-test", "--output", str(output), "--dataset", str(STORIES / "train.txt"),
-                         "--valid", str(STORIES / "valid.txt"), *flags])
+    return parse_config(
+        [
+            "--config",
+            "tiny-test",
+            "--output",
+            str(output),
+            "--dataset",
+            str(STORIES / "train.txt"),
+            "--valid",
+            str(STORIES / "valid.txt"),
+            *flags,
+        ]
+    )
 
 
 def sample_stories() -> list[str]:
@@ -39,7 +50,9 @@ def write_as(kind: str, directory: Path, stories: list[str]) -> Path:
         with gzip.open(path := directory / "stories.txt.gz", "wt") as f:
             f.write(joined)
     elif kind == "jsonl":
-        (path := directory / "stories.jsonl").write_text("".join(json.dumps({"text": s, "id": i}) + "\n" for i, s in enumerate(stories)))
+        (path := directory / "stories.jsonl").write_text(
+            "".join(json.dumps({"text": s, "id": i}) + "\n" for i, s in enumerate(stories))
+        )
     else:
         pd.DataFrame({"text": stories, "n": range(len(stories))}).to_parquet(path := directory / "stories.parquet")
     return path
@@ -50,7 +63,9 @@ def test_every_file_type_gives_the_same_stories(tmp_path: Path, kind: str) -> No
     stories = sample_stories()[:40]
     dataset = load_local([str(write_as(kind, tmp_path, stories))], "text")
     assert dataset.column_names == ["text"]
-    assert dataset["text"][:] == stories if not hasattr(dataset["text"], "to_pylist") else list(dataset["text"]) == stories
+    assert (
+        dataset["text"][:] == stories if not hasattr(dataset["text"], "to_pylist") else list(dataset["text"]) == stories
+    )
 
 
 def test_stories_keep_their_paragraphs() -> None:
@@ -95,8 +110,10 @@ def test_tokenization_pads_counts_truncation_and_characters() -> None:
     short = next(i for i, n in enumerate(lengths) if n <= 64) if min(lengths) <= 64 else None
     if short is not None:
         assert split.dataset[short]["n_chars"].item() == len(stories[short]["text"])
-        assert (split.dataset[short]["input_ids"][lengths[short]:] == tokenizer.pad_token_id).all()
+        assert (split.dataset[short]["input_ids"][lengths[short] :] == tokenizer.pad_token_id).all()
     long = next(i for i, n in enumerate(lengths) if n > 64)
     covered = split.dataset[long]["n_chars"].item()
     assert 0 < covered < len(stories[long]["text"])
-    assert tokenizer(stories[long]["text"][:covered])["input_ids"][:60] == split.dataset[long]["input_ids"][:60].tolist()
+    assert (
+        tokenizer(stories[long]["text"][:covered])["input_ids"][:60] == split.dataset[long]["input_ids"][:60].tolist()
+    )

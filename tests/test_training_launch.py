@@ -36,8 +36,21 @@ def test_storydiff_train_is_the_same_command(capsys) -> None:
 def test_flags_override_the_config_file() -> None:
     from model_training.cli import parse_config
 
-    cfg = parse_config(["--config", "tiny-test", "--max-steps", "7", "--dim", "48", "--no-low-discrepancy",
-                        "--betas", "0.8", "0.9", "--resume"])
+    cfg = parse_config(
+        [
+            "--config",
+            "tiny-test",
+            "--max-steps",
+            "7",
+            "--dim",
+            "48",
+            "--no-low-discrepancy",
+            "--betas",
+            "0.8",
+            "0.9",
+            "--resume",
+        ]
+    )
     assert (cfg.max_steps, cfg.dim, cfg.n_layers, cfg.betas, cfg.resume) == (7, 48, 2, (0.8, 0.9), "auto")
     assert build_parser().parse_args(["--max-grad-norm", "none"]).max_grad_norm is None
 
@@ -53,9 +66,31 @@ def test_every_preset_is_a_valid_config(preset: str) -> None:
 def _launch(tmp_path: Path, *launch_args: str, env_extra: dict[str, str] | None = None) -> Path:
     output = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
-    cmd = [str(ACCELERATE), "launch", *launch_args, "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "model_training", "--config", "tiny-test", "--output", str(output),
-           "--max-steps", "4", "--save-every", "2", "--num-samples", "0", "--log-every", "2"]
+    cmd = [
+        str(ACCELERATE),
+        "launch",
+        *launch_args,
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "model_training",
+        "--config",
+        "tiny-test",
+        "--output",
+        str(output),
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--num-samples",
+        "0",
+        "--log-every",
+        "2",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "done: 4 steps" in done.stdout and "best: step 4" in done.stdout

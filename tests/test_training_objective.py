@@ -8,8 +8,7 @@ import torch
 from transformers import DistilBertConfig, DistilBertForMaskedLM
 
 from app.diffusion.logits import logits_at_positions
-from model_training.evaluation import stratified_t
-from model_training.objective import diffusion_loss, mask_tokens, sample_t, weighted_masked_nll
+from model_training.objective import diffusion_loss, weighted_masked_nll
 
 MASK = 3
 
@@ -57,8 +56,16 @@ def test_masked_cross_entropy_is_summed_per_sequence() -> None:
 
 def test_head_at_masked_positions_gives_the_full_loss_and_gradients() -> None:
     """Training with the vocabulary head at masked positions only is the same objective, cheaper."""
-    config = DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=12,
-                              dropout=0.0, attention_dropout=0.0)
+    config = DistilBertConfig(
+        vocab_size=50,
+        dim=16,
+        n_layers=1,
+        n_heads=2,
+        hidden_dim=32,
+        max_position_embeddings=12,
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
     torch.manual_seed(0)
     model = DistilBertForMaskedLM(config)
     x0 = torch.randint(5, 50, (3, 12))
@@ -69,7 +76,7 @@ def test_head_at_masked_positions_gives_the_full_loss_and_gradients() -> None:
     for head_only in (False, True):
         model.zero_grad()
 
-        def logits_fn(x_t: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        def logits_fn(x_t: torch.Tensor, masked: torch.Tensor, head_only: bool = head_only) -> torch.Tensor:
             n_masked.append(int(masked.sum()))
             return logits_at_positions(model, model, x_t, masked, head_only=head_only)
 
@@ -77,6 +84,6 @@ def test_head_at_masked_positions_gives_the_full_loss_and_gradients() -> None:
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
     torch.testing.assert_close(results[0][0], results[1][0])
-    for full, head_only in zip(results[0][1], results[1][1]):
+    for full, head_only in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(full, head_only, rtol=1e-4, atol=1e-6)
     assert head_rows == [36, n_masked[1]] and 0 < n_masked[1] < 36  # every position, then the masked ones

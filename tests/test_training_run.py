@@ -26,8 +26,19 @@ STORIES = Path(__file__).parent / "data" / "tinystories"
 
 def tiny_config(output: Path, *flags: str):
     """tiny-test.yaml with absolute data paths, writing into `output`, plus extra flags."""
-    return parse_config(["--config", "tiny-test", "--output", str(output), "--dataset", str(STORIES / "train.txt"),
-                         "--valid", str(STORIES / "valid.txt"), *flags])
+    return parse_config(
+        [
+            "--config",
+            "tiny-test",
+            "--output",
+            str(output),
+            "--dataset",
+            str(STORIES / "train.txt"),
+            "--valid",
+            str(STORIES / "valid.txt"),
+            *flags,
+        ]
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +69,8 @@ def test_loss_goes_down_and_beats_uniform(tiny_run) -> None:
 def test_output_loads_in_the_core_loader_and_generates(tiny_run) -> None:
     final = tiny_run.final_dir
     assert {"README.md", "config.json", "diffusion_config.json", "tokenizer.json", "model.safetensors"} <= {
-        p.name for p in final.iterdir()}
+        p.name for p in final.iterdir()
+    }
     checkpoint = load_checkpoint(final, device="cpu")
     training = checkpoint.config.training
     assert checkpoint.config.seq_len == 64 and training["steps"] == 50
@@ -137,21 +149,36 @@ def _bad_tokenizer_dir(tmp_path: Path) -> Path:
 
     raw = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "once": 2}, unk_token="[UNK]"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(tmp_path / "tok")
+    PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
+        tmp_path / "tok"
+    )
     return tmp_path / "tok"
 
 
-@pytest.mark.parametrize("case", ["missing file", "unknown dataset id", "unknown model id", "no mask token",
-                                  "seq len too long", "missing config"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing file", "unknown dataset id", "unknown model id", "no mask token", "seq len too long", "missing config"],
+)
 def test_bad_input_is_one_clear_line_and_exit_code_2(case: str, tmp_path: Path, capsys, tiny_checkpoint_dir) -> None:
-    base = ["--config", "tiny-test", "--output", str(tmp_path / "out"), "--valid", str(STORIES / "valid.txt"),
-            "--dataset", str(STORIES / "train.txt")]
+    base = [
+        "--config",
+        "tiny-test",
+        "--output",
+        str(tmp_path / "out"),
+        "--valid",
+        str(STORIES / "valid.txt"),
+        "--dataset",
+        str(STORIES / "train.txt"),
+    ]
     extra, expected = {
         "missing file": (["--dataset", str(tmp_path / "nope.txt.gz")], "does not exist"),
         "unknown dataset id": (["--dataset", "no-such-org/no-such-stories"], "no-such-org/no-such-stories"),
         "unknown model id": (["--model", "no-such-org/no-such-model"], "no-such-org/no-such-model"),
         "no mask token": (["--tokenizer", str(_bad_tokenizer_dir(tmp_path))], "no mask token"),
-        "seq len too long": (["--model", str(tiny_checkpoint_dir), "--seq-len", "128"], "above the model's 64 positions"),
+        "seq len too long": (
+            ["--model", str(tiny_checkpoint_dir), "--seq-len", "128"],
+            "above the model's 64 positions",
+        ),
         "missing config": (["--config", "no-such-preset"], "not found"),
     }[case]
     assert main(base + extra) == 2

@@ -21,8 +21,14 @@ from tests.conftest import TINY_SEQ_LEN
 
 CHROMIUM = os.environ.get("STORYDIFF_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 pytestmark = pytest.mark.skipif(
@@ -81,7 +87,9 @@ def browser_context(tmp_path_factory):
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh user-data-dir
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
             viewport={"width": 1280, "height": 900},
         )
         context.set_default_timeout(30_000)
@@ -107,9 +115,17 @@ def panel(page: Page, n: int = 1):
 
 
 def fill(section, **fields) -> None:
-    labels = {"length": "Length", "steps": "Steps", "temperature": "Temperature", "top_k": "Top-k",
-              "top_p": "Top-p", "block_length": "Block length", "seed": "Seed", "stream_every": "Show every",
-              "prompt": "Prompt"}
+    labels = {
+        "length": "Length",
+        "steps": "Steps",
+        "temperature": "Temperature",
+        "top_k": "Top-k",
+        "top_p": "Top-p",
+        "block_length": "Block length",
+        "seed": "Seed",
+        "stream_every": "Show every",
+        "prompt": "Prompt",
+    }
     for name, value in fields.items():
         if name == "remasking":
             section.get_by_label("Remasking").select_option(value)
@@ -275,8 +291,10 @@ def test_bad_fields_show_the_servers_422_next_to_each_field(page, live):
 
 def test_busy_and_lost_connections_show_messages(page):
     section = panel(page)
-    page.route("**/generate", lambda route: route.fulfill(
-        status=429, headers={"Retry-After": "7"}, json={"detail": "the server is busy"}))
+    page.route(
+        "**/generate",
+        lambda route: route.fulfill(status=429, headers={"Retry-After": "7"}, json={"detail": "the server is busy"}),
+    )
     section.get_by_role("button", name="Generate").click()
     expect(section.locator("[data-ref=status]")).to_have_text("The server is busy: retry in 7 s.")
     expect(section.get_by_role("button", name="Generate")).to_be_enabled()
@@ -289,8 +307,9 @@ def test_busy_and_lost_connections_show_messages(page):
     page.unroute("**/generate")
     step = '{"step":1,"steps":9,"t":0.8,"masked":40,"changed":[],"text":""}'
     cut = f"event: step\r\nid: 1\r\ndata: {step}\r\n\r\n"  # then the connection ends: no done event
-    page.route("**/generate", lambda route: route.fulfill(
-        status=200, headers={"Content-Type": "text/event-stream"}, body=cut))
+    page.route(
+        "**/generate", lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=cut)
+    )
     section.get_by_role("button", name="Generate").click()
     expect(section.locator("[data-ref=status]")).to_contain_text("Lost the connection at step 1")
     expect(section.get_by_role("button", name="Stop")).to_be_disabled()

@@ -28,8 +28,12 @@ def sampler_defaults(checkpoint: Checkpoint) -> SamplerInfo:
     config = checkpoint.config
     sampler = config.sampler
     return SamplerInfo(
-        length=config.seq_len, steps=config.default_steps, remasking=sampler.remasking,
-        temperature=sampler.temperature, top_k=sampler.top_k, top_p=sampler.top_p,
+        length=config.seq_len,
+        steps=config.default_steps,
+        remasking=sampler.remasking,
+        temperature=sampler.temperature,
+        top_k=sampler.top_k,
+        top_p=sampler.top_p,
         block_length=sampler.block_length,
     )
 
@@ -53,14 +57,18 @@ def build_job(body: GenerateRequest, checkpoint: Checkpoint, stream_every: int |
     length = _default(body, "length", defaults.length)
     if length > checkpoint.max_positions:
         raise _invalid(
-            "length", f"Input should be less than or equal to {checkpoint.max_positions}, "
-            "the model's maximum positions", length, "less_than_equal",
+            "length",
+            f"Input should be less than or equal to {checkpoint.max_positions}, the model's maximum positions",
+            length,
+            "less_than_equal",
         )
     prefix = prompt_ids(checkpoint.tokenizer, body.prompt)
     if len(prefix) > length:
         raise _invalid(
-            "prompt", f"The prompt takes {len(prefix)} tokens, more than the length {length}; "
-            "shorten it or ask for a longer length", body.prompt,
+            "prompt",
+            f"The prompt takes {len(prefix)} tokens, more than the length {length}; "
+            "shorten it or ask for a longer length",
+            body.prompt,
         )
     sampler = SamplerConfig(
         num_steps=_default(body, "steps", defaults.steps),
@@ -86,7 +94,7 @@ def step_event(update: StepUpdate, checkpoint: Checkpoint) -> StepEvent:
         masked=update.ids.count(checkpoint.mask_id),
         changed=[
             Revealed(pos=reveal.pos, id=reveal.id, text=piece, p=reveal.p)
-            for reveal, piece in zip(update.changed, pieces)
+            for reveal, piece in zip(update.changed, pieces, strict=True)
         ],
         text=render_draft(update.ids, tokenizer),
     )

@@ -6,7 +6,8 @@ no Prometheus objects and each app has its own registry (no process-wide state).
 
 from __future__ import annotations
 
-from typing import Iterator, get_args
+from collections.abc import Iterator
+from typing import get_args
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -36,12 +37,15 @@ class RuntimeCollector(Collector):
         yield state
         checkpoint, engine = runtime.checkpoint, runtime.engine
         build = InfoMetricFamily("storydiff_build", "Version, model, device and dtype being served.")
-        build.add_metric([], {
-            "version": __version__,
-            "model": checkpoint.source if checkpoint else str(runtime.settings.model),
-            "device": str(checkpoint.device) if checkpoint else "",
-            "dtype": str(checkpoint.dtype).removeprefix("torch.") if checkpoint else "",
-        })
+        build.add_metric(
+            [],
+            {
+                "version": __version__,
+                "model": checkpoint.source if checkpoint else str(runtime.settings.model),
+                "device": str(checkpoint.device) if checkpoint else "",
+                "dtype": str(checkpoint.dtype).removeprefix("torch.") if checkpoint else "",
+            },
+        )
         yield build
         if engine is None:
             return
@@ -53,11 +57,13 @@ class RuntimeCollector(Collector):
             requests.add_metric([outcome], getattr(stats, outcome))
         yield requests
         yield CounterMetricFamily(
-            "storydiff_engine_iterations", "Engine steps; each advances every active sequence by one.",
+            "storydiff_engine_iterations",
+            "Engine steps; each advances every active sequence by one.",
             value=stats.iterations,
         )
         yield CounterMetricFamily(
-            "storydiff_forward_passes", "Model forward passes (steps that reveal nothing skip the model).",
+            "storydiff_forward_passes",
+            "Model forward passes (steps that reveal nothing skip the model).",
             value=stats.forward_calls,
         )
         yield CounterMetricFamily(
@@ -68,8 +74,9 @@ class RuntimeCollector(Collector):
         yield GaugeMetricFamily("storydiff_active_sequences", "Sequences in the running batch.", value=stats.active)
         yield GaugeMetricFamily("storydiff_waiting_requests", "Requests queued for a batch slot.", value=stats.waiting)
         yield GaugeMetricFamily("storydiff_max_batch", "Batch slots.", value=engine.max_batch)
-        yield GaugeMetricFamily("storydiff_max_queue", "Queue places before requests get a 429.",
-                                value=engine.max_queue)
+        yield GaugeMetricFamily(
+            "storydiff_max_queue", "Queue places before requests get a 429.", value=engine.max_queue
+        )
         durations = engine.stats.durations()
         histogram = HistogramMetricFamily(
             "storydiff_request_duration_seconds", "Completed requests, from submission to the last step."
@@ -84,7 +91,11 @@ def add_metrics(app: FastAPI, runtime: ModelRuntime) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RuntimeCollector(runtime))
 
-    @app.get("/metrics", summary="Prometheus metrics: model state, requests, batching, durations",
-             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics: model state, requests, batching, durations",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -115,9 +115,7 @@ async def generate(
     channel = UpdateChannel(asyncio.get_running_loop())
     handle = engine.submit(job.spec, channel.publish, settings.timeout)  # QueueFull -> 429
     if streaming:
-        return event_stream_response(
-            job, handle, channel, checkpoint, settings.ping_interval, settings.shutdown_grace
-        )
+        return event_stream_response(job, handle, channel, checkpoint, settings.ping_interval, settings.shutdown_grace)
     try:
         outcome = await _outcome_unless_gone(channel, request)
     finally:
@@ -139,7 +137,9 @@ async def health() -> Health:
 
 
 @router.get(
-    "/ready", response_model=Readiness, summary="The model is loaded and the engine runs",
+    "/ready",
+    response_model=Readiness,
+    summary="The model is loaded and the engine runs",
     responses={503: {"model": Readiness, "description": "Loading, failed or stopped."}},
 )
 async def ready(runtime: ModelRuntime = Depends(runtime_of)) -> JSONResponse:
@@ -161,7 +161,9 @@ async def info(runtime: ModelRuntime = Depends(ready_runtime)) -> Info:
         mask_placeholder=MASK_PLACEHOLDER,
         defaults=sampler_defaults(checkpoint),
         engine=EngineInfo(
-            max_batch=engine.max_batch, max_queue=engine.max_queue, timeout_s=settings.timeout,
+            max_batch=engine.max_batch,
+            max_queue=engine.max_queue,
+            timeout_s=settings.timeout,
             **vars(stats),
         ),
         version=__version__,

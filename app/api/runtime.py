@@ -87,9 +87,15 @@ class ModelRuntime:
             log.info(
                 "ready: model %s on %s (%s), %.1fM parameters, max length %d; loaded in %.1fs, "
                 "warm-up %.2fs; max_batch %d, max_queue %d",
-                checkpoint.source, checkpoint.device, str(checkpoint.dtype).removeprefix("torch."),
-                checkpoint.num_parameters / 1e6, checkpoint.max_positions, loaded_s, warmup_s,
-                settings.max_batch, settings.max_queue,
+                checkpoint.source,
+                checkpoint.device,
+                str(checkpoint.dtype).removeprefix("torch."),
+                checkpoint.num_parameters / 1e6,
+                checkpoint.max_positions,
+                loaded_s,
+                warmup_s,
+                settings.max_batch,
+                settings.max_queue,
             )
         except Exception as err:  # a bad model dir must show on /ready and in the log, not kill the loop
             self.error = str(err) or type(err).__name__

@@ -25,41 +25,57 @@ class GenerateRequest(BaseModel):
     )
 
     prompt: str | None = Field(
-        None, max_length=MAX_PROMPT_CHARS,
+        None,
+        max_length=MAX_PROMPT_CHARS,
         description="The story's beginning; kept fixed while the rest is denoised.",
     )
     length: int | None = Field(
-        None, ge=1, le=MAX_LENGTH,
+        None,
+        ge=1,
+        le=MAX_LENGTH,
         description="Sequence length in tokens, prompt included; at most the model's max positions.",
     )
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Denoising steps.")
     remasking: RemaskingName | None = Field(
-        None, description="random: reveal each masked position with the schedule's probability; "
+        None,
+        description="random: reveal each masked position with the schedule's probability; "
         "low_confidence: reveal the most confident predictions first.",
     )
     temperature: float | None = Field(None, ge=0.0, le=100.0, description="0: always the most likely token.")
     top_k: int | None = Field(
-        None, ge=1, le=1_000_000,
+        None,
+        ge=1,
+        le=1_000_000,
         description="Sample among the k most likely tokens. Absent: the checkpoint's default; null: no limit.",
     )
     top_p: float | None = Field(
-        None, gt=0.0, le=1.0,
+        None,
+        gt=0.0,
+        le=1.0,
         description="Nucleus sampling mass. Absent: the checkpoint's default; null: no limit.",
     )
     block_length: int | None = Field(
-        None, ge=1, le=MAX_LENGTH,
+        None,
+        ge=1,
+        le=MAX_LENGTH,
         description="low_confidence only: reveal the story in blocks of this many tokens, left to right "
         "(LLaDA's semi-autoregressive sampling); random ignores it. Absent: the checkpoint's default; "
         "null: no blocks.",
     )
     seed: int | None = Field(
-        None, ge=0, le=MAX_SEED, description="Same seed and settings, same story; chosen and returned when absent.",
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Same seed and settings, same story; chosen and returned when absent.",
     )
     stream: bool | None = Field(
-        None, description="true: a text/event-stream of every denoising step; absent: decided by the Accept header.",
+        None,
+        description="true: a text/event-stream of every denoising step; absent: decided by the Accept header.",
     )
     stream_every: int = Field(
-        1, ge=1, le=MAX_STEPS,
+        1,
+        ge=1,
+        le=MAX_STEPS,
         description="Send every k-th step (and always the last); skipped steps' reveals are carried forward.",
     )
 

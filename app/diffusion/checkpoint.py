@@ -80,7 +80,7 @@ def looks_like_local_path(source: str) -> bool:
         Path(source).expanduser().exists()
         or source.startswith(("/", ".", "~"))
         or source.count("/") > 1
-        or os.sep != "/" and os.sep in source
+        or (os.sep != "/" and os.sep in source)
     )
 
 
@@ -92,9 +92,7 @@ def _check_local_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{str(path)!r} has no config.json: it is not a saved model directory")
     if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise CheckpointError(
-            f"{str(path)!r} has no weights (expected one of {', '.join(WEIGHT_FILES)})"
-        )
+        raise CheckpointError(f"{str(path)!r} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
 
 
 def _load_tokenizer(source: str, local_only: bool) -> PreTrainedTokenizerBase:
@@ -149,9 +147,7 @@ def load_checkpoint(
     torch_dtype = select_dtype(torch_device, dtype)
     try:
         tokenizer = _load_tokenizer(source, local_only=local_dir is not None)
-        model = AutoModelForMaskedLM.from_pretrained(
-            source, dtype=torch_dtype, local_files_only=local_dir is not None
-        )
+        model = AutoModelForMaskedLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_dir is not None)
     except CheckpointError:
         raise
     except OSError as err:
@@ -167,8 +163,12 @@ def load_checkpoint(
     config = _diffusion_config(source, local_dir, model)
     log.info(
         "loaded %s: %s, %.1fM parameters, %s %s, seq_len %d",
-        source, type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6,
-        torch_device, str(torch_dtype).removeprefix("torch."), config.seq_len,
+        source,
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        torch_device,
+        str(torch_dtype).removeprefix("torch."),
+        config.seq_len,
     )
     return Checkpoint(model, tokenizer, config, source, torch_device, torch_dtype)
 

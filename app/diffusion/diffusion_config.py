@@ -51,6 +51,6 @@ class DiffusionConfig(BaseModel):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "DiffusionConfig":
+    def load(cls, path: str | Path) -> DiffusionConfig:
         """Read a `diffusion_config.json` file."""
         return cls.model_validate_json(Path(path).read_text())

@@ -11,7 +11,8 @@ indexes them.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel

@@ -21,9 +21,9 @@ arXiv 2409.02908). The mask token is never chosen.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Iterator
 
 import torch
 
@@ -102,9 +102,7 @@ def initial_tokens(prefix: list[int], length: int, mask_id: int, device: torch.d
     return x
 
 
-def plan_step(
-    x: torch.Tensor, index: int, cfg: SamplerConfig, mask_id: int, generator: torch.Generator
-) -> StepPlan:
+def plan_step(x: torch.Tensor, index: int, cfg: SamplerConfig, mask_id: int, generator: torch.Generator) -> StepPlan:
     """Decide, before the model runs, which positions step `index` may reveal."""
     masked = x == mask_id  # (B, L)
     t, s = step_times(index, cfg.num_steps)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -76,9 +76,7 @@ def decode_story(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> str:
     return clean_text(tokenizer.decode(_story_tokens(ids, tokenizer), skip_special_tokens=True))
 
 
-def render_draft(
-    ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, placeholder: str = MASK_PLACEHOLDER
-) -> str:
+def render_draft(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, placeholder: str = MASK_PLACEHOLDER) -> str:
     """The story so far with each masked position shown as `placeholder`.
 
     Cut at the first revealed PAD/SEP exactly like `decode_story`, so that once no mask is left

@@ -22,7 +22,19 @@ from app.engine.request import (
 from app.engine.stats import EngineStats, StatsSnapshot
 
 __all__ = [
-    "Engine", "EngineError", "EngineStats", "EngineStopped", "Failed", "Finished", "GenerationSpec",
-    "Outcome", "QueueFull", "RequestHandle", "Reveal", "StatsSnapshot", "StepUpdate", "Update",
+    "Engine",
+    "EngineError",
+    "EngineStats",
+    "EngineStopped",
+    "Failed",
+    "Finished",
+    "GenerationSpec",
+    "Outcome",
+    "QueueFull",
+    "RequestHandle",
+    "Reveal",
+    "StatsSnapshot",
+    "StepUpdate",
+    "Update",
     "UpdateChannel",
 ]

@@ -32,7 +32,7 @@ def pad_batch(
     x = torch.full((len(xs), width), pad_id, dtype=torch.long, device=device)  # (B, L_max)
     query = torch.zeros((len(xs), width), dtype=torch.bool, device=device)  # (B, L_max)
     attention_mask = torch.zeros((len(xs), width), dtype=torch.long, device=device)  # (B, L_max)
-    for row, (xi, qi, length) in enumerate(zip(xs, queries, lengths)):
+    for row, (xi, qi, length) in enumerate(zip(xs, queries, lengths, strict=True)):
         x[row, :length] = xi[0]
         query[row, :length] = qi[0]
         attention_mask[row, :length] = 1

@@ -9,6 +9,7 @@ plus the outcome, so its memory is bounded by the sequence length however slow t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from app.engine.request import Failed, Outcome, StepUpdate, Update
 
@@ -25,10 +26,8 @@ class UpdateChannel:
 
     def publish(self, update: Update) -> None:
         """Hand `update` to the loop; callable from any thread, never blocks."""
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to read
             self._loop.call_soon_threadsafe(self._put, update)
-        except RuntimeError:  # the loop is closed: nobody is left to read
-            pass
 
     def fail(self, failure: Failed) -> None:
         """End the request from the loop side (e.g. shutdown) unless it already ended."""

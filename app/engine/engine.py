@@ -112,9 +112,7 @@ class Engine:
             if self._admitted >= self.max_batch + self.max_queue:
                 self.stats.count("rejected")
                 raise QueueFull(f"{self.max_batch} requests running and {self.max_queue} waiting")
-            handle = RequestHandle(
-                spec, publish, deadline=time.monotonic() + timeout_s, _on_cancel=self._wake
-            )
+            handle = RequestHandle(spec, publish, deadline=time.monotonic() + timeout_s, _on_cancel=self._wake)
             self._waiting.append(handle)
             self._admitted += 1
             self.stats.count("submitted")
@@ -204,11 +202,10 @@ class Engine:
         if not self._active:
             return
         plans = [
-            plan_step(seq.x, seq.index, seq.handle.spec.sampler, self.mask_id, seq.generator)
-            for seq in self._active
+            plan_step(seq.x, seq.index, seq.handle.spec.sampler, self.mask_id, seq.generator) for seq in self._active
         ]
         logits = self._logits(plans)
-        for seq, plan, seq_logits in zip(self._active, plans, logits):
+        for seq, plan, seq_logits in zip(self._active, plans, logits, strict=True):
             step = apply_step(seq.x, plan, seq_logits, seq.handle.spec.sampler, self.mask_id, seq.generator)
             self._record(seq, step)
         self.stats.count("iterations")
@@ -224,7 +221,7 @@ class Engine:
                 self._forward, [self._active[i].x for i in needy], [plans[i].query for i in needy], self.pad_id
             )
             self.stats.forward(len(needy))
-            for i, seq_logits in zip(needy, rows):
+            for i, seq_logits in zip(needy, rows, strict=True):
                 logits[i] = seq_logits
         return logits
 
@@ -235,7 +232,9 @@ class Engine:
         if spec.stream_every is not None:
             seq.unsent += tuple(
                 Reveal(pos, token, p)
-                for pos, token, p in zip(step.positions.tolist(), step.token_ids.tolist(), step.probs.tolist())
+                for pos, token, p in zip(
+                    step.positions.tolist(), step.token_ids.tolist(), step.probs.tolist(), strict=True
+                )
             )
             if last or step.index % spec.stream_every == 0:
                 ids = tuple(step.x[0].tolist())

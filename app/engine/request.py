@@ -35,7 +35,7 @@ class GenerationSpec:
     stream_every: int | None = None  # publish every k-th step (and the last); None: only the outcome
 
     def __post_init__(self) -> None:
-        if not 1 <= self.length:
+        if not self.length >= 1:
             raise ValueError(f"length must be at least 1, got {self.length}")
         if len(self.prefix) > self.length:
             raise ValueError(f"the prefix takes {len(self.prefix)} tokens, more than the length {self.length}")

@@ -7,7 +7,6 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-
 DURATION_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 """Upper bounds (seconds) of the request-duration histogram: a GPU story to a slow CPU one."""
 
@@ -71,7 +70,7 @@ class EngineStats:
         """The duration histogram of completed requests, cumulative as Prometheus expects."""
         with self._lock:
             cumulative, running = {}, 0
-            for bound, n in zip(DURATION_BUCKETS_S, self._duration_counts):
+            for bound, n in zip(DURATION_BUCKETS_S, self._duration_counts, strict=True):
                 running += n
                 cumulative[bound] = running
             return DurationHistogram(cumulative, self._counts["completed"], self._duration_sum_s)
@@ -100,8 +99,14 @@ class EngineStats:
                 **{
                     name: counts.get(name, 0)
                     for name in (
-                        "iterations", "forward_calls", "submitted", "completed", "cancelled",
-                        "timed_out", "failed", "rejected",
+                        "iterations",
+                        "forward_calls",
+                        "submitted",
+                        "completed",
+                        "cancelled",
+                        "timed_out",
+                        "failed",
+                        "rejected",
                     )
                 },
             )
