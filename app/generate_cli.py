@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.live import Live
 
 from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, load_checkpoint
-from app.diffusion.generation import new_seed, sampler_from_defaults, story_steps
+from app.diffusion.generation import sampler_from_defaults, story_steps
+from app.diffusion.sampler_settings import new_seed
 from app.diffusion.sampling import Remasking
 from app.diffusion.text import decode_story
 from app.terminal_view import step_view
@@ -62,7 +63,7 @@ def run_generate(args: argparse.Namespace) -> int:
         ckpt = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
         cfg = sampler_from_defaults(
             ckpt,
-            num_steps=args.steps,
+            steps=args.steps,
             remasking=args.remasking,
             temperature=args.temperature,
             top_k=args.top_k,
@@ -86,7 +87,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 {
                     "text": story,
                     "seed": seed,
-                    "steps": cfg.num_steps,
+                    "steps": cfg.steps,
                     "length": len(x),
                     "remasking": cfg.remasking.value,
                     "temperature": cfg.temperature,
@@ -101,7 +102,7 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         print(story)
         if not args.no_live:
-            console.print(f"[dim]seed {seed} · {cfg.num_steps} steps · {elapsed:.1f}s[/dim]")
+            console.print(f"[dim]seed {seed} · {cfg.steps} steps · {elapsed:.1f}s[/dim]")
     return 0
 
 

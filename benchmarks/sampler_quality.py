@@ -27,18 +27,18 @@ from app.diffusion.text import decode_story, story_end
 from model_training.evaluation import text_bound
 
 SETTINGS = [
-    SamplerConfig(256, Remasking.RANDOM, temperature=0.0),
-    SamplerConfig(256, Remasking.RANDOM, temperature=1.0),
-    SamplerConfig(256, Remasking.RANDOM, temperature=0.8),
-    SamplerConfig(256, Remasking.RANDOM, temperature=1.0, top_p=0.9),
-    SamplerConfig(256, Remasking.RANDOM, temperature=0.8, top_p=0.9),
-    SamplerConfig(256, Remasking.LOW_CONFIDENCE, temperature=0.0),
-    SamplerConfig(256, Remasking.LOW_CONFIDENCE, temperature=0.8),
-    SamplerConfig(256, Remasking.LOW_CONFIDENCE, temperature=1.0, top_p=0.9),
-    SamplerConfig(256, Remasking.LOW_CONFIDENCE, temperature=0.0, block_length=32),
-    SamplerConfig(256, Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=32),
-    SamplerConfig(256, Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=16),
-    SamplerConfig(256, Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=64),
+    SamplerConfig(steps=256, remasking=Remasking.RANDOM, temperature=0.0),
+    SamplerConfig(steps=256, remasking=Remasking.RANDOM, temperature=1.0),
+    SamplerConfig(steps=256, remasking=Remasking.RANDOM, temperature=0.8),
+    SamplerConfig(steps=256, remasking=Remasking.RANDOM, temperature=1.0, top_p=0.9),
+    SamplerConfig(steps=256, remasking=Remasking.RANDOM, temperature=0.8, top_p=0.9),
+    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0),
+    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8),
+    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0, top_p=0.9),
+    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0, block_length=32),
+    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=32),
+    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=16),
+    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=64),
 ]
 
 
@@ -64,7 +64,7 @@ def measure(ckpt: Checkpoint, judge: Checkpoint, cfg: SamplerConfig, stories: in
         "remasking": cfg.remasking.value,
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
-        "steps": cfg.num_steps,
+        "steps": cfg.steps,
         "block_length": cfg.block_length,
         "ended": sum(story_end(r, ckpt.tokenizer) < length for r in rows) / stories,
         "rep4": sum(map(repeated_4grams, texts)) / stories,

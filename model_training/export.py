@@ -13,7 +13,8 @@ from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokeni
 
 from app.diffusion.checkpoint import save_checkpoint
 from app.diffusion.devices import DTYPES
-from app.diffusion.diffusion_config import DiffusionConfig, SamplerDefaults
+from app.diffusion.diffusion_config import DiffusionConfig
+from app.diffusion.sampler_settings import SamplerOverrides
 from model_training.config import TrainConfig
 
 
@@ -41,8 +42,9 @@ def diffusion_config(cfg: TrainConfig, source: str, training: dict[str, Any]) ->
     """The checkpoint's sampler defaults and provenance."""
     return DiffusionConfig(
         seq_len=cfg.seq_len,
-        sampler=SamplerDefaults(
-            num_steps=cfg.sample_steps, remasking="random", temperature=cfg.sample_temperature, top_p=cfg.sample_top_p
+        sampler=SamplerOverrides.model_validate(
+            {"remasking": "random", "temperature": cfg.sample_temperature, "top_p": cfg.sample_top_p}
+            | ({"steps": cfg.sample_steps} if cfg.sample_steps else {})
         ),
         trained_on=source,
         training=training,

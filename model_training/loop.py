@@ -132,7 +132,7 @@ class Trainer:
 
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(
-            num_steps=self.cfg.sample_steps or self.cfg.seq_len,
+            steps=self.cfg.sample_steps or self.cfg.seq_len,
             remasking="random",
             temperature=self.cfg.sample_temperature,
             top_p=self.cfg.sample_top_p,

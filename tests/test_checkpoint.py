@@ -24,7 +24,7 @@ def test_storydiff_checkpoint_round_trip(tiny_checkpoint_dir, cased_tokenizer):
 def test_reference_format_loads_with_max_positions_as_length(reference_format_dir):
     ckpt = load_checkpoint(str(reference_format_dir), device="cpu")
     assert ckpt.config.seq_len == 40
-    assert ckpt.config.default_steps == 40
+    assert ckpt.config.sampler_settings.steps == 40
 
 
 def test_dtype_override(tiny_checkpoint_dir):

@@ -60,7 +60,7 @@ def test_held_out_bound_stays_below_the_recorded_one(default_ckpt):
 )
 def test_generated_stories_end_before_the_last_position(default_ckpt, temperature, remasking):
     ckpt = default_ckpt
-    cfg = sampler_from_defaults(ckpt, num_steps=64, temperature=temperature, remasking=remasking)
+    cfg = sampler_from_defaults(ckpt, steps=64, temperature=temperature, remasking=remasking)
     length = ckpt.config.seq_len
     x = initial_tokens([], length, ckpt.mask_id).repeat(4, 1)  # (4, L): four different stories
     generator = torch.Generator().manual_seed(0)

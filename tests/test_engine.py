@@ -81,7 +81,7 @@ def make_engine(ckpt):
 
 
 def spec(length=32, steps=8, seed=0, prefix=(), stream_every=None, **sampler) -> GenerationSpec:
-    return GenerationSpec(tuple(prefix), length, SamplerConfig(num_steps=steps, **sampler), seed, stream_every)
+    return GenerationSpec(tuple(prefix), length, SamplerConfig(steps=steps, **sampler), seed, stream_every)
 
 
 def generate(engine: Engine, request: GenerationSpec, timeout_s: float = 60.0):

@@ -59,20 +59,20 @@ def reference_argmax_loop(model, x, num_steps, mask_id, generator):
 
 
 ALL_SETTINGS = [
-    SamplerConfig(num_steps=16, remasking=Remasking.RANDOM, temperature=0.0),
-    SamplerConfig(num_steps=16, remasking=Remasking.RANDOM, temperature=1.0, top_k=50),
-    SamplerConfig(num_steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0),
-    SamplerConfig(num_steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9),
-    SamplerConfig(num_steps=50, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0),  # T > L
-    SamplerConfig(num_steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, block_length=8),
-    SamplerConfig(num_steps=12, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0, block_length=5),  # uneven
+    SamplerConfig(steps=16, remasking=Remasking.RANDOM, temperature=0.0),
+    SamplerConfig(steps=16, remasking=Remasking.RANDOM, temperature=1.0, top_k=50),
+    SamplerConfig(steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0),
+    SamplerConfig(steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9),
+    SamplerConfig(steps=50, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0),  # T > L
+    SamplerConfig(steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, block_length=8),
+    SamplerConfig(steps=12, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0, block_length=5),  # uneven
 ]
 
 
 @pytest.mark.parametrize("cfg", ALL_SETTINGS, ids=str)
 def test_no_mask_left_and_every_step_yielded(ckpt, cfg):
     steps, _ = run(ckpt, cfg, batch=2)
-    assert [s.index for s in steps] == list(range(1, cfg.num_steps + 1))
+    assert [s.index for s in steps] == list(range(1, cfg.steps + 1))
     assert steps[-1].t == 0.0
     assert not (steps[-1].x == ckpt.mask_id).any()
 
@@ -101,11 +101,11 @@ def test_revealed_tokens_never_change_and_deltas_add_up(ckpt, cfg):
 
 
 def test_low_confidence_reveals_exactly_k_per_step(ckpt):
-    cfg = SamplerConfig(num_steps=10, remasking=Remasking.LOW_CONFIDENCE)
+    cfg = SamplerConfig(steps=10, remasking=Remasking.LOW_CONFIDENCE)
     steps, _ = run(ckpt, cfg, length=32)
     masked = 32
     for step in steps:
-        remaining = cfg.num_steps - (step.index - 1)
+        remaining = cfg.steps - (step.index - 1)
         expected = masked - masked * (remaining - 1) // remaining
         assert step.positions.numel() == expected
         masked -= expected
@@ -113,7 +113,7 @@ def test_low_confidence_reveals_exactly_k_per_step(ckpt):
 
 
 def test_low_confidence_keeps_the_most_confident(ckpt):
-    cfg = SamplerConfig(num_steps=4, remasking=Remasking.LOW_CONFIDENCE)
+    cfg = SamplerConfig(steps=4, remasking=Remasking.LOW_CONFIDENCE)
     x = initial_tokens([], 32, ckpt.mask_id).unsqueeze(0)
     first = next(denoise(CountingLogits(ckpt.model), x, cfg, ckpt.mask_id, torch.Generator()))
     query = torch.ones_like(x, dtype=torch.bool)
@@ -125,8 +125,8 @@ def test_low_confidence_keeps_the_most_confident(ckpt):
 def test_blocks_are_revealed_left_to_right_at_the_same_pace(ckpt, block_length):
     """Semi-autoregressive low_confidence: a block is revealed only once every earlier one is whole,
     and each step still reveals the schedule's k (blocks change where, not how many)."""
-    cfg = SamplerConfig(num_steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0, block_length=block_length)
-    unblocked = SamplerConfig(num_steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0)
+    cfg = SamplerConfig(steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0, block_length=block_length)
+    unblocked = SamplerConfig(steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0)
     steps, _ = run(ckpt, cfg, batch=2, length=32, prefix=[7, 8, 9])
     plain, _ = run(ckpt, unblocked, batch=2, length=32, prefix=[7, 8, 9])
     for step, plain_step in zip(steps, plain, strict=True):
@@ -151,7 +151,7 @@ def test_blocks_keep_a_confident_tail_from_ending_the_story_at_once():
         return logits
 
     def first_step(block_length):
-        cfg = SamplerConfig(num_steps=8, remasking=Remasking.LOW_CONFIDENCE, block_length=block_length)
+        cfg = SamplerConfig(steps=8, remasking=Remasking.LOW_CONFIDENCE, block_length=block_length)
         x = torch.full((1, length), mask_id)
         return next(denoise(pad_loving_logits, x, cfg, mask_id, torch.Generator()))
 
@@ -162,8 +162,8 @@ def test_blocks_keep_a_confident_tail_from_ending_the_story_at_once():
 
 
 def test_random_remasking_ignores_block_length(ckpt):
-    cfg = SamplerConfig(num_steps=8, remasking=Remasking.RANDOM, temperature=1.0)
-    with_blocks = SamplerConfig(num_steps=8, remasking=Remasking.RANDOM, temperature=1.0, block_length=4)
+    cfg = SamplerConfig(steps=8, remasking=Remasking.RANDOM, temperature=1.0)
+    with_blocks = SamplerConfig(steps=8, remasking=Remasking.RANDOM, temperature=1.0, block_length=4)
     assert torch.equal(run(ckpt, cfg, seed=3)[0][-1].x, run(ckpt, with_blocks, seed=3)[0][-1].x)
 
 
@@ -183,7 +183,7 @@ def test_different_seeds_differ_when_sampling(ckpt, cfg):
 
 def test_argmax_random_remasking_matches_reference_loop(ckpt):
     for seed in range(3):
-        cfg = SamplerConfig(num_steps=32, remasking=Remasking.RANDOM, temperature=0.0)
+        cfg = SamplerConfig(steps=32, remasking=Remasking.RANDOM, temperature=0.0)
         steps, _ = run(ckpt, cfg, seed=seed, batch=2)
         x = initial_tokens([], 32, ckpt.mask_id).repeat(2, 1)
         reference = reference_argmax_loop(ckpt.model, x, 32, ckpt.mask_id, torch.Generator().manual_seed(seed))
@@ -191,15 +191,15 @@ def test_argmax_random_remasking_matches_reference_loop(ckpt):
 
 
 def test_steps_that_reveal_nothing_skip_the_model(ckpt):
-    cfg = SamplerConfig(num_steps=32, remasking=Remasking.RANDOM)
+    cfg = SamplerConfig(steps=32, remasking=Remasking.RANDOM)
     steps, calls = run(ckpt, cfg, seed=3)
     revealing = sum(1 for s in steps if s.positions.numel() > 0)
-    assert calls == revealing < cfg.num_steps
+    assert calls == revealing < cfg.steps
     assert all(s.model_called == (s.positions.numel() > 0) for s in steps)
 
 
 def test_low_confidence_skips_steps_with_nothing_to_reveal(ckpt):
-    cfg = SamplerConfig(num_steps=64, remasking=Remasking.LOW_CONFIDENCE)  # twice as many steps as tokens
+    cfg = SamplerConfig(steps=64, remasking=Remasking.LOW_CONFIDENCE)  # twice as many steps as tokens
     _steps, calls = run(ckpt, cfg, length=32)
     assert calls == 32
 
@@ -208,7 +208,7 @@ def test_mask_token_is_never_chosen(ckpt):
     logits = torch.zeros(4, 10)
     logits[:, 3] = 100.0
     for temperature in (0.0, 1.0):
-        ids, _probs = choose_tokens(logits, SamplerConfig(1, temperature=temperature), 3, torch.Generator())
+        ids, _probs = choose_tokens(logits, SamplerConfig(steps=1, temperature=temperature), 3, torch.Generator())
         assert (ids != 3).all()
 
 
@@ -222,7 +222,7 @@ def test_top_k_and_top_p_filtering():
 def test_temperature_sampling_follows_the_distribution():
     probs = torch.tensor([0.6, 0.3, 0.1, 0.0])
     logits = torch.log(probs.clamp_min(1e-12)).repeat(20_000, 1)
-    ids, _ = choose_tokens(logits, SamplerConfig(1, temperature=1.0), 3, torch.Generator().manual_seed(0))
+    ids, _ = choose_tokens(logits, SamplerConfig(steps=1, temperature=1.0), 3, torch.Generator().manual_seed(0))
     freq = torch.bincount(ids, minlength=4).float() / ids.numel()
     assert torch.allclose(freq, probs, atol=0.02)
 

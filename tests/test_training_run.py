@@ -76,7 +76,7 @@ def test_output_loads_in_the_core_loader_and_generates(tiny_run) -> None:
     assert checkpoint.config.seq_len == 64 and training["steps"] == 50
     assert training["tokens_seen"] == 25_600 and training["val_bits_per_char"] > 0 and "hardware" in training
     x = initial_tokens([], 64, checkpoint.mask_id).unsqueeze(0)
-    sampler = SamplerConfig(num_steps=8, temperature=1.0)
+    sampler = SamplerConfig(steps=8, temperature=1.0)
     fn = lambda x_t, query: logits_at(checkpoint.model, x_t, query)  # noqa: E731
     for step in denoise(fn, x, sampler, checkpoint.mask_id, torch.Generator().manual_seed(0)):
         x = step.x

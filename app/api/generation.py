@@ -26,10 +26,10 @@ class Job:
 def sampler_defaults(checkpoint: Checkpoint) -> SamplerInfo:
     """The settings a request gets for every field it leaves out."""
     config = checkpoint.config
-    sampler = config.sampler
+    sampler = config.sampler_settings
     return SamplerInfo(
         length=config.seq_len,
-        steps=config.default_steps,
+        steps=config.sampler_settings.steps,
         remasking=sampler.remasking,
         temperature=sampler.temperature,
         top_k=sampler.top_k,
@@ -71,7 +71,7 @@ def build_job(body: GenerateRequest, checkpoint: Checkpoint, stream_every: int |
             body.prompt,
         )
     sampler = SamplerConfig(
-        num_steps=_default(body, "steps", defaults.steps),
+        steps=_default(body, "steps", defaults.steps),
         remasking=_default(body, "remasking", defaults.remasking),
         temperature=_default(body, "temperature", defaults.temperature),
         top_k=_default(body, "top_k", defaults.top_k),

@@ -123,7 +123,7 @@ async def _warm_up(engine: Engine, checkpoint: Checkpoint) -> float:
     started = time.perf_counter()
     length = min(WARMUP_LENGTH, checkpoint.max_positions)
     channel = UpdateChannel(asyncio.get_running_loop())
-    spec = GenerationSpec((), length, SamplerConfig(num_steps=2, remasking="low_confidence"), seed=0)
+    spec = GenerationSpec((), length, SamplerConfig(steps=2, remasking="low_confidence"), seed=0)
     engine.submit(spec, channel.publish, timeout_s=600.0)
     outcome = await channel.outcome()
     if isinstance(outcome, Failed):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.diffusion.diffusion_config import RemaskingName
+from app.diffusion.sampler_settings import Remasking
 
 MAX_STEPS = 4096
 MAX_LENGTH = 8192  # a static ceiling; the model's own max positions is checked per request
@@ -36,8 +36,9 @@ class GenerateRequest(BaseModel):
         description="Sequence length in tokens, prompt included; at most the model's max positions.",
     )
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Denoising steps.")
-    remasking: RemaskingName | None = Field(
+    remasking: Remasking | None = Field(
         None,
+        strict=False,
         description="random: reveal each masked position with the schedule's probability; "
         "low_confidence: reveal the most confident predictions first.",
     )
@@ -131,7 +132,7 @@ class Readiness(BaseModel):
 class SamplerInfo(BaseModel):
     length: int
     steps: int
-    remasking: RemaskingName
+    remasking: Remasking
     temperature: float
     top_k: int | None
     top_p: float | None

@@ -4,45 +4,51 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+from app.diffusion.sampler_settings import SamplerOverrides, SamplerSettings
 
 DIFFUSION_CONFIG_NAME = "diffusion_config.json"
 
-RemaskingName = Literal["random", "low_confidence"]
-
-
-class SamplerDefaults(BaseModel):
-    """The sampler settings a checkpoint recommends; requests may override each one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    num_steps: int | None = Field(None, ge=1, description="None: as many steps as tokens.")
-    remasking: RemaskingName = "random"
-    temperature: float = Field(0.0, ge=0.0)
-    top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    block_length: int | None = Field(
-        None, ge=1, description="low_confidence only: reveal blocks of this many positions, left to right."
-    )
-
 
 class DiffusionConfig(BaseModel):
-    """Sequence length, sampler defaults and provenance of a diffusion checkpoint."""
+    """Sequence length, recommended sampler settings and provenance of a diffusion checkpoint."""
 
     model_config = ConfigDict(extra="allow")
 
     format_version: int = 1
     seq_len: int = Field(..., ge=1)
-    sampler: SamplerDefaults = Field(default_factory=SamplerDefaults)
+    sampler: SamplerOverrides = Field(  # type: ignore[valid-type]
+        default_factory=SamplerOverrides,
+        description="The checkpoint's recommended sampler settings; fields left out take the built-in defaults.",
+    )
     trained_on: str | None = None
     training: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_num_steps(cls, data: Any) -> Any:
+        """Files written before the settings were declared once name `steps` `num_steps` (null: one per token)."""
+        sampler = data.get("sampler") if isinstance(data, dict) else None
+        if isinstance(sampler, dict) and "num_steps" in sampler:
+            sampler = dict(sampler)
+            num_steps = sampler.pop("num_steps")
+            if num_steps is not None:
+                sampler.setdefault("steps", num_steps)
+            data = {**data, "sampler": sampler}
+        return data
+
+    @field_serializer("sampler")
+    def _only_what_is_set(self, sampler: BaseModel) -> dict[str, Any]:
+        return sampler.model_dump(mode="json", exclude_unset=True)
+
     @property
-    def default_steps(self) -> int:
-        """Denoising steps when a request names none: the checkpoint's, else one per token."""
-        return self.sampler.num_steps or self.seq_len
+    def sampler_settings(self) -> SamplerSettings:
+        """The settings a request gets for every field it leaves out: the checkpoint's over the built-in
+        defaults, with one step per token unless the checkpoint names a number."""
+        return SamplerSettings(steps=self.seq_len).override(self.sampler)
 
     def save(self, directory: str | Path) -> Path:
         """Write `diffusion_config.json` into `directory` and return its path."""

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
 import torch
 
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.logits import logits_at
+from app.diffusion.sampler_settings import SamplerOverrides
 from app.diffusion.sampling import SamplerConfig, Step, denoise, initial_tokens
 from app.diffusion.text import prompt_ids
 
 
-def new_seed() -> int:
-    """A fresh seed for a request that named none (returned to the caller so it can replay)."""
-    return secrets.randbits(31)
-
-
 def sampler_from_defaults(ckpt: Checkpoint, **overrides: object) -> SamplerConfig:
     """The checkpoint's recommended sampler settings, with `overrides` (None values ignored)."""
-    defaults = ckpt.config.sampler
-    settings: dict[str, object] = {
-        "num_steps": ckpt.config.default_steps,
-        "remasking": defaults.remasking,
-        "temperature": defaults.temperature,
-        "top_k": defaults.top_k,
-        "top_p": defaults.top_p,
-        "block_length": defaults.block_length,
-    }
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return SamplerConfig(**settings)  # type: ignore[arg-type]
+    given = SamplerOverrides.model_validate({k: v for k, v in overrides.items() if v is not None})
+    return ckpt.config.sampler_settings.override(given)
 
 
 def story_steps(

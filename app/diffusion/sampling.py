@@ -23,41 +23,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 
-
-class Remasking(str, Enum):
-    """Which masked positions a step reveals."""
-
-    RANDOM = "random"
-    LOW_CONFIDENCE = "low_confidence"
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """How to denoise: number of steps, remasking strategy and token choice."""
-
-    num_steps: int
-    remasking: Remasking = Remasking.RANDOM
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    block_length: int | None = None  # low_confidence only: reveal blocks of this many positions in order
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "remasking", Remasking(self.remasking))
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
-        if self.temperature < 0 or not math.isfinite(self.temperature):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.block_length is not None and self.block_length < 1:
-            raise ValueError(f"block_length must be at least 1, got {self.block_length}")
+from app.diffusion.sampler_settings import Remasking
+from app.diffusion.sampler_settings import SamplerSettings as SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -105,11 +75,11 @@ def initial_tokens(prefix: list[int], length: int, mask_id: int, device: torch.d
 def plan_step(x: torch.Tensor, index: int, cfg: SamplerConfig, mask_id: int, generator: torch.Generator) -> StepPlan:
     """Decide, before the model runs, which positions step `index` may reveal."""
     masked = x == mask_id  # (B, L)
-    t, s = step_times(index, cfg.num_steps)
+    t, s = step_times(index, cfg.steps)
     if cfg.remasking is Remasking.RANDOM:
         remask = torch.rand(x.shape, generator=generator, device=x.device) < s / t  # (B, L)
         return StepPlan(index, masked & ~remask, None)
-    remaining = cfg.num_steps - index
+    remaining = cfg.steps - index
     n_masked = masked.sum(dim=1)  # (B,)
     counts = n_masked - torch.div(n_masked * (remaining - 1), remaining, rounding_mode="floor")
     query = masked & (counts > 0).unsqueeze(1)
@@ -186,18 +156,18 @@ def apply_step(
     generator: torch.Generator,
 ) -> Step:
     """Write the chosen tokens into a copy of `x`; `logits` (N, V) are at `plan.query`."""
-    _, s = step_times(plan.index, cfg.num_steps)
+    _, s = step_times(plan.index, cfg.steps)
     rows, positions = plan.query.nonzero(as_tuple=True)  # (N,), (N,)
     if logits is None or rows.numel() == 0:
         empty = rows[:0]
-        return Step(plan.index + 1, cfg.num_steps, s, x, empty, empty, empty, empty.float(), False)
+        return Step(plan.index + 1, cfg.steps, s, x, empty, empty, empty, empty.float(), False)
     ids, probs = choose_tokens(logits, cfg, mask_id, generator)
     if cfg.remasking is Remasking.LOW_CONFIDENCE:
         keep = _keep_most_confident(plan, probs, cfg.block_length)
         rows, positions, ids, probs = rows[keep], positions[keep], ids[keep], probs[keep]
     x = x.clone()
     x[rows, positions] = ids
-    return Step(plan.index + 1, cfg.num_steps, s, x, rows, positions, ids, probs, True)
+    return Step(plan.index + 1, cfg.steps, s, x, rows, positions, ids, probs, True)
 
 
 def denoise(
@@ -207,8 +177,8 @@ def denoise(
     mask_id: int,
     generator: torch.Generator,
 ) -> Iterator[Step]:
-    """Run all `cfg.num_steps` steps from `x` (B, L), yielding each `Step`; the last has no masks."""
-    for index in range(cfg.num_steps):
+    """Run all `cfg.steps` steps from `x` (B, L), yielding each `Step`; the last has no masks."""
+    for index in range(cfg.steps):
         plan = plan_step(x, index, cfg, mask_id, generator)
         logits = logits_fn(x, plan.query) if plan.query.any() else None
         step = apply_step(x, plan, logits, cfg, mask_id, generator)

@@ -1,0 +1,109 @@
+"""The sampler settings, declared once: fields, types, bounds, defaults and their documentation.
+
+Everything else derives from `SamplerSettings`:
+- `SamplerOverrides` has the same fields, each optional: what a request body, a checkpoint's
+  `diffusion_config.json` and the CLI may set. A field left out is not set at that layer; an explicit
+  `null` means "off" (no top-k limit, no nucleus, no blocks) and is allowed only where off exists.
+- One merge rule, `SamplerSettings.override`: request over checkpoint over the built-in defaults.
+- One seed rule, `new_seed`.
+The API's request schema and `/info`, the checkpoint file, `storydiff generate`'s flags and the
+batched sampler all read these fields; none restates them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
+
+MAX_STEPS = 4096
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K = 1_000_000
+MAX_BLOCK_LENGTH = 8192
+SEED_BITS = 32
+"""Seeds chosen for a request that named none are below 2**SEED_BITS (any seed up to MAX_SEED is accepted)."""
+MAX_SEED = 2**63 - 1
+
+
+class Remasking(str, Enum):
+    """Which masked positions a step reveals."""
+
+    RANDOM = "random"
+    LOW_CONFIDENCE = "low_confidence"
+
+
+class SamplerSettings(BaseModel):
+    """Complete settings for denoising one sequence: every field has a value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    steps: int = Field(ge=1, le=MAX_STEPS, description="Denoising steps T (the checkpoint's; else one per token).")
+    remasking: Remasking = Field(
+        Remasking.RANDOM,
+        strict=False,  # requests are strict, but JSON has no enum: the value's name is the way to say it
+        description="random: every masked position stays masked with probability s/t (the reference sampler); "
+        "low_confidence: keep the most confident predictions of each step (LLaDA).",
+    )
+    temperature: float = Field(
+        0.0, ge=0.0, le=MAX_TEMPERATURE, description="0: always the most likely token; higher: more varied."
+    )
+    top_k: int | None = Field(
+        None, ge=1, le=MAX_TOP_K, description="Sample among the k likeliest tokens; null: no limit."
+    )
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="Sample from the nucleus of this probability mass; null: no limit."
+    )
+    block_length: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_BLOCK_LENGTH,
+        description="low_confidence only: reveal blocks of this many tokens, left to right (LLaDA's "
+        "semi-autoregressive sampling); random ignores it. null: no blocks.",
+    )
+
+    def override(self, overrides: BaseModel) -> SamplerSettings:
+        """These settings with every sampler field that `overrides` sets (an explicit null turns it off).
+
+        `overrides` is a `SamplerOverrides` or a model built on it (a request body): its other fields
+        are not sampler settings and are left alone. Each layer was validated against the same bounds.
+        """
+        update = overrides.model_dump(exclude_unset=True, include=set(SamplerSettings.model_fields))
+        return self.model_copy(update=update)
+
+
+NULLABLE_FIELDS = frozenset(
+    name for name, info in SamplerSettings.model_fields.items() if not info.is_required() and info.default is None
+)
+"""Fields where null means "off": the ones whose complete value may be None."""
+
+
+def _optional(info: FieldInfo) -> tuple[Any, FieldInfo]:
+    """The field as an override: same type, bounds and strictness, absent by default (no default shown)."""
+    optional = FieldInfo.merge_field_infos(
+        info, default=None, description=f"{info.description} Absent: the default.", json_schema_extra=_without_default
+    )
+    return info.annotation, optional
+
+
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent is not null: the default comes from the layer below
+
+
+class _OverridesBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+SamplerOverrides: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "SamplerOverrides",
+    __base__=_OverridesBase,
+    __doc__="Sampler settings that one layer (request, checkpoint, CLI) sets; the rest come from below.",
+    **{name: _optional(info) for name, info in SamplerSettings.model_fields.items()},
+)
+
+
+def new_seed() -> int:
+    """A fresh seed for a request that named none; returned to the caller so that it can replay."""
+    return secrets.randbits(SEED_BITS)
