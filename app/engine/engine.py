@@ -14,6 +14,7 @@ in the batched matmuls).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -22,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from app.diffusion.checkpoint import Checkpoint
+from app.diffusion.logits import logits_at
+from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.sampling import Step, StepPlan, apply_step, initial_tokens, plan_step
 from app.engine.batch import BatchForward, batch_logits
 from app.engine.request import (
@@ -39,6 +43,8 @@ from app.engine.request import (
 from app.engine.stats import EngineStats
 
 log = logging.getLogger(__name__)
+
+WARMUP_LENGTH = 16
 
 
 @dataclass(eq=False)
@@ -80,6 +86,38 @@ class Engine:
         self._stopping = False
         self._active: list[_Sequence] = []  # engine thread only
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, *, max_batch: int = 32, max_queue: int = 64) -> Engine:
+        """An engine (not started) that serves `checkpoint`'s model on its device."""
+        pad = checkpoint.tokenizer.pad_token_id
+        return cls(
+            functools.partial(logits_at, checkpoint.model),
+            mask_id=checkpoint.mask_id,
+            pad_id=checkpoint.mask_id if pad is None else int(pad),
+            device=checkpoint.device,
+            max_batch=max_batch,
+            max_queue=max_queue,
+        )
+
+    def warm_up(self, length: int = WARMUP_LENGTH, timeout_s: float = 600.0) -> float:
+        """Denoise one short sequence through the started engine, so that the first client does not pay
+        for lazy initialisation; blocks, returns the seconds it took, raises RuntimeError if it failed."""
+        started = time.perf_counter()
+        ended = threading.Event()
+        updates: list[Update] = []
+
+        def publish(update: Update) -> None:
+            updates.append(update)
+            if not isinstance(update, StepUpdate):
+                ended.set()
+
+        settings = SamplerSettings(steps=2, remasking=Remasking.LOW_CONFIDENCE)
+        self.submit(GenerationSpec((), length, settings, seed=0), publish, timeout_s)
+        if not ended.wait(timeout_s) or isinstance(updates[-1], Failed):
+            reason = updates[-1].message if updates and isinstance(updates[-1], Failed) else "no answer"
+            raise RuntimeError(f"warm-up failed: {reason}")
+        return time.perf_counter() - started
 
     @property
     def running(self) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from app.diffusion.sampling import SamplerConfig
+from app.diffusion.sampler_settings import SamplerSettings
 
 
 class EngineError(RuntimeError):
@@ -30,7 +30,7 @@ class GenerationSpec:
 
     prefix: tuple[int, ...]
     length: int
-    sampler: SamplerConfig
+    sampler: SamplerSettings
     seed: int
     stream_every: int | None = None  # publish every k-th step (and the last); None: only the outcome
 
