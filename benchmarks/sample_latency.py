@@ -16,20 +16,20 @@ import time
 import torch
 
 from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint
-from app.diffusion.generation import sampler_from_defaults, story_steps
+from app.diffusion.generation import story_steps
 from app.diffusion.text import decode_story
 
 
 def story_seconds(model: str, device: str, dtype: str, stories: int) -> list[float]:
     """Wall seconds of `stories` stories (seeds 1..N), one at a time, printing each."""
     ckpt = load_checkpoint(model, device=device, dtype=dtype)
-    cfg = sampler_from_defaults(ckpt)
+    cfg = ckpt.config.sampler_settings
     sync = torch.cuda.synchronize if ckpt.device.type == "cuda" else (lambda: None)
     times = []
     for seed in range(1, stories + 1):
         sync()
         start, calls = time.perf_counter(), 0
-        for step in story_steps(ckpt, cfg, seed):
+        for _, step in story_steps(ckpt, cfg, seed):
             x, calls = step.x, calls + step.model_called
         sync()
         times.append(time.perf_counter() - start)

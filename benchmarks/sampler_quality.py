@@ -18,27 +18,25 @@ import json
 import math
 import time
 
-import torch
-
 from app.diffusion.checkpoint import Checkpoint, load_checkpoint
-from app.diffusion.logits import logits_at
-from app.diffusion.sampling import Remasking, SamplerConfig, denoise, initial_tokens
+from app.diffusion.generation import sample
+from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.text import decode_story, story_end
 from model_training.evaluation import text_bound
 
 SETTINGS = [
-    SamplerConfig(steps=256, remasking=Remasking.RANDOM, temperature=0.0),
-    SamplerConfig(steps=256, remasking=Remasking.RANDOM, temperature=1.0),
-    SamplerConfig(steps=256, remasking=Remasking.RANDOM, temperature=0.8),
-    SamplerConfig(steps=256, remasking=Remasking.RANDOM, temperature=1.0, top_p=0.9),
-    SamplerConfig(steps=256, remasking=Remasking.RANDOM, temperature=0.8, top_p=0.9),
-    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0),
-    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8),
-    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0, top_p=0.9),
-    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0, block_length=32),
-    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=32),
-    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=16),
-    SamplerConfig(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=64),
+    SamplerSettings(steps=256, remasking=Remasking.RANDOM, temperature=0.0),
+    SamplerSettings(steps=256, remasking=Remasking.RANDOM, temperature=1.0),
+    SamplerSettings(steps=256, remasking=Remasking.RANDOM, temperature=0.8),
+    SamplerSettings(steps=256, remasking=Remasking.RANDOM, temperature=1.0, top_p=0.9),
+    SamplerSettings(steps=256, remasking=Remasking.RANDOM, temperature=0.8, top_p=0.9),
+    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0),
+    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8),
+    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0, top_p=0.9),
+    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0, block_length=32),
+    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=32),
+    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=16),
+    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=64),
 ]
 
 
@@ -49,14 +47,12 @@ def repeated_4grams(text: str) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def measure(ckpt: Checkpoint, judge: Checkpoint, cfg: SamplerConfig, stories: int, seed: int) -> dict:
+def measure(ckpt: Checkpoint, judge: Checkpoint, cfg: SamplerSettings, stories: int, seed: int) -> dict:
     """Write `stories` stories with `cfg` in one batch and score them."""
     length = ckpt.config.seq_len
-    x = initial_tokens([], length, ckpt.mask_id).repeat(stories, 1)  # (N, L)
-    generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    for step in denoise(lambda x_t, q: logits_at(ckpt.model, x_t, q), x, cfg, ckpt.mask_id, generator):
-        x = step.x
+    *_, (_, last) = sample(ckpt.model, ckpt.mask_id, cfg, [seed + i for i in range(stories)], length)
+    x = last.x
     elapsed = time.perf_counter() - start
     rows = [row.tolist() for row in x]
     texts = [decode_story(row, ckpt.tokenizer) for row in rows]

@@ -10,8 +10,9 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from app.diffusion.logits import logits_at, logits_at_positions
-from app.diffusion.sampling import SamplerConfig, denoise, initial_tokens
+from app.diffusion.generation import sample
+from app.diffusion.logits import logits_at_positions
+from app.diffusion.sampler_settings import SamplerSettings
 from app.diffusion.text import decode_story
 from model_training.objective import mask_tokens, weighted_masked_nll
 from model_training.tokenization import encode_batch
@@ -82,22 +83,18 @@ def sample_stories(
     tokenizer: PreTrainedTokenizerBase,
     num_stories: int,
     seq_len: int,
-    sampler: SamplerConfig,
+    sampler: SamplerSettings,
     seed: int,
 ) -> list[str]:
-    """Unprompted stories written by the core sampler (`denoise` + `logits_at`), as the server would."""
+    """Unprompted stories written by the core sampler (`sample`), as the server would; seeds seed, seed+1, ..."""
     if num_stories == 0:
         return []
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    mask_id = int(tokenizer.mask_token_id)
-    x = initial_tokens([], seq_len, mask_id, device).repeat(num_stories, 1)  # (N, L)
-    for step in denoise(lambda x_t, query: logits_at(model, x_t, query), x, sampler, mask_id, generator):
-        x = step.x
+    seeds = [seed + i for i in range(num_stories)]
+    *_, (_, last) = sample(model, int(tokenizer.mask_token_id), sampler, seeds, seq_len)
     model.train(was_training)
-    return [decode_story(row.tolist(), tokenizer) for row in x]
+    return [decode_story(row.tolist(), tokenizer) for row in last.x]
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from pydantic import BaseModel
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from app.diffusion.checkpoint import save_checkpoint
@@ -38,14 +39,17 @@ def gathered_model(accelerator: Accelerator, model: torch.nn.Module, save_dtype:
     return copy.to(DTYPES[save_dtype]).eval()
 
 
+def sampler_overrides(cfg: TrainConfig) -> BaseModel:
+    """The sampler settings a trained checkpoint recommends (steps: one per token unless configured)."""
+    given = {"remasking": "random", "temperature": cfg.sample_temperature, "top_p": cfg.sample_top_p}
+    return SamplerOverrides.model_validate(given | ({"steps": cfg.sample_steps} if cfg.sample_steps else {}))
+
+
 def diffusion_config(cfg: TrainConfig, source: str, training: dict[str, Any]) -> DiffusionConfig:
     """The checkpoint's sampler defaults and provenance."""
     return DiffusionConfig(
         seq_len=cfg.seq_len,
-        sampler=SamplerOverrides.model_validate(
-            {"remasking": "random", "temperature": cfg.sample_temperature, "top_p": cfg.sample_top_p}
-            | ({"steps": cfg.sample_steps} if cfg.sample_steps else {})
-        ),
+        sampler=sampler_overrides(cfg),
         trained_on=source,
         training=training,
     )

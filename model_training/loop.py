@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from app.diffusion.logits import logits_at_positions
-from app.diffusion.sampling import SamplerConfig
+from app.diffusion.sampler_settings import SamplerSettings
 from model_training.checkpoints import Progress, load_state, resolve_resume, save_state
 from model_training.config import TrainConfig
 from model_training.evaluation import EvalResult, sample_stories, validation_bound
-from model_training.export import export_checkpoint, hardware
+from model_training.export import export_checkpoint, hardware, sampler_overrides
 from model_training.inputs import RunInputs, build_inputs
 from model_training.objective import diffusion_loss
 
@@ -130,13 +130,9 @@ class Trainer:
         self.loss_history: list[tuple[int, float]] = []
         self.evaluations: list[tuple[int, float]] = []
 
-    def sampler(self) -> SamplerConfig:
-        return SamplerConfig(
-            steps=self.cfg.sample_steps or self.cfg.seq_len,
-            remasking="random",
-            temperature=self.cfg.sample_temperature,
-            top_p=self.cfg.sample_top_p,
-        )
+    def sampler(self) -> SamplerSettings:
+        """The settings the exported checkpoint will recommend: its samples show what a user gets."""
+        return SamplerSettings(steps=self.cfg.seq_len).override(sampler_overrides(self.cfg))
 
     def evaluate(self) -> tuple[EvalResult, list[str]]:
         """Validation bound (all processes) and sample stories (main process), logged to the trackers."""

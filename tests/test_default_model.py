@@ -7,12 +7,10 @@ diffusion_config) shows up here as a bound far above the one recorded at trainin
 from __future__ import annotations
 
 import pytest
-import torch
 
 from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint
-from app.diffusion.generation import sampler_from_defaults
-from app.diffusion.logits import logits_at
-from app.diffusion.sampling import denoise, initial_tokens
+from app.diffusion.generation import sample
+from app.diffusion.sampler_settings import SamplerOverrides
 from app.diffusion.text import decode_story, story_end
 from model_training.evaluation import text_bound
 from tests.conftest import STORIES_DIR
@@ -60,12 +58,13 @@ def test_held_out_bound_stays_below_the_recorded_one(default_ckpt):
 )
 def test_generated_stories_end_before_the_last_position(default_ckpt, temperature, remasking):
     ckpt = default_ckpt
-    cfg = sampler_from_defaults(ckpt, steps=64, temperature=temperature, remasking=remasking)
+    given = {"steps": 64, "temperature": temperature, "remasking": remasking}
+    cfg = ckpt.config.sampler_settings.override(
+        SamplerOverrides.model_validate({k: v for k, v in given.items() if v is not None})
+    )
     length = ckpt.config.seq_len
-    x = initial_tokens([], length, ckpt.mask_id).repeat(4, 1)  # (4, L): four different stories
-    generator = torch.Generator().manual_seed(0)
-    for step in denoise(lambda x_t, q: logits_at(ckpt.model, x_t, q), x, cfg, ckpt.mask_id, generator):
-        x = step.x
+    *_, (_, last) = sample(ckpt.model, ckpt.mask_id, cfg, seeds=[0, 1, 2, 3], length=length)  # four stories
+    x = last.x
     ends = [story_end(row.tolist(), ckpt.tokenizer) for row in x]
     assert sum(end < length for end in ends) >= 3, ends
     assert all(len(decode_story(row.tolist(), ckpt.tokenizer).split()) >= 10 for row in x)

@@ -12,7 +12,8 @@ import torch
 
 from app.diffusion.checkpoint import load_checkpoint
 from app.diffusion.logits import logits_at
-from app.diffusion.sampling import SamplerConfig
+from app.diffusion.sampler_settings import SamplerSettings
+from app.diffusion.sampling import plan_step
 from app.engine import (
     Engine,
     EngineStopped,
@@ -24,6 +25,8 @@ from app.engine import (
     StepUpdate,
     UpdateChannel,
 )
+from app.engine.batch import NewRow, RunningBatch
+from app.engine.forward_plan import ONE_PASS, ForwardCost
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,7 @@ def make_engine(ckpt):
 
 
 def spec(length=32, steps=8, seed=0, prefix=(), stream_every=None, **sampler) -> GenerationSpec:
-    return GenerationSpec(tuple(prefix), length, SamplerConfig(steps=steps, **sampler), seed, stream_every)
+    return GenerationSpec(tuple(prefix), length, SamplerSettings(steps=steps, **sampler), seed, stream_every)
 
 
 def generate(engine: Engine, request: GenerationSpec, timeout_s: float = 60.0):
@@ -271,14 +274,16 @@ def test_generation_spec_rejects_a_prefix_longer_than_the_length():
         spec(length=2, prefix=(1, 2, 3))
 
 
-def test_padding_is_invisible_to_a_sequence(ckpt):
-    """The batched forward with an attention mask gives each row the logits it gets alone."""
-    from app.engine.batch import batch_logits
-
+@pytest.mark.parametrize("cost", [ONE_PASS, ForwardCost(per_pass_s=0.0, per_position_s=1.0)], ids=["padded", "split"])
+def test_rows_of_different_lengths_get_the_logits_they_get_alone(ckpt, cost):
+    """One padded pass (attention mask) or one pass per length group: each row's logits as alone."""
     forward = functools.partial(logits_at, ckpt.model)
-    generator = torch.Generator().manual_seed(0)
-    xs = [torch.randint(1000, 2000, (1, n), generator=generator) for n in (12, 30, 20)]
-    queries = [torch.rand(x.shape, generator=generator) < 0.5 for x in xs]
-    together = batch_logits(forward, xs, queries, pad_id=0)
-    for x, query, logits in zip(xs, queries, together, strict=True):
-        torch.testing.assert_close(logits, forward(x, query, None), atol=1e-4, rtol=1e-4)
+    batch = RunningBatch(ckpt.mask_id, ckpt.tokenizer.pad_token_id, torch.device("cpu"))
+    batch.cost = cost
+    settings = SamplerSettings(steps=4, remasking="low_confidence")
+    batch.add([NewRow((101, 1332), n, settings, seed, streaming=False) for seed, n in enumerate((12, 30, 20))])
+    plan = plan_step(batch.x, batch.index, batch.rows, ckpt.mask_id)
+    together, pass_sizes = batch._logits(forward, plan)
+    assert pass_sizes == ([3] if cost is ONE_PASS else [1, 1, 1])
+    alone = [forward(batch.x[i : i + 1, :n], plan.query[i : i + 1, :n], None) for i, n in enumerate((12, 30, 20))]
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-4, rtol=1e-4)

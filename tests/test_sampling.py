@@ -9,12 +9,12 @@ import torch
 
 from app.diffusion.checkpoint import load_checkpoint
 from app.diffusion.logits import logits_at
+from app.diffusion.randomness import Purpose, uniform
+from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.sampling import (
-    Remasking,
-    SamplerConfig,
+    SamplerRows,
     choose_tokens,
     denoise,
-    filter_logits,
     initial_tokens,
 )
 from app.diffusion.text import prompt_ids
@@ -36,16 +36,32 @@ class CountingLogits:
         return logits_at(self.model, x, query)
 
 
-def run(ckpt, cfg, seed=0, batch=1, length=32, prefix=()):
+class Run(list):
+    """The steps of one `denoise` run, with `index` (steps done) on each."""
+
+
+def run(ckpt, cfg, seed=0, batch=1, length=32, prefix=(), logits_fn=None):
+    """Denoise `batch` rows with seeds seed, seed+1, ...; returns ([(index, step)], model calls)."""
     x = initial_tokens(list(prefix), length, ckpt.mask_id).repeat(batch, 1)
-    generator = torch.Generator().manual_seed(seed)
-    logits_fn = CountingLogits(ckpt.model)
-    steps = list(denoise(logits_fn, x, cfg, ckpt.mask_id, generator))
-    return steps, logits_fn.calls
+    rows = SamplerRows.build([cfg] * batch, [seed + i for i in range(batch)])
+    logits_fn = logits_fn or CountingLogits(ckpt.model)
+    steps = [(int(index[0]), step) for index, step in denoise(logits_fn, x, rows, ckpt.mask_id)]
+    return steps, getattr(logits_fn, "calls", None)
 
 
-def reference_argmax_loop(model, x, num_steps, mask_id, generator):
+def choose(logits, temperature=0.0, top_k=0, top_p=1.0, mask_id=3, seed=0):
+    """`choose_tokens` with one setting for every row and uniforms from `seed`."""
+    n = logits.shape[0]
+    u = uniform(torch.tensor(seed), torch.tensor(0), torch.arange(n), Purpose.TOKEN)
+    full = lambda value, dtype: torch.full((n,), value, dtype=dtype)  # noqa: E731
+    return choose_tokens(
+        logits, full(temperature, torch.float64), full(top_k, torch.long), full(top_p, torch.float64), u, mask_id
+    )
+
+
+def reference_argmax_loop(model, x, num_steps, mask_id, seeds):
     """The reference demo (Algorithm 4, argmax): full forward every step, remask with prob s/t."""
+    positions = torch.arange(x.shape[1])
     for i in range(num_steps):
         t, s = 1 - i / num_steps, 1 - (i + 1) / num_steps
         mask = x == mask_id
@@ -53,35 +69,34 @@ def reference_argmax_loop(model, x, num_steps, mask_id, generator):
             logits = model(input_ids=x).logits
         logits[..., mask_id] = -math.inf
         x0 = torch.where(mask, logits.argmax(-1), x)
-        remask = torch.rand(x.shape, generator=generator) < s / t
+        remask = uniform(seeds[:, None], torch.tensor(i), positions, Purpose.REMASK) < s / t
         x = torch.where(mask & remask, torch.full_like(x, mask_id), x0)
     return x
 
 
 ALL_SETTINGS = [
-    SamplerConfig(steps=16, remasking=Remasking.RANDOM, temperature=0.0),
-    SamplerConfig(steps=16, remasking=Remasking.RANDOM, temperature=1.0, top_k=50),
-    SamplerConfig(steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0),
-    SamplerConfig(steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9),
-    SamplerConfig(steps=50, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0),  # T > L
-    SamplerConfig(steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, block_length=8),
-    SamplerConfig(steps=12, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0, block_length=5),  # uneven
+    SamplerSettings(steps=16, remasking=Remasking.RANDOM, temperature=0.0),
+    SamplerSettings(steps=16, remasking=Remasking.RANDOM, temperature=1.0, top_k=50),
+    SamplerSettings(steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0),
+    SamplerSettings(steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9),
+    SamplerSettings(steps=50, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0),  # T > L
+    SamplerSettings(steps=16, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, block_length=8),
+    SamplerSettings(steps=12, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0, block_length=5),  # uneven
 ]
 
 
 @pytest.mark.parametrize("cfg", ALL_SETTINGS, ids=str)
 def test_no_mask_left_and_every_step_yielded(ckpt, cfg):
     steps, _ = run(ckpt, cfg, batch=2)
-    assert [s.index for s in steps] == list(range(1, cfg.steps + 1))
-    assert steps[-1].t == 0.0
-    assert not (steps[-1].x == ckpt.mask_id).any()
+    assert [index for index, _ in steps] == list(range(1, cfg.steps + 1))
+    assert not (steps[-1][1].x == ckpt.mask_id).any()
 
 
 @pytest.mark.parametrize("cfg", ALL_SETTINGS, ids=str)
 def test_prompt_tokens_never_change(ckpt, cfg, cased_tokenizer):
     prefix = prompt_ids(cased_tokenizer, "Once upon a time, a cat")
     steps, _ = run(ckpt, cfg, prefix=prefix)
-    for step in steps:
+    for _, step in steps:
         assert step.x[0, : len(prefix)].tolist() == prefix
         assert (step.positions >= len(prefix)).all()
 
@@ -90,7 +105,7 @@ def test_prompt_tokens_never_change(ckpt, cfg, cased_tokenizer):
 def test_revealed_tokens_never_change_and_deltas_add_up(ckpt, cfg):
     steps, _ = run(ckpt, cfg)
     x = initial_tokens([], 32, ckpt.mask_id).unsqueeze(0)
-    for step in steps:
+    for _, step in steps:
         was_revealed = x != ckpt.mask_id
         assert torch.equal(step.x[was_revealed], x[was_revealed])
         replay = x.clone()
@@ -101,11 +116,11 @@ def test_revealed_tokens_never_change_and_deltas_add_up(ckpt, cfg):
 
 
 def test_low_confidence_reveals_exactly_k_per_step(ckpt):
-    cfg = SamplerConfig(steps=10, remasking=Remasking.LOW_CONFIDENCE)
+    cfg = SamplerSettings(steps=10, remasking=Remasking.LOW_CONFIDENCE)
     steps, _ = run(ckpt, cfg, length=32)
     masked = 32
-    for step in steps:
-        remaining = cfg.steps - (step.index - 1)
+    for index, step in steps:
+        remaining = cfg.steps - (index - 1)
         expected = masked - masked * (remaining - 1) // remaining
         assert step.positions.numel() == expected
         masked -= expected
@@ -113,11 +128,10 @@ def test_low_confidence_reveals_exactly_k_per_step(ckpt):
 
 
 def test_low_confidence_keeps_the_most_confident(ckpt):
-    cfg = SamplerConfig(steps=4, remasking=Remasking.LOW_CONFIDENCE)
+    cfg = SamplerSettings(steps=4, remasking=Remasking.LOW_CONFIDENCE)
+    (_, first), *_ = run(ckpt, cfg, length=32)[0]
     x = initial_tokens([], 32, ckpt.mask_id).unsqueeze(0)
-    first = next(denoise(CountingLogits(ckpt.model), x, cfg, ckpt.mask_id, torch.Generator()))
-    query = torch.ones_like(x, dtype=torch.bool)
-    _, probs = choose_tokens(logits_at(ckpt.model, x, query), cfg, ckpt.mask_id, torch.Generator())
+    _, probs = choose(logits_at(ckpt.model, x, torch.ones_like(x, dtype=torch.bool)), mask_id=ckpt.mask_id)
     assert sorted(first.positions.tolist()) == sorted(probs.topk(8).indices.tolist())
 
 
@@ -125,18 +139,18 @@ def test_low_confidence_keeps_the_most_confident(ckpt):
 def test_blocks_are_revealed_left_to_right_at_the_same_pace(ckpt, block_length):
     """Semi-autoregressive low_confidence: a block is revealed only once every earlier one is whole,
     and each step still reveals the schedule's k (blocks change where, not how many)."""
-    cfg = SamplerConfig(steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0, block_length=block_length)
-    unblocked = SamplerConfig(steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0)
+    cfg = SamplerSettings(steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0, block_length=block_length)
+    unblocked = SamplerSettings(steps=10, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0)
     steps, _ = run(ckpt, cfg, batch=2, length=32, prefix=[7, 8, 9])
     plain, _ = run(ckpt, unblocked, batch=2, length=32, prefix=[7, 8, 9])
-    for step, plain_step in zip(steps, plain, strict=True):
+    for (index, step), (_, plain_step) in zip(steps, plain, strict=True):
         assert step.positions.numel() == plain_step.positions.numel()
         for row in range(2):
             masked = (step.x[row] == ckpt.mask_id).nonzero().flatten()
             revealed = step.x[row, 3:] != ckpt.mask_id
             if masked.numel() and revealed.any():
                 last_revealed = 3 + int(revealed.nonzero().max())
-                assert last_revealed // block_length <= int(masked.min()) // block_length, (step.index, row)
+                assert last_revealed // block_length <= int(masked.min()) // block_length, (index, row)
 
 
 def test_blocks_keep_a_confident_tail_from_ending_the_story_at_once():
@@ -151,9 +165,9 @@ def test_blocks_keep_a_confident_tail_from_ending_the_story_at_once():
         return logits
 
     def first_step(block_length):
-        cfg = SamplerConfig(steps=8, remasking=Remasking.LOW_CONFIDENCE, block_length=block_length)
+        cfg = SamplerSettings(steps=8, remasking=Remasking.LOW_CONFIDENCE, block_length=block_length)
         x = torch.full((1, length), mask_id)
-        return next(denoise(pad_loving_logits, x, cfg, mask_id, torch.Generator()))
+        return next(denoise(pad_loving_logits, x, SamplerRows.build([cfg], [0]), mask_id))[1]
 
     plain, blocked = first_step(None), first_step(6)
     assert (plain.token_ids == pad).all() and plain.positions.min() >= length - 6
@@ -162,85 +176,102 @@ def test_blocks_keep_a_confident_tail_from_ending_the_story_at_once():
 
 
 def test_random_remasking_ignores_block_length(ckpt):
-    cfg = SamplerConfig(steps=8, remasking=Remasking.RANDOM, temperature=1.0)
-    with_blocks = SamplerConfig(steps=8, remasking=Remasking.RANDOM, temperature=1.0, block_length=4)
-    assert torch.equal(run(ckpt, cfg, seed=3)[0][-1].x, run(ckpt, with_blocks, seed=3)[0][-1].x)
+    cfg = SamplerSettings(steps=8, remasking=Remasking.RANDOM, temperature=1.0)
+    with_blocks = SamplerSettings(steps=8, remasking=Remasking.RANDOM, temperature=1.0, block_length=4)
+    assert torch.equal(run(ckpt, cfg, seed=3)[0][-1][1].x, run(ckpt, with_blocks, seed=3)[0][-1][1].x)
 
 
 @pytest.mark.parametrize("cfg", ALL_SETTINGS, ids=str)
 def test_same_seed_same_story(ckpt, cfg):
     a, _ = run(ckpt, cfg, seed=7)
     b, _ = run(ckpt, cfg, seed=7)
-    assert torch.equal(a[-1].x, b[-1].x)
+    assert torch.equal(a[-1][1].x, b[-1][1].x)
 
 
 @pytest.mark.parametrize("cfg", [c for c in ALL_SETTINGS if c.temperature > 0], ids=str)
 def test_different_seeds_differ_when_sampling(ckpt, cfg):
     a, _ = run(ckpt, cfg, seed=1)
     b, _ = run(ckpt, cfg, seed=2)
-    assert not torch.equal(a[-1].x, b[-1].x)
+    assert not torch.equal(a[-1][1].x, b[-1][1].x)
 
 
 def test_argmax_random_remasking_matches_reference_loop(ckpt):
     for seed in range(3):
-        cfg = SamplerConfig(steps=32, remasking=Remasking.RANDOM, temperature=0.0)
+        cfg = SamplerSettings(steps=32, remasking=Remasking.RANDOM, temperature=0.0)
         steps, _ = run(ckpt, cfg, seed=seed, batch=2)
         x = initial_tokens([], 32, ckpt.mask_id).repeat(2, 1)
-        reference = reference_argmax_loop(ckpt.model, x, 32, ckpt.mask_id, torch.Generator().manual_seed(seed))
-        assert torch.equal(steps[-1].x, reference)
+        reference = reference_argmax_loop(ckpt.model, x, 32, ckpt.mask_id, torch.tensor([seed, seed + 1]))
+        assert torch.equal(steps[-1][1].x, reference)
 
 
 def test_steps_that_reveal_nothing_skip_the_model(ckpt):
-    cfg = SamplerConfig(steps=32, remasking=Remasking.RANDOM)
+    cfg = SamplerSettings(steps=32, remasking=Remasking.RANDOM)
     steps, calls = run(ckpt, cfg, seed=3)
-    revealing = sum(1 for s in steps if s.positions.numel() > 0)
+    revealing = sum(1 for _, s in steps if s.positions.numel() > 0)
     assert calls == revealing < cfg.steps
-    assert all(s.model_called == (s.positions.numel() > 0) for s in steps)
+    assert all(s.model_called == (s.positions.numel() > 0) for _, s in steps)
 
 
 def test_low_confidence_skips_steps_with_nothing_to_reveal(ckpt):
-    cfg = SamplerConfig(steps=64, remasking=Remasking.LOW_CONFIDENCE)  # twice as many steps as tokens
+    cfg = SamplerSettings(steps=64, remasking=Remasking.LOW_CONFIDENCE)  # twice as many steps as tokens
     _steps, calls = run(ckpt, cfg, length=32)
     assert calls == 32
 
 
-def test_mask_token_is_never_chosen(ckpt):
+def test_mask_token_is_never_chosen():
     logits = torch.zeros(4, 10)
     logits[:, 3] = 100.0
     for temperature in (0.0, 1.0):
-        ids, _probs = choose_tokens(logits, SamplerConfig(steps=1, temperature=temperature), 3, torch.Generator())
+        ids, _probs = choose(logits, temperature=temperature)
         assert (ids != 3).all()
 
 
-def test_top_k_and_top_p_filtering():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    assert torch.isinf(filter_logits(logits, 2, None)).tolist() == [[False, False, True, True]]
-    assert torch.isinf(filter_logits(logits, None, 0.7)).tolist() == [[False, False, True, True]]
-    assert torch.isinf(filter_logits(logits, None, 0.5)).tolist() == [[False, True, True, True]]
+def test_top_k_and_top_p_restrict_the_draw():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]])).repeat(4000, 1)  # id 4: the mask
+    seen = lambda **kw: set(choose(logits, temperature=1.0, mask_id=4, **kw)[0].tolist())  # noqa: E731
+    assert seen(top_k=2) == {0, 1}
+    assert seen(top_p=0.7) == {0, 1}
+    assert seen(top_p=0.5) == {0}
+    assert seen() == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(5e-324, None), (1.0, 1e-46), (1e-300, 1e-300)])
+def test_vanishing_temperature_or_nucleus_still_picks_the_likeliest_token(temperature, top_p):
+    """Limits that underflow (top_p 1e-46 is 0 in float32) or overflow (x / 5e-324) act as argmax."""
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.6, 0.1]])).repeat(64, 1)
+    ids, probs = choose(logits, temperature=temperature, top_p=top_p or 1.0, mask_id=0)
+    assert (ids == 2).all() and torch.allclose(probs, torch.tensor(0.6 / 0.9, dtype=probs.dtype))
 
 
 def test_temperature_sampling_follows_the_distribution():
-    probs = torch.tensor([0.6, 0.3, 0.1, 0.0])
+    probs = torch.tensor([0.6, 0.3, 0.1, 0.0, 0.0])
     logits = torch.log(probs.clamp_min(1e-12)).repeat(20_000, 1)
-    ids, _ = choose_tokens(logits, SamplerConfig(steps=1, temperature=1.0), 3, torch.Generator().manual_seed(0))
-    freq = torch.bincount(ids, minlength=4).float() / ids.numel()
+    ids, _ = choose(logits, temperature=1.0, mask_id=4)
+    freq = torch.bincount(ids, minlength=5).float() / ids.numel()
     assert torch.allclose(freq, probs, atol=0.02)
+
+
+def test_temperature_sharpens_and_flattens():
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.1, 1e-9])).repeat(20_000, 1)
+    top_share = {t: float((choose(logits, temperature=t, mask_id=3)[0] == 0).float().mean()) for t in (0.5, 2.0)}
+    assert top_share[0.5] > 0.75 > 0.6 > top_share[2.0] > 0.4
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"num_steps": 0},
-        {"num_steps": 4, "temperature": -1},
-        {"num_steps": 4, "top_p": 0.0},
-        {"num_steps": 4, "top_k": 0},
-        {"num_steps": 4, "remasking": "sideways"},
-        {"num_steps": 4, "block_length": 0},
+        {"steps": 0},
+        {"steps": 4, "temperature": -1},
+        {"steps": 4, "top_p": 0.0},
+        {"steps": 4, "top_k": 0},
+        {"steps": 4, "remasking": "sideways"},
+        {"steps": 4, "block_length": 0},
+        {"steps": 4, "temperature": math.inf},
     ],
 )
 def test_bad_sampler_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
-        SamplerConfig(**kwargs)
+        SamplerSettings(**kwargs)
 
 
 def test_logits_at_matches_full_forward(ckpt):

@@ -1,33 +1,55 @@
-"""One story from a loaded checkpoint: the glue between prompt, sampler and model for one caller."""
+"""Stories from a model outside the server: one batched `sample` for the CLI, evaluation and benchmarks.
+
+The server's engine runs the same pure step (`plan_step`, `apply_step`) over its changing batch;
+this is the fixed-batch loop around it, with the model's logits at queried positions only.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
+from transformers import PreTrainedModel
 
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.logits import logits_at
-from app.diffusion.sampler_settings import SamplerOverrides
-from app.diffusion.sampling import SamplerConfig, Step, denoise, initial_tokens
+from app.diffusion.sampler_settings import SamplerSettings
+from app.diffusion.sampling import SamplerRows, Step, denoise, initial_tokens
 from app.diffusion.text import prompt_ids
 
 
-def sampler_from_defaults(ckpt: Checkpoint, **overrides: object) -> SamplerConfig:
-    """The checkpoint's recommended sampler settings, with `overrides` (None values ignored)."""
-    given = SamplerOverrides.model_validate({k: v for k, v in overrides.items() if v is not None})
-    return ckpt.config.sampler_settings.override(given)
+def sample(
+    model: PreTrainedModel,
+    mask_id: int,
+    settings: SamplerSettings,
+    seeds: Sequence[int],
+    length: int,
+    prefixes: Sequence[Sequence[int]] | None = None,
+) -> Iterator[tuple[int, Step]]:
+    """Denoise one sequence per seed in one batch, yielding (steps done, step) after every step.
+
+    Args:
+        model: a masked LM in eval mode, on the device to run on.
+        mask_id: the tokenizer's mask token.
+        settings: the sampler settings of every row.
+        seeds: one per sequence; a seed gives the same sequence in any batch.
+        length: tokens per sequence, prefix included.
+        prefixes: fixed leading token ids per sequence (prompts); None: all masked.
+    """
+    device = next(model.parameters()).device
+    prefixes = prefixes if prefixes is not None else [()] * len(seeds)
+    x = torch.stack([initial_tokens(prefix, length, mask_id, device) for prefix in prefixes])  # (B, L)
+    rows = SamplerRows.build([settings] * len(seeds), seeds, device)
+    for index, step in denoise(lambda x_t, query: logits_at(model, x_t, query), x, rows, mask_id):
+        yield int(index[0]), step
 
 
 def story_steps(
-    ckpt: Checkpoint, cfg: SamplerConfig, seed: int, prompt: str | None = None, length: int | None = None
-) -> Iterator[Step]:
-    """Denoise one story of `length` tokens (the checkpoint's default if None), yielding each step."""
+    ckpt: Checkpoint, settings: SamplerSettings, seed: int, prompt: str | None = None, length: int | None = None
+) -> Iterator[tuple[int, Step]]:
+    """One story of `length` tokens (the checkpoint's default if None) after `prompt`, step by step."""
     length = length or ckpt.config.seq_len
     if length > ckpt.max_positions:
         raise ValueError(f"length {length} is above the model's {ckpt.max_positions} positions")
-    x = initial_tokens(prompt_ids(ckpt.tokenizer, prompt), length, ckpt.mask_id, ckpt.device)
-    generator = torch.Generator(device=ckpt.device).manual_seed(seed)
-    yield from denoise(
-        lambda x_t, query: logits_at(ckpt.model, x_t, query), x.unsqueeze(0), cfg, ckpt.mask_id, generator
-    )
+    prefix = prompt_ids(ckpt.tokenizer, prompt)
+    yield from sample(ckpt.model, ckpt.mask_id, settings, [seed], length, [prefix])

@@ -1,6 +1,6 @@
-"""Masked-diffusion samplers: pure, batch-first steps over token tensors, and a generator loop.
+"""Masked-diffusion sampling: one batched step over many sequences, each with its own settings and seed.
 
-A step at time t (from 1 down to 0 in `num_steps` linear steps, s the next t) chooses which masked
+A step at time t (from 1 down to 0 in `steps` linear steps, s the next t) chooses which masked
 positions to reveal, asks the model for logits at those positions only, and writes tokens there:
 
 - `random` is the reference sampler (Nie et al. 2025, Algorithm 4; MDLM): every masked position
@@ -8,44 +8,88 @@ positions to reveal, asks the model for logits at those positions only, and writ
   a step that reveals nothing skips the model (MDLM's cache trick, without a cache).
 - `low_confidence` (LLaDA): predict every masked position and keep the k most confident, with k
   from the linear schedule so that the expected masked fraction is s, and none is left at t = 0.
-  With `block_length`, it is LLaDA's semi-autoregressive remasking: the sequence is cut into blocks
-  that are revealed left to right, so the k of a step come from the leftmost block that still has
-  masks (and the next ones, if k is larger). Without blocks, a model that pads its stories with
-  confident PAD tokens fills the tail first and ends the story before it starts.
+  With `block_length`, it is LLaDA's semi-autoregressive remasking: blocks are revealed left to
+  right, so the k of a step come from the leftmost block that still has masks (and the next ones,
+  if k is larger). Without blocks, a model that pads its stories with confident PAD tokens fills
+  the tail first and ends the story before it starts.
 
-Tokens are chosen with temperature (0 = argmax), top-k and top-p; sampling uses the Gumbel-max
-trick in float64, since float32 Gumbel noise measurably narrows the distribution (Zheng et al. 2024,
-arXiv 2409.02908). The mask token is never chosen.
+Every row carries its own settings as (B,) tensors (`SamplerRows`), so rows with different settings
+share every kernel of a step. Random numbers come from `randomness.uniform` keyed by (seed, step,
+position): a row draws the same numbers alone or in any batch. Tokens are chosen with temperature
+(0 = argmax), top-k and top-p, by inverse-CDF sampling in float64 with one uniform per position
+(low-precision sampling measurably narrows the distribution: Zheng et al. 2024, arXiv 2409.02908).
+The mask token is never chosen.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from app.diffusion.sampler_settings import Remasking
-from app.diffusion.sampler_settings import SamplerSettings as SamplerConfig
+from app.diffusion.randomness import Purpose, uniform
+from app.diffusion.sampler_settings import Remasking, SamplerSettings
+
+LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(x (B, L), query (B, L) bool) -> float logits (N, V) at the query positions, row-major."""
+
+
+@dataclass(frozen=True)
+class SamplerRows:
+    """Each row's sampler settings and seed as (B,) tensors on the batch's device."""
+
+    steps: torch.Tensor  # (B,) long
+    low_confidence: torch.Tensor  # (B,) bool: remasking is low_confidence
+    temperature: torch.Tensor  # (B,) float64
+    top_k: torch.Tensor  # (B,) long; 0: no limit
+    top_p: torch.Tensor  # (B,) float64; 1: no limit
+    block_length: torch.Tensor  # (B,) long; 0: no blocks (low_confidence rows only)
+    seed: torch.Tensor  # (B,) long
+
+    @classmethod
+    def build(
+        cls, settings: Sequence[SamplerSettings], seeds: Sequence[int], device: torch.device | str = "cpu"
+    ) -> SamplerRows:
+        """The rows for one sequence per entry of `settings` and `seeds`."""
+        low_confidence = [s.remasking is Remasking.LOW_CONFIDENCE for s in settings]
+        columns = {
+            "steps": ([s.steps for s in settings], torch.long),
+            "low_confidence": (low_confidence, torch.bool),
+            "temperature": ([s.temperature for s in settings], torch.float64),
+            "top_k": ([s.top_k or 0 for s in settings], torch.long),
+            "top_p": ([1.0 if s.top_p is None else s.top_p for s in settings], torch.float64),
+            "block_length": ([s.block_length or 0 for s in settings], torch.long),
+            "seed": (list(seeds), torch.long),
+        }
+        return cls(
+            **{name: torch.tensor(values, dtype=dtype, device=device) for name, (values, dtype) in columns.items()}
+        )
+
+    def select(self, rows: torch.Tensor) -> SamplerRows:
+        """The settings of `rows` (indices or a (B,) bool mask), in that order."""
+        return SamplerRows(**{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)})
+
+    @classmethod
+    def concat(cls, parts: Sequence[SamplerRows]) -> SamplerRows:
+        """One batch of the rows of every part, in order."""
+        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
 class StepPlan:
     """Which positions a step needs logits for, decided before the model runs."""
 
-    index: int  # 0-based step about to run
     query: torch.Tensor  # (B, L) bool: positions that need logits
-    reveal_counts: torch.Tensor | None  # (B,) low_confidence: how many to keep per row
+    reveal_counts: torch.Tensor  # (B,) long: low_confidence rows: how many to keep; 0 elsewhere
 
 
 @dataclass(frozen=True)
 class Step:
-    """What one denoising step did: the new state and the positions it revealed."""
+    """What one denoising step did: the new tokens and the positions it revealed."""
 
-    index: int  # 1-based number of steps done
-    num_steps: int
-    t: float  # time after this step: 1 - index / num_steps
     x: torch.Tensor  # (B, L) tokens after the step
     rows: torch.Tensor  # (N,) row of each revealed position
     positions: torch.Tensor  # (N,)
@@ -54,133 +98,140 @@ class Step:
     model_called: bool
 
 
-LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(x (B, L), query (B, L) bool) -> float logits (N, V) at the query positions, row-major."""
-
-
 def step_times(index: int, num_steps: int) -> tuple[float, float]:
     """(t, s): the time at the start of step `index` (0-based) and the time after it."""
     return 1 - index / num_steps, 1 - (index + 1) / num_steps
 
 
-def initial_tokens(prefix: list[int], length: int, mask_id: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def initial_tokens(
+    prefix: Sequence[int], length: int, mask_id: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """(length,) ids: the fixed prefix (a prompt) followed by masks."""
     if len(prefix) > length:
         raise ValueError(f"the prompt takes {len(prefix)} tokens, more than the length {length}")
     x = torch.full((length,), mask_id, dtype=torch.long, device=device)
-    x[: len(prefix)] = torch.tensor(prefix, dtype=torch.long, device=device)
+    x[: len(prefix)] = torch.tensor(list(prefix), dtype=torch.long, device=device)
     return x
 
 
-def plan_step(x: torch.Tensor, index: int, cfg: SamplerConfig, mask_id: int, generator: torch.Generator) -> StepPlan:
-    """Decide, before the model runs, which positions step `index` may reveal."""
+def plan_step(x: torch.Tensor, index: torch.Tensor, rows: SamplerRows, mask_id: int) -> StepPlan:
+    """Decide, before the model runs, which positions each row's step `index` (B,) may reveal.
+
+    Rows whose index reached their step count plan nothing.
+    """
     masked = x == mask_id  # (B, L)
-    t, s = step_times(index, cfg.steps)
-    if cfg.remasking is Remasking.RANDOM:
-        remask = torch.rand(x.shape, generator=generator, device=x.device) < s / t  # (B, L)
-        return StepPlan(index, masked & ~remask, None)
-    remaining = cfg.steps - index
+    active = index < rows.steps  # (B,)
+    remaining = (rows.steps - index).clamp_min(1)  # (B,) steps left, this one included
+    t = remaining.double() / rows.steps  # (B,)
+    s = (remaining - 1).double() / rows.steps
+    positions = torch.arange(x.shape[1], device=x.device)  # (L,)
+    stay = uniform(rows.seed[:, None], index[:, None], positions, Purpose.REMASK) < (s / t)[:, None]  # (B, L)
+    random_query = masked & ~stay
     n_masked = masked.sum(dim=1)  # (B,)
-    counts = n_masked - torch.div(n_masked * (remaining - 1), remaining, rounding_mode="floor")
-    query = masked & (counts > 0).unsqueeze(1)
-    if cfg.block_length is not None:
-        query &= _up_to_block_of_kth_mask(masked, counts, cfg.block_length)
-    return StepPlan(index, query, counts)
+    counts = n_masked - torch.div(n_masked * (remaining - 1), remaining, rounding_mode="floor")  # (B,)
+    confident_query = masked & (counts > 0)[:, None] & _up_to_block_of_kth_mask(masked, counts, rows.block_length)
+    low_confidence = rows.low_confidence[:, None]  # (B, 1)
+    query = torch.where(low_confidence, confident_query, random_query) & active[:, None]
+    return StepPlan(query, torch.where(rows.low_confidence & active, counts, 0))
 
 
-def _block_index(length: int, block_length: int, device: torch.device) -> torch.Tensor:
-    """(L,) the block of each position."""
-    return torch.arange(length, device=device) // block_length
+def _block_index(length: int, block_length: torch.Tensor) -> torch.Tensor:
+    """(B, L) the block of each position; one block for rows without blocks (block_length 0)."""
+    width = torch.where(block_length > 0, block_length, length)  # (B,)
+    return torch.arange(length, device=block_length.device)[None, :] // width[:, None]
 
 
-def _up_to_block_of_kth_mask(masked: torch.Tensor, counts: torch.Tensor, block_length: int) -> torch.Tensor:
+def _up_to_block_of_kth_mask(masked: torch.Tensor, counts: torch.Tensor, block_length: torch.Tensor) -> torch.Tensor:
     """(B, L) bool: positions in the blocks up to the one holding each row's `counts`-th masked position,
     the only blocks a semi-autoregressive step can reveal from."""
-    kth = masked & (masked.cumsum(dim=1) == counts.unsqueeze(1))  # (B, L): at most one per row
-    blocks = _block_index(masked.shape[1], block_length, masked.device)  # (L,)
+    kth = masked & (masked.cumsum(dim=1) == counts[:, None])  # (B, L): at most one per row
+    blocks = _block_index(masked.shape[1], block_length)  # (B, L)
     last_block = (kth * blocks).sum(dim=1)  # (B,); 0 for rows that reveal nothing
-    return blocks.unsqueeze(0) <= last_block.unsqueeze(1)
-
-
-def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Logits (N, V) with everything outside the top-k and the top-p nucleus set to -inf."""
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (N, 1)
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keeps the top token
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, -math.inf)
-    return logits
+    return blocks <= last_block[:, None]
 
 
 def choose_tokens(
-    logits: torch.Tensor, cfg: SamplerConfig, mask_id: int, generator: torch.Generator
+    logits: torch.Tensor,  # (N, V)
+    temperature: torch.Tensor,  # (N,) float64
+    top_k: torch.Tensor,  # (N,) long; 0: no limit
+    top_p: torch.Tensor,  # (N,) float64; 1: no limit
+    u: torch.Tensor,  # (N,) float64 uniforms in [0, 1)
+    mask_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids (N,) and their model probabilities (N,) from logits (N, V)."""
+    """Token ids (N,) and their probabilities under the model (N,): argmax where the temperature is 0,
+    else a draw from the top-k / top-p filtered distribution at that temperature."""
     logits = logits.float().clone()
     logits[:, mask_id] = -math.inf
-    probs = logits.softmax(dim=-1)  # (N, V) the model's own distribution, for confidence
-    if cfg.temperature == 0:
-        ids = logits.argmax(dim=-1)
-    else:
-        scores = filter_logits(logits, cfg.top_k, cfg.top_p).double() / cfg.temperature
-        u = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float64)
-        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
-        ids = (scores + gumbel).argmax(dim=-1)
-    return ids, probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    log_probs = logits.log_softmax(dim=-1)  # (N, V) the model's own distribution, for confidence
+    ids = logits.argmax(dim=-1)  # (N,)
+    sampled = (temperature > 0).nonzero().squeeze(1)
+    if sampled.numel():
+        ids[sampled] = _draw(logits[sampled], temperature[sampled], top_k[sampled], top_p[sampled], u[sampled])
+    return ids, log_probs.gather(-1, ids[:, None]).squeeze(-1).exp()
 
 
-def _keep_most_confident(plan: StepPlan, probs: torch.Tensor, block_length: int | None) -> torch.Tensor:
+def _draw(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor
+) -> torch.Tensor:
+    """Inverse-CDF draws (M,) from logits (M, V), in descending order of probability so that top-k and
+    the nucleus are prefixes; the nucleus is taken at temperature 1 and always keeps the top token."""
+    ordered, order = logits.sort(dim=-1, descending=True)  # (M, V)
+    rank = torch.arange(logits.shape[-1], device=logits.device)  # (V,)
+    probs = ordered.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # (M, V)
+    keep = (rank < torch.where(top_k > 0, top_k, logits.shape[-1])[:, None]) & (mass_before < top_p[:, None])
+    keep[:, 0] = True  # a vanishing top_p (1e-46 underflows to 0 in float32) still leaves one token
+    scaled = (ordered.double() - ordered[:, :1].double()) / temperature[:, None]  # (M, V) <= 0: exp cannot overflow
+    weights = torch.where(keep, scaled.exp(), 0.0)  # a tiny temperature gives 1 for the top token, 0 elsewhere
+    cdf = weights.cumsum(dim=-1)  # (M, V)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(logits.shape[-1] - 1)  # (M, 1)
+    return order.gather(-1, pick).squeeze(-1)
+
+
+def _keep_most_confident(plan: StepPlan, probs: torch.Tensor, block_length: torch.Tensor) -> torch.Tensor:
     """(N,) bool over the queried positions: the `reveal_counts` most confident of each row; with
     blocks, every position of an earlier block before any of a later one."""
-    assert plan.reveal_counts is not None
     confidence = torch.full(plan.query.shape, -math.inf, device=probs.device)  # (B, L)
     confidence[plan.query] = probs.float()
-    if block_length is not None:  # probabilities lie in [0, 1]: 2 per block puts blocks first
-        confidence = confidence - 2.0 * _block_index(plan.query.shape[1], block_length, probs.device)
+    # probabilities lie in [0, 1]: 2 per block puts earlier blocks first
+    confidence = confidence - 2.0 * _block_index(plan.query.shape[1], block_length)
     order = confidence.argsort(dim=1, descending=True, stable=True)  # (B, L)
     rank = order.argsort(dim=1)  # (B, L) rank of each position within its row
-    keep = rank < plan.reveal_counts.unsqueeze(1)  # (B, L)
+    keep = rank < plan.reveal_counts[:, None]  # (B, L)
     return keep[plan.query]
 
 
 def apply_step(
-    x: torch.Tensor,
+    x: torch.Tensor,  # (B, L)
+    index: torch.Tensor,  # (B,) long: the step each row is taking, 0-based
     plan: StepPlan,
-    logits: torch.Tensor | None,
-    cfg: SamplerConfig,
+    logits: torch.Tensor | None,  # (N, V) at plan.query, row-major; None: the model did not run
+    rows: SamplerRows,
     mask_id: int,
-    generator: torch.Generator,
 ) -> Step:
-    """Write the chosen tokens into a copy of `x`; `logits` (N, V) are at `plan.query`."""
-    _, s = step_times(plan.index, cfg.steps)
-    rows, positions = plan.query.nonzero(as_tuple=True)  # (N,), (N,)
-    if logits is None or rows.numel() == 0:
-        empty = rows[:0]
-        return Step(plan.index + 1, cfg.steps, s, x, empty, empty, empty, empty.float(), False)
-    ids, probs = choose_tokens(logits, cfg, mask_id, generator)
-    if cfg.remasking is Remasking.LOW_CONFIDENCE:
-        keep = _keep_most_confident(plan, probs, cfg.block_length)
-        rows, positions, ids, probs = rows[keep], positions[keep], ids[keep], probs[keep]
+    """Write the chosen tokens into a copy of `x`."""
+    row, position = plan.query.nonzero(as_tuple=True)  # (N,), (N,)
+    if logits is None or row.numel() == 0:
+        empty = row[:0]
+        return Step(x, empty, empty, empty, empty.float(), False)
+    u = uniform(rows.seed[row], index[row], position, Purpose.TOKEN)  # (N,)
+    ids, probs = choose_tokens(logits, rows.temperature[row], rows.top_k[row], rows.top_p[row], u, mask_id)
+    keep = _keep_most_confident(plan, probs, rows.block_length) | ~rows.low_confidence[row]  # (N,)
+    row, position, ids, probs = row[keep], position[keep], ids[keep], probs[keep]
     x = x.clone()
-    x[rows, positions] = ids
-    return Step(plan.index + 1, cfg.steps, s, x, rows, positions, ids, probs, True)
+    x[row, position] = ids
+    return Step(x, row, position, ids, probs, True)
 
 
 def denoise(
-    logits_fn: LogitsFn,
-    x: torch.Tensor,
-    cfg: SamplerConfig,
-    mask_id: int,
-    generator: torch.Generator,
-) -> Iterator[Step]:
-    """Run all `cfg.steps` steps from `x` (B, L), yielding each `Step`; the last has no masks."""
-    for index in range(cfg.steps):
-        plan = plan_step(x, index, cfg, mask_id, generator)
+    logits_fn: LogitsFn, x: torch.Tensor, rows: SamplerRows, mask_id: int
+) -> Iterator[tuple[torch.Tensor, Step]]:
+    """Run every row's steps from `x` (B, L), yielding (steps done per row (B,), step) after each
+    step; when the longest schedule ends no mask is left."""
+    index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # (B,)
+    for _ in range(int(rows.steps.max())):
+        plan = plan_step(x, index, rows, mask_id)
         logits = logits_fn(x, plan.query) if plan.query.any() else None
-        step = apply_step(x, plan, logits, cfg, mask_id, generator)
-        x = step.x
-        yield step
+        step = apply_step(x, index, plan, logits, rows, mask_id)
+        x, index = step.x, torch.minimum(index + 1, rows.steps)
+        yield index, step

@@ -1,56 +1,179 @@
-"""One forward pass for many sequences of different lengths.
+"""The running batch on the device: every active sequence's tokens, step counter, settings and next plan.
 
-Sequences are right-padded to the longest one and the padding is hidden with an attention mask,
-rather than grouped into length buckets. With step-level batching, requests of any length join
-between any two steps; buckets would split one step into a forward per bucket (smaller batches,
-more launches, a step as slow as the sum of its buckets) or hold requests back until a bucket
-fills. Padding costs only encoder work on the padded positions, since the vocabulary head runs at
-queried positions alone (`logits_at`), and lengths are bounded by the model's few hundred
-positions. Masked keys get zero attention weight, so a sequence's logits do not depend on what
-else is in the batch beyond floating-point noise.
+Rows of different lengths share one (B, W) tensor, right-padded with PAD (never masked, so never
+revealed) and hidden from attention by a mask. One `advance` runs a batched step for every row:
+the forward over the rows whose plan needs logits (grouped by length when the measured cost model
+says a split is cheaper), the pure sampler step, the plan of the next step, and then ONE copy to
+the host carrying everything the engine publishes: the reveals of streaming rows, the tokens of rows
+that publish or finish, and which rows need the model next time. Rows join and leave between
+iterations; the plan of a row that just joined is made with the next step, so joining costs no copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-BatchForward = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-"""(x (B, L), query (B, L) bool, attention_mask (B, L) or None) -> float logits (N, V), row-major."""
+from app.diffusion.sampler_settings import SamplerSettings
+from app.diffusion.sampling import SamplerRows, StepPlan, apply_step, initial_tokens, plan_step
+from app.engine.forward_plan import ONE_PASS, BatchForward, group_by_length
 
 
-def pad_batch(
-    xs: Sequence[torch.Tensor], queries: Sequence[torch.Tensor], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Stack (1, L_i) tokens and queries into (B, L_max); the mask is None when no row is padded."""
-    lengths = [x.shape[1] for x in xs]
-    width = max(lengths)
-    if all(length == width for length in lengths):
-        return torch.cat(list(xs)), torch.cat(list(queries)), None
-    device = xs[0].device
-    x = torch.full((len(xs), width), pad_id, dtype=torch.long, device=device)  # (B, L_max)
-    query = torch.zeros((len(xs), width), dtype=torch.bool, device=device)  # (B, L_max)
-    attention_mask = torch.zeros((len(xs), width), dtype=torch.long, device=device)  # (B, L_max)
-    for row, (xi, qi, length) in enumerate(zip(xs, queries, lengths, strict=True)):
-        x[row, :length] = xi[0]
-        query[row, :length] = qi[0]
-        attention_mask[row, :length] = 1
-    return x, query, attention_mask
+@dataclass(frozen=True)
+class NewRow:
+    """A sequence joining the batch."""
+
+    prefix: Sequence[int]
+    length: int
+    settings: SamplerSettings
+    seed: int
+    streaming: bool
 
 
-def batch_logits(
-    forward: BatchForward, xs: Sequence[torch.Tensor], queries: Sequence[torch.Tensor], pad_id: int
-) -> list[torch.Tensor]:
-    """Logits (N_i, V) at each sequence's queried positions, from one forward over all of them.
+@dataclass(frozen=True)
+class RowResult:
+    """What one step did to one row, on the host."""
 
-    Args:
-        forward: the model's logits at queried positions (`logits_at` bound to a model).
-        xs: (1, L_i) token ids, one per sequence.
-        queries: (1, L_i) bool, the positions each sequence needs logits for.
-        pad_id: token written into padding (hidden by the attention mask, so any id works).
-    """
-    x, query, attention_mask = pad_batch(xs, queries, pad_id)
-    logits = forward(x, query, attention_mask)  # (N, V), rows in row-major order of `query`
-    counts = torch.stack([q.sum() for q in queries]).tolist()  # one device sync for all rows
-    return list(torch.split(logits, counts))
+    reveals: list[tuple[int, int, float]]  # (position, token id, probability); streaming rows only
+    ids: list[int] | None  # the row's tokens after the step, when asked for
+
+
+@dataclass(frozen=True)
+class AdvanceResult:
+    """One iteration on the host: per-row results and the rows in each forward pass it ran."""
+
+    rows: list[RowResult]
+    pass_sizes: list[int]
+
+
+class RunningBatch:
+    """Device tensors of the active rows, in the order the engine keeps its sequences."""
+
+    def __init__(self, mask_id: int, pad_id: int, device: torch.device) -> None:
+        self.mask_id, self.pad_id, self.device = mask_id, pad_id, device
+        self.x = torch.empty((0, 0), dtype=torch.long, device=device)  # (B, W)
+        self.index = torch.empty(0, dtype=torch.long, device=device)  # (B,) steps done
+        self.streaming = torch.empty(0, dtype=torch.bool, device=device)  # (B,)
+        self.rows = SamplerRows.build([], [], device)
+        self.lengths: list[int] = []  # host: each row's real length
+        self.needs_model: list[bool] = []  # host: does the row's next plan query anything?
+        self.plan: StepPlan | None = None  # the next step's plan; None: make it before the step
+        self.cost = ONE_PASS
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def add(self, new: Sequence[NewRow]) -> None:
+        """Append rows (all masked after their prefix); their plan is made with the next step."""
+        if not new:
+            return
+        width = max([*self.lengths, *(row.length for row in new)])
+        fresh = torch.full((len(new), width), self.pad_id, dtype=torch.long, device=self.device)  # (b, W)
+        for i, row in enumerate(new):
+            fresh[i, : row.length] = initial_tokens(row.prefix, row.length, self.mask_id, self.device)
+        self.x = torch.cat([self._widened(width), fresh])
+        self.index = torch.cat([self.index, torch.zeros(len(new), dtype=torch.long, device=self.device)])
+        flags = torch.tensor([row.streaming for row in new], dtype=torch.bool, device=self.device)
+        self.streaming = torch.cat([self.streaming, flags])
+        added = SamplerRows.build([row.settings for row in new], [row.seed for row in new], self.device)
+        self.rows = SamplerRows.concat([self.rows, added])
+        self.lengths += [row.length for row in new]
+        self.needs_model += [True] * len(new)
+        self.plan = None
+
+    def keep(self, kept: Sequence[bool]) -> None:
+        """Drop the rows whose flag is False, keeping the order of the rest."""
+        if all(kept):
+            return
+        rows = torch.tensor(kept, dtype=torch.bool, device=self.device)
+        self.lengths = [n for n, k in zip(self.lengths, kept, strict=True) if k]
+        self.needs_model = [n for n, k in zip(self.needs_model, kept, strict=True) if k]
+        self.x = self.x[rows][:, : max(self.lengths, default=0)]  # the longest row may have left
+        self.index, self.streaming, self.rows = self.index[rows], self.streaming[rows], self.rows.select(rows)
+        if self.plan is not None:
+            self.plan = StepPlan(self.plan.query[rows][:, : self.x.shape[1]], self.plan.reveal_counts[rows])
+
+    def advance(self, forward: BatchForward, want_ids: Sequence[bool]) -> AdvanceResult:
+        """One denoising step for every row; `want_ids[i]`: return row i's tokens after the step."""
+        plan = self.plan if self.plan is not None else plan_step(self.x, self.index, self.rows, self.mask_id)
+        logits, pass_sizes = self._logits(forward, plan)
+        step = apply_step(self.x, self.index, plan, logits, self.rows, self.mask_id)
+        self.x, self.index = step.x, self.index + 1
+        self.plan = plan_step(self.x, self.index, self.rows, self.mask_id)
+        streamed = self.streaming[step.rows]  # (N,) reveals that someone reads
+        wanted = torch.tensor(want_ids, dtype=torch.bool, device=self.device)
+        payload = torch.cat(
+            [  # one device-to-host copy; ids and positions are exact in float64
+                streamed.sum().to(torch.float64).reshape(1),
+                self.plan.query.any(dim=1).to(torch.float64),
+                *(t[streamed].to(torch.float64) for t in (step.rows, step.positions, step.token_ids, step.probs)),
+                self.x[wanted].flatten().to(torch.float64),
+            ]
+        ).cpu()
+        return AdvanceResult(self._unpack(payload, want_ids), pass_sizes)
+
+    def _unpack(self, payload: torch.Tensor, want_ids: Sequence[bool]) -> list[RowResult]:
+        """Per-row results from the copied payload; also records which rows need the model next."""
+        values = payload.tolist()
+        batch, n = len(self.lengths), int(values[0])
+        self.needs_model = [bool(v) for v in values[1 : 1 + batch]]
+        start = 1 + batch
+        rows, positions, ids, probs = (values[start + k * n : start + (k + 1) * n] for k in range(4))
+        reveals: list[list[tuple[int, int, float]]] = [[] for _ in range(batch)]
+        for row, pos, token, p in zip(rows, positions, ids, probs, strict=True):
+            reveals[int(row)].append((int(pos), int(token), p))
+        flat, width = values[start + 4 * n :], self.x.shape[1]
+        results, offset = [], 0
+        for i, wanted in enumerate(want_ids):
+            row_ids = None
+            if wanted:
+                row_ids = [int(v) for v in flat[offset : offset + self.lengths[i]]]
+                offset += width
+            results.append(RowResult(reveals[i], row_ids))
+        return results
+
+    def _logits(self, forward: BatchForward, plan: StepPlan) -> tuple[torch.Tensor | None, list[int]]:
+        """Logits (N, V) at `plan.query` in row-major order, from one pass per length group of the rows
+        that need the model; None when no row does."""
+        needy = [i for i, needs in enumerate(self.needs_model) if needs]
+        if not needy:
+            return None, []
+        groups = group_by_length([self.lengths[i] for i in needy], self.cost)
+        if len(groups) == 1:
+            rows = needy
+            width = max(self.lengths[i] for i in rows)
+            return self._forward_rows(forward, plan, rows, width), [len(rows)]
+        rank = plan.query.flatten().cumsum(0).view(plan.query.shape) - 1  # (B, W) where each query's logits go
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for group in groups:
+            rows = [needy[i] for i in group]
+            width = max(self.lengths[i] for i in rows)
+            index = torch.tensor(rows, device=self.device)
+            logits = self._forward_rows(forward, plan, rows, width)
+            parts.append((rank[index, :width][plan.query[index, :width]], logits))
+        total = sum(len(where) for where, _ in parts)
+        out = parts[0][1].new_empty((total, parts[0][1].shape[-1]))
+        for where, logits in parts:
+            out[where] = logits
+        return out, [len(group) for group in groups]
+
+    def _forward_rows(self, forward: BatchForward, plan: StepPlan, rows: list[int], width: int) -> torch.Tensor:
+        """One pass over `rows`, cut to `width` positions, padding hidden by an attention mask."""
+        index = torch.tensor(rows, device=self.device) if len(rows) < len(self.lengths) else None
+        x = self.x if index is None else self.x[index]
+        query = plan.query if index is None else plan.query[index]
+        lengths = [self.lengths[i] for i in rows]
+        attention_mask = None
+        if min(lengths) < width:
+            real = torch.tensor(lengths, device=self.device)
+            attention_mask = (torch.arange(width, device=self.device)[None, :] < real[:, None]).long()  # (b, W)
+        return forward(x[:, :width], query[:, :width], attention_mask)
+
+    def _widened(self, width: int) -> torch.Tensor:
+        """The current tokens padded on the right to `width` positions."""
+        if self.x.shape[1] >= width:
+            return self.x
+        pad = torch.full((self.x.shape[0], width - self.x.shape[1]), self.pad_id, dtype=torch.long, device=self.device)
+        return torch.cat([self.x, pad], dim=1)

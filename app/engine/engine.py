@@ -1,15 +1,14 @@
 """The step-level batching engine: one thread owns the model and advances every request together.
 
 Each iteration admits waiting requests into free batch slots, drops the ones that were cancelled
-or ran out of time, plans one denoising step per request on its own (1, L) tokens with its own
-generator, runs ONE forward pass over every request that needs logits this step, and applies each
-request's step to its share of the logits. Requests join and leave between steps (continuous
-batching, as in TGI's `batching_task`), so a short story never waits for a long one, and a request
-whose plan reveals nothing this step advances without the model.
+or ran out of time, and advances every running request by one denoising step with ONE batched
+step (`RunningBatch.advance`): each request's settings live in per-row tensors, so requests with
+different settings share every kernel, and the forward runs over the rows that need logits. Requests
+join and leave between steps (continuous batching, as in TGI's `batching_task`), so a short story
+never waits for a long one to finish, and a step that reveals nothing skips the model.
 
-Randomness comes only from each request's own generator, drawn in the same order whatever the
-batch holds, so a seed gives the same story alone or in a busy batch (up to floating-point noise
-in the batched matmuls).
+Random numbers are a pure function of (seed, step, position), so a seed gives the same story alone
+or in a busy batch (up to floating-point noise in the batched matmuls flipping a near-tie).
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ import torch
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.logits import logits_at
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
-from app.diffusion.sampling import Step, StepPlan, apply_step, initial_tokens, plan_step
-from app.engine.batch import BatchForward, batch_logits
+from app.engine.batch import NewRow, RowResult, RunningBatch
+from app.engine.forward_plan import BatchForward, ForwardCost
 from app.engine.request import (
     EngineStopped,
     Failed,
@@ -49,14 +48,19 @@ WARMUP_LENGTH = 16
 
 @dataclass(eq=False)
 class _Sequence:
-    """A request in the running batch: its tokens, its generator and how far it has come."""
+    """A request in the running batch, on the host: how far it has come and what it has not sent yet."""
 
     handle: RequestHandle
-    x: torch.Tensor  # (1, L)
-    generator: torch.Generator
     index: int = 0  # steps done
     unsent: tuple[Reveal, ...] = ()  # reveals since the last published step
     done: bool = False
+
+    @property
+    def publishes_next(self) -> bool:
+        """Whether the coming step is published (every `stream_every`-th and the last) or ends the request."""
+        spec, upcoming = self.handle.spec, self.index + 1
+        last = upcoming == spec.sampler.steps
+        return last or (spec.stream_every is not None and upcoming % spec.stream_every == 0)
 
 
 class Engine:
@@ -71,6 +75,7 @@ class Engine:
         device: torch.device | str = "cpu",
         max_batch: int = 32,
         max_queue: int = 64,
+        typical_length: int = 256,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"need max_batch >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
@@ -84,7 +89,9 @@ class Engine:
         self._admitted = 0  # waiting + active; guarded by _cond
         self._accepting = False
         self._stopping = False
-        self._active: list[_Sequence] = []  # engine thread only
+        self._active: list[_Sequence] = []  # engine thread only, in the order of the batch's rows
+        self._batch = RunningBatch(mask_id, pad_id, self.device)  # engine thread only
+        self.typical_length = typical_length  # the width `warm_up` measures the forward's cost at
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -98,11 +105,13 @@ class Engine:
             device=checkpoint.device,
             max_batch=max_batch,
             max_queue=max_queue,
+            typical_length=checkpoint.config.seq_len,
         )
 
     def warm_up(self, length: int = WARMUP_LENGTH, timeout_s: float = 600.0) -> float:
         """Denoise one short sequence through the started engine, so that the first client does not pay
-        for lazy initialisation; blocks, returns the seconds it took, raises RuntimeError if it failed."""
+        for lazy initialisation, then measure the forward's cost model; blocks, returns the seconds it
+        took, raises RuntimeError if it failed."""
         started = time.perf_counter()
         ended = threading.Event()
         updates: list[Update] = []
@@ -117,7 +126,22 @@ class Engine:
         if not ended.wait(timeout_s) or isinstance(updates[-1], Failed):
             reason = updates[-1].message if updates and isinstance(updates[-1], Failed) else "no answer"
             raise RuntimeError(f"warm-up failed: {reason}")
+        self.forward_cost = ForwardCost.measure(self._forward, self.typical_length, self.mask_id, self.device)
+        log.info(
+            "forward cost: %.2f ms a pass + %.2f us a position",
+            self.forward_cost.per_pass_s * 1e3,
+            self.forward_cost.per_position_s * 1e6,
+        )
         return time.perf_counter() - started
+
+    @property
+    def forward_cost(self) -> ForwardCost:
+        """The cost model that decides whether rows of different lengths share one padded pass."""
+        return self._batch.cost
+
+    @forward_cost.setter
+    def forward_cost(self, cost: ForwardCost) -> None:
+        self._batch.cost = cost  # read by the engine thread at its next iteration
 
     @property
     def running(self) -> bool:
@@ -193,18 +217,24 @@ class Engine:
                 self._expire_waiting()
                 if self._stopping:
                     return False
-                while self._waiting and len(self._active) < self.max_batch:
-                    self._active.append(self._admit(self._waiting.popleft()))
+                joining = []
+                while self._waiting and len(self._active) + len(joining) < self.max_batch:
+                    joining.append(self._waiting.popleft())
+                self._admit(joining)
                 self.stats.occupancy(len(self._active), len(self._waiting))
                 if self._active:
                     return True
                 self._cond.wait()
 
-    def _admit(self, handle: RequestHandle) -> _Sequence:
-        spec = handle.spec
-        x = initial_tokens(list(spec.prefix), spec.length, self.mask_id, self.device).unsqueeze(0)  # (1, L)
-        generator = torch.Generator(device=self.device).manual_seed(spec.seed)
-        return _Sequence(handle, x, generator)
+    def _admit(self, handles: list[RequestHandle]) -> None:
+        """Add requests to the running batch, as rows at its end."""
+        self._batch.add(
+            [
+                NewRow(h.spec.prefix, h.spec.length, h.spec.sampler, h.spec.seed, h.spec.stream_every is not None)
+                for h in handles
+            ]
+        )
+        self._active += [_Sequence(handle) for handle in handles]
 
     def _expire_waiting(self) -> None:
         """Drop queued requests that were cancelled or timed out (caller holds `_cond`)."""
@@ -230,58 +260,44 @@ class Engine:
                 self.stats.count("timed_out")
                 self._publish(seq.handle, Failed("timeout", f"the request timed out after {seq.index} steps"))
                 self._release()
-            else:
-                kept.append(seq)
-        self._active = kept
+            kept.append(not seq.handle.cancelled and now <= seq.handle.deadline)
+        self._keep(kept)
+
+    def _keep(self, kept: list[bool]) -> None:
+        """Keep the sequences (and batch rows) whose flag is True."""
+        self._batch.keep(kept)
+        self._active = [seq for seq, k in zip(self._active, kept, strict=True) if k]
 
     def _advance(self) -> None:
-        """One denoising step for every active sequence, with one forward pass for all that need it."""
+        """One denoising step for every active sequence, in one batched step."""
         self._drop_departed()
         if not self._active:
             return
-        plans = [
-            plan_step(seq.x, seq.index, seq.handle.spec.sampler, self.mask_id, seq.generator) for seq in self._active
-        ]
-        logits = self._logits(plans)
-        for seq, plan, seq_logits in zip(self._active, plans, logits, strict=True):
-            step = apply_step(seq.x, plan, seq_logits, seq.handle.spec.sampler, self.mask_id, seq.generator)
-            self._record(seq, step)
+        result = self._batch.advance(self._forward, [seq.publishes_next for seq in self._active])
+        for size in result.pass_sizes:
+            self.stats.forward(size)
+        for seq, row in zip(self._active, result.rows, strict=True):
+            self._record(seq, row)
         self.stats.count("iterations")
-        self._active = [seq for seq in self._active if not seq.done]
+        self._keep([not seq.done for seq in self._active])
         self.stats.occupancy(len(self._active), len(self._waiting))
 
-    def _logits(self, plans: list[StepPlan]) -> list[torch.Tensor | None]:
-        """Each sequence's logits at its queried positions, or None where its plan queries nothing."""
-        logits: list[torch.Tensor | None] = [None] * len(plans)
-        needy = [i for i, plan in enumerate(plans) if bool(plan.query.any())]
-        if needy:
-            rows = batch_logits(
-                self._forward, [self._active[i].x for i in needy], [plans[i].query for i in needy], self.pad_id
-            )
-            self.stats.forward(len(needy))
-            for i, seq_logits in zip(needy, rows, strict=True):
-                logits[i] = seq_logits
-        return logits
-
-    def _record(self, seq: _Sequence, step: Step) -> None:
-        """Keep the step's tokens; publish per `stream_every`, and the outcome after the last step."""
-        seq.x, seq.index = step.x, step.index
-        spec, last = seq.handle.spec, step.index == step.num_steps
+    def _record(self, seq: _Sequence, row: RowResult) -> None:
+        """Count the step; publish per `stream_every`, and the outcome after the last step."""
+        seq.index += 1
+        spec = seq.handle.spec
+        num_steps = spec.sampler.steps
         if spec.stream_every is not None:
-            seq.unsent += tuple(
-                Reveal(pos, token, p)
-                for pos, token, p in zip(
-                    step.positions.tolist(), step.token_ids.tolist(), step.probs.tolist(), strict=True
-                )
-            )
-            if last or step.index % spec.stream_every == 0:
-                ids = tuple(step.x[0].tolist())
-                self._publish(seq.handle, StepUpdate(step.index, step.num_steps, step.t, ids, seq.unsent))
+            seq.unsent += tuple(Reveal(pos, token, p) for pos, token, p in row.reveals)
+            if row.ids is not None:
+                t = 1 - seq.index / num_steps
+                self._publish(seq.handle, StepUpdate(seq.index, num_steps, t, tuple(row.ids), seq.unsent))
                 seq.unsent = ()
-        if last:
+        if seq.index == num_steps:
+            assert row.ids is not None, "the last step always returns the tokens"
             seq.done = True
             elapsed = time.monotonic() - seq.handle.submitted
-            self._publish(seq.handle, Finished(tuple(step.x[0].tolist()), step.num_steps, elapsed))
+            self._publish(seq.handle, Finished(tuple(row.ids), num_steps, elapsed))
             self.stats.completed(elapsed)
             self._release()
 
@@ -291,7 +307,7 @@ class Engine:
             self._publish(seq.handle, failure)
             self.stats.count(counter)
         self._release(len(unfinished))
-        self._active = []
+        self._keep([False] * len(self._active))
 
     def _publish(self, handle: RequestHandle, update: Update) -> None:
         """Deliver `update`; a failing receiver cancels its own request, never the engine."""
