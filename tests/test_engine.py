@@ -281,7 +281,7 @@ def test_rows_of_different_lengths_get_the_logits_they_get_alone(ckpt, cost):
     batch = RunningBatch(ckpt.mask_id, ckpt.tokenizer.pad_token_id, torch.device("cpu"))
     batch.cost = cost
     settings = SamplerSettings(steps=4, remasking="low_confidence")
-    batch.add([NewRow((101, 1332), n, settings, seed, streaming=False) for seed, n in enumerate((12, 30, 20))])
+    batch.add([NewRow((101, 1332), n, settings, seed, stream_every=None) for seed, n in enumerate((12, 30, 20))])
     plan = plan_step(batch.x, batch.index, batch.rows, ckpt.mask_id)
     together, pass_sizes = batch._logits(forward, plan)
     assert pass_sizes == ([3] if cost is ONE_PASS else [1, 1, 1])

@@ -29,7 +29,7 @@ class NewRow:
     length: int
     settings: SamplerSettings
     seed: int
-    streaming: bool
+    stream_every: int | None  # publish every k-th step (and the last); None: only the end
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class RunningBatch:
         self.mask_id, self.pad_id, self.device = mask_id, pad_id, device
         self.x = torch.empty((0, 0), dtype=torch.long, device=device)  # (B, W)
         self.index = torch.empty(0, dtype=torch.long, device=device)  # (B,) steps done
-        self.streaming = torch.empty(0, dtype=torch.bool, device=device)  # (B,)
+        self.stream_every = torch.empty(0, dtype=torch.long, device=device)  # (B,) 0: not streaming
         self.rows = SamplerRows.build([], [], device)
         self.lengths: list[int] = []  # host: each row's real length
         self.needs_model: list[bool] = []  # host: does the row's next plan query anything?
@@ -75,8 +75,8 @@ class RunningBatch:
             fresh[i, : row.length] = initial_tokens(row.prefix, row.length, self.mask_id, self.device)
         self.x = torch.cat([self._widened(width), fresh])
         self.index = torch.cat([self.index, torch.zeros(len(new), dtype=torch.long, device=self.device)])
-        flags = torch.tensor([row.streaming for row in new], dtype=torch.bool, device=self.device)
-        self.streaming = torch.cat([self.streaming, flags])
+        every = torch.tensor([row.stream_every or 0 for row in new], dtype=torch.long, device=self.device)
+        self.stream_every = torch.cat([self.stream_every, every])
         added = SamplerRows.build([row.settings for row in new], [row.seed for row in new], self.device)
         self.rows = SamplerRows.concat([self.rows, added])
         self.lengths += [row.length for row in new]
@@ -91,35 +91,39 @@ class RunningBatch:
         self.lengths = [n for n, k in zip(self.lengths, kept, strict=True) if k]
         self.needs_model = [n for n, k in zip(self.needs_model, kept, strict=True) if k]
         self.x = self.x[rows][:, : max(self.lengths, default=0)]  # the longest row may have left
-        self.index, self.streaming, self.rows = self.index[rows], self.streaming[rows], self.rows.select(rows)
+        self.index, self.stream_every, self.rows = self.index[rows], self.stream_every[rows], self.rows.select(rows)
         if self.plan is not None:
             self.plan = StepPlan(self.plan.query[rows][:, : self.x.shape[1]], self.plan.reveal_counts[rows])
 
-    def advance(self, forward: BatchForward, want_ids: Sequence[bool]) -> AdvanceResult:
-        """One denoising step for every row; `want_ids[i]`: return row i's tokens after the step."""
+    def advance(self, forward: BatchForward) -> AdvanceResult:
+        """One denoising step for every row. Rows that publish this step (every `stream_every`-th and the
+        last) get their tokens back, streaming rows their reveals."""
         plan = self.plan if self.plan is not None else plan_step(self.x, self.index, self.rows, self.mask_id)
         logits, pass_sizes = self._logits(forward, plan)
         step = apply_step(self.x, self.index, plan, logits, self.rows, self.mask_id)
         self.x, self.index = step.x, self.index + 1
         self.plan = plan_step(self.x, self.index, self.rows, self.mask_id)
-        streamed = self.streaming[step.rows]  # (N,) reveals that someone reads
-        wanted = torch.tensor(want_ids, dtype=torch.bool, device=self.device)
+        streamed = self.stream_every[step.rows] > 0  # (N,) reveals that someone reads
+        every = self.stream_every.clamp_min(1)  # (B,)
+        wanted = (self.index == self.rows.steps) | ((self.stream_every > 0) & (self.index % every == 0))  # (B,)
         payload = torch.cat(
             [  # one device-to-host copy; ids and positions are exact in float64
                 streamed.sum().to(torch.float64).reshape(1),
                 self.plan.query.any(dim=1).to(torch.float64),
+                wanted.to(torch.float64),
                 *(t[streamed].to(torch.float64) for t in (step.rows, step.positions, step.token_ids, step.probs)),
                 self.x[wanted].flatten().to(torch.float64),
             ]
         ).cpu()
-        return AdvanceResult(self._unpack(payload, want_ids), pass_sizes)
+        return AdvanceResult(self._unpack(payload), pass_sizes)
 
-    def _unpack(self, payload: torch.Tensor, want_ids: Sequence[bool]) -> list[RowResult]:
+    def _unpack(self, payload: torch.Tensor) -> list[RowResult]:
         """Per-row results from the copied payload; also records which rows need the model next."""
         values = payload.tolist()
         batch, n = len(self.lengths), int(values[0])
         self.needs_model = [bool(v) for v in values[1 : 1 + batch]]
-        start = 1 + batch
+        want_ids = [bool(v) for v in values[1 + batch : 1 + 2 * batch]]
+        start = 1 + 2 * batch
         rows, positions, ids, probs = (values[start + k * n : start + (k + 1) * n] for k in range(4))
         reveals: list[list[tuple[int, int, float]]] = [[] for _ in range(batch)]
         for row, pos, token, p in zip(rows, positions, ids, probs, strict=True):
@@ -140,6 +144,8 @@ class RunningBatch:
         needy = [i for i, needs in enumerate(self.needs_model) if needs]
         if not needy:
             return None, []
+        if self.device.type != "cpu":  # a GPU pass is launch-bound: all rows, no gather of a subset
+            needy = list(range(len(self.lengths)))
         groups = group_by_length([self.lengths[i] for i in needy], self.cost)
         if len(groups) == 1:
             rows = needy

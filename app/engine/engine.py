@@ -13,7 +13,6 @@ or in a busy batch (up to floating-point noise in the batched matmuls flipping a
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -23,10 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from app.diffusion.checkpoint import Checkpoint
-from app.diffusion.logits import logits_at
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.engine.batch import NewRow, RowResult, RunningBatch
 from app.engine.forward_plan import BatchForward, ForwardCost
+from app.engine.model_forward import CheckpointForward
 from app.engine.request import (
     EngineStopped,
     Failed,
@@ -54,13 +53,6 @@ class _Sequence:
     index: int = 0  # steps done
     unsent: tuple[Reveal, ...] = ()  # reveals since the last published step
     done: bool = False
-
-    @property
-    def publishes_next(self) -> bool:
-        """Whether the coming step is published (every `stream_every`-th and the last) or ends the request."""
-        spec, upcoming = self.handle.spec, self.index + 1
-        last = upcoming == spec.sampler.steps
-        return last or (spec.stream_every is not None and upcoming % spec.stream_every == 0)
 
 
 class Engine:
@@ -95,11 +87,14 @@ class Engine:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, *, max_batch: int = 32, max_queue: int = 64) -> Engine:
-        """An engine (not started) that serves `checkpoint`'s model on its device."""
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, *, max_batch: int = 32, max_queue: int = 64, compile: bool | None = None
+    ) -> Engine:
+        """An engine (not started) that serves `checkpoint`'s model on its device; `compile` as in
+        `CheckpointForward` (None: CUDA graphs on GPUs, eager on CPUs)."""
         pad = checkpoint.tokenizer.pad_token_id
         return cls(
-            functools.partial(logits_at, checkpoint.model),
+            CheckpointForward(checkpoint, compile),
             mask_id=checkpoint.mask_id,
             pad_id=checkpoint.mask_id if pad is None else int(pad),
             device=checkpoint.device,
@@ -109,10 +104,12 @@ class Engine:
         )
 
     def warm_up(self, length: int = WARMUP_LENGTH, timeout_s: float = 600.0) -> float:
-        """Denoise one short sequence through the started engine, so that the first client does not pay
-        for lazy initialisation, then measure the forward's cost model; blocks, returns the seconds it
-        took, raises RuntimeError if it failed."""
+        """Compile the forward's shapes (if it compiles), denoise one short sequence through the started
+        engine, so that the first client pays for no lazy initialisation, then measure the forward's
+        cost model; blocks, returns the seconds it took, raises RuntimeError if it failed."""
         started = time.perf_counter()
+        if isinstance(self._forward, CheckpointForward):
+            self._forward.prepare(self.max_batch, self.typical_length)
         ended = threading.Event()
         updates: list[Update] = []
 
@@ -133,6 +130,11 @@ class Engine:
             self.forward_cost.per_position_s * 1e6,
         )
         return time.perf_counter() - started
+
+    @property
+    def forward_name(self) -> str:
+        """Which forward runs: "eager", "compiled (CUDA graphs)", ... (for GET /info and the log)."""
+        return self._forward.name if isinstance(self._forward, CheckpointForward) else "custom"
 
     @property
     def forward_cost(self) -> ForwardCost:
@@ -229,10 +231,7 @@ class Engine:
     def _admit(self, handles: list[RequestHandle]) -> None:
         """Add requests to the running batch, as rows at its end."""
         self._batch.add(
-            [
-                NewRow(h.spec.prefix, h.spec.length, h.spec.sampler, h.spec.seed, h.spec.stream_every is not None)
-                for h in handles
-            ]
+            [NewRow(h.spec.prefix, h.spec.length, h.spec.sampler, h.spec.seed, h.spec.stream_every) for h in handles]
         )
         self._active += [_Sequence(handle) for handle in handles]
 
@@ -273,7 +272,7 @@ class Engine:
         self._drop_departed()
         if not self._active:
             return
-        result = self._batch.advance(self._forward, [seq.publishes_next for seq in self._active])
+        result = self._batch.advance(self._forward)
         for size in result.pass_sizes:
             self.stats.forward(size)
         for seq, row in zip(self._active, result.rows, strict=True):
