@@ -1,4 +1,8 @@
-"""`storydiff`: generate a story in the terminal, serve the API, or train a model."""
+"""`storydiff`: generate a story in the terminal, serve the API, or train a model.
+
+Building the parser imports no torch, transformers or web framework: `--help` answers at once, and
+each command imports what it runs.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
             "generate",
             help="write one story in the terminal, watching it denoise",
             description="Write one story, showing every denoising step live in the terminal.",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
     )
     add_serve_arguments(
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "train",
-        help="train a model (same options as `python -m model_training`)",
+        help="train a model (`storydiff train --help` lists its options)",
         add_help=False,
     )
     return parser
@@ -47,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train"]:  # everything after `train` belongs to the trainer's own parser
         from model_training.cli import main as train_main
 
-        return train_main(argv[1:])
+        return train_main(argv[1:], prog="storydiff train")
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         from app.generate_cli import run_generate

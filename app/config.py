@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.diffusion.checkpoint import DEFAULT_MODEL_DIR
+from app.paths import DEFAULT_MODEL_DIR
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 

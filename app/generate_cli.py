@@ -1,123 +1,132 @@
-"""`storydiff generate`: one story in the terminal, watching every denoising step."""
+"""`storydiff generate`: one story in the terminal, watching every denoising step.
+
+The flags import no torch or transformers, so that `--help` is instant; `run_generate` imports them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import transformers
-from rich.console import Console
-from rich.live import Live
+from pydantic import ValidationError
 
-from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, load_checkpoint
-from app.diffusion.generation import sampler_from_defaults, story_steps
-from app.diffusion.sampler_settings import new_seed
-from app.diffusion.sampling import Remasking
-from app.diffusion.text import decode_story
-from app.terminal_view import step_view
+from app.diffusion.sampler_settings import MAX_SEED, NULLABLE_FIELDS, SamplerOverrides, SamplerSettings, new_seed
+from app.flags import add_field_flags, error_line, flag_name, given_fields
+from app.paths import DEFAULT_MODEL_DIR
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from transformers import PreTrainedTokenizerBase
+
+    from app.diffusion.sampling import Step
+
+SAMPLER_DEFAULTS = (
+    "A sampler flag left out takes the checkpoint's value (its diffusion_config.json), else the built-in "
+    f"default; `none` turns {', '.join(flag_name(name) for name in sorted(NULLABLE_FIELDS))} off."
+)
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `storydiff generate`; sampler flags left out take the checkpoint's defaults."""
-    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="checkpoint directory or Hugging Face hub id")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
-    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    parser.add_argument("--prompt", default=None, help="story beginning; kept, never masked")
+    """Flags of `storydiff generate`: one per sampler setting, plus model, prompt, length, seed and output."""
     parser.add_argument(
-        "--length", type=int, default=None, help="sequence length in tokens (default: the checkpoint's)"
+        "--model", default=str(DEFAULT_MODEL_DIR), help="checkpoint directory or hub id (default: the packaged model)"
     )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default: the fastest present)")
     parser.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: the checkpoint's, else one per token)"
+        "--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPUs, fp32 on CPU)"
     )
-    parser.add_argument(
-        "--remasking",
-        choices=[r.value for r in Remasking],
-        default=None,
-        help="random: the reference sampler; low_confidence: keep the surest tokens",
-    )
-    parser.add_argument("--temperature", type=float, default=None, help="0 = argmax")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
-    parser.add_argument(
-        "--block-length",
-        type=int,
-        default=None,
-        help="low_confidence: reveal blocks of this many tokens, left to right "
-        "(default: the checkpoint's; 0: no blocks)",
-    )
-    parser.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
-    parser.add_argument("--no-live", action="store_true", help="print only the final story")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--prompt", help="story beginning; kept, never masked")
+    parser.add_argument("--length", type=_length, help="tokens, prompt included (default: the checkpoint's)")
+    parser.add_argument("--seed", type=_seed, help="same seed and settings, same story (default: random, printed)")
+    parser.add_argument("--no-live", action="store_true", help="print only the story (the seed goes to stderr)")
+    parser.add_argument("--json", action="store_true", help="print the story and its settings as one JSON object")
+    add_field_flags(parser.add_argument_group("sampler settings", SAMPLER_DEFAULTS), SamplerSettings.model_fields)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     """Load the checkpoint, denoise one story (live unless asked not to) and print it."""
+    try:
+        overrides = SamplerOverrides.model_validate(given_fields(args, SamplerSettings.model_fields))
+    except ValidationError as err:
+        return _fail(error_line(err))
+    # Imported here, once the flags are valid: torch and transformers take seconds to import.
+    from rich.console import Console
+    from transformers.utils import logging as transformers_logging
+
+    from app.diffusion.checkpoint import CheckpointError, load_checkpoint
+    from app.diffusion.generation import story_steps
+    from app.diffusion.text import decode_story
+
     logging.basicConfig(level=logging.WARNING)
-    transformers.utils.logging.disable_progress_bar()
-    console = Console(stderr=args.json)
+    transformers_logging.disable_progress_bar()
+    live = not (args.no_live or args.json)
+    seed = new_seed() if args.seed is None else args.seed
     try:
         ckpt = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
-        cfg = sampler_from_defaults(
-            ckpt,
-            steps=args.steps,
-            remasking=args.remasking,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            block_length=args.block_length or None,
-        )
-        if args.block_length == 0:  # explicitly no blocks, whatever the checkpoint recommends
-            cfg = dataclasses.replace(cfg, block_length=None)
-        seed = new_seed() if args.seed is None else args.seed
-        steps = story_steps(ckpt, cfg, seed, args.prompt, args.length)
+        settings = ckpt.config.sampler_settings.override(overrides)
+        steps = story_steps(ckpt, settings, seed, args.prompt, args.length)
         start = time.perf_counter()
-        x = _follow(steps, ckpt.tokenizer, console, live=not (args.no_live or args.json))
-    except (CheckpointError, ValueError) as err:
-        print(f"storydiff generate: error: {err}", file=sys.stderr)
-        return 2
+        console = Console() if live else None
+        x = _follow(steps, ckpt.tokenizer, settings.steps, console)
+    except (CheckpointError, ValueError) as err:  # CheckpointError is a ValueError: named for the reader
+        return _fail(str(err))
     elapsed = time.perf_counter() - start
     story = decode_story(x, ckpt.tokenizer)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "text": story,
-                    "seed": seed,
-                    "steps": cfg.steps,
-                    "length": len(x),
-                    "remasking": cfg.remasking.value,
-                    "temperature": cfg.temperature,
-                    "top_k": cfg.top_k,
-                    "top_p": cfg.top_p,
-                    "block_length": cfg.block_length,
-                    "elapsed_s": round(elapsed, 3),
-                    "model": ckpt.source,
-                }
-            )
-        )
+        result = {"text": story, "seed": seed, "length": len(x), **settings.model_dump(mode="json")}
+        print(json.dumps(result | {"elapsed_s": round(elapsed, 3), "model": ckpt.source}))
+        return 0
+    print(story)
+    summary = f"seed {seed} · {settings.steps} steps · {elapsed:.1f}s"
+    if console is not None:
+        console.print(f"[dim]{summary}[/dim]")
     else:
-        print(story)
-        if not args.no_live:
-            console.print(f"[dim]seed {seed} · {cfg.steps} steps · {elapsed:.1f}s[/dim]")
+        print(summary, file=sys.stderr)  # stdout stays the story alone; the seed replays it
     return 0
 
 
-def _follow(steps, tokenizer, console: Console, live: bool) -> list[int]:
-    """Consume the steps, drawing each one when `live`; return the final token ids."""
-    if not live:
-        for step in steps:
+def _follow(
+    steps: Iterable[tuple[int, Step]],
+    tokenizer: PreTrainedTokenizerBase,
+    num_steps: int,
+    console: Console | None,
+) -> list[int]:
+    """Consume the steps, drawing each one on `console` if given; return the final token ids."""
+    if console is None:
+        for _, step in steps:
             last = step
-        return last.x[0].tolist()
+        return list(last.x[0].tolist())
+    from rich.live import Live
+
+    from app.terminal_view import step_view
+
     start = time.perf_counter()
     with Live(console=console, refresh_per_second=20, transient=False) as view:
-        for step in steps:
+        for done, step in steps:
             fresh = dict(zip(step.positions.tolist(), step.probs.tolist(), strict=True))
             ids = step.x[0].tolist()
-            view.update(
-                step_view(ids, tokenizer, fresh, step.index, step.num_steps, step.t, time.perf_counter() - start)
-            )
-    return ids
+            t = 1 - done / num_steps
+            view.update(step_view(ids, tokenizer, fresh, done, num_steps, t, time.perf_counter() - start))
+    return list(ids)
+
+
+def _fail(message: str) -> int:
+    print(f"storydiff generate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _length(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens (1 or more)")
+    return int(text)
+
+
+def _seed(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (a whole number from 0 to {MAX_SEED})")
+    return int(text)

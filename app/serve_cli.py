@@ -1,61 +1,42 @@
-"""`storydiff serve`: run the HTTP API with one uvicorn worker (the engine owns the one model copy)."""
+"""`storydiff serve`: run the HTTP API with one uvicorn worker (the engine owns the one model copy).
+
+The flags are the `Settings` fields and import no web framework or torch, so that `--help` is
+instant; `serve` and `run_serve` import them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import math
 import sys
 
-import torch
-import uvicorn
 from pydantic import ValidationError
-from transformers.utils import logging as transformers_logging
 
-from app.api import create_app
-from app.api.runtime import ModelRuntime
 from app.config import Settings
+from app.flags import add_field_flags, error_line, flag_name, given_fields
 
 log = logging.getLogger(__name__)
 
-# flag -> (type, help); every default is None so that STORYDIFF_* variables and Settings decide.
-SERVE_FLAGS: dict[str, tuple[type, str]] = {
-    "model": (str, "checkpoint directory or hub id (default: the packaged model)"),
-    "device": (str, "cpu, cuda, cuda:1 or mps (default: the fastest present)"),
-    "dtype": (str, "float32, bfloat16 or float16 (default: bf16 on GPUs, fp32 on CPU)"),
-    "host": (str, "interface to bind (default: 127.0.0.1)"),
-    "port": (int, "TCP port (default: 8000)"),
-    "max_batch": (int, "most sequences in one forward pass (default: 32)"),
-    "max_queue": (int, "most requests waiting for a slot before 429 (default: 64)"),
-    "timeout": (float, "seconds a request may take, queueing included (default: 300)"),
-    "ping_interval": (float, "seconds between SSE keep-alive comments, 0 for none (default: 15)"),
-    "shutdown_grace": (float, "seconds in-flight requests get to finish on shutdown (default: 10)"),
-    "retry_after": (int, "Retry-After seconds sent with 429 (default: 1)"),
-    "threads": (int, "CPU threads for torch ops (default: all cores)"),
-}
-
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `serve` flags; each also reads STORYDIFF_<NAME> from the environment."""
-    for name, (kind, help_text) in SERVE_FLAGS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=help_text)
-    parser.add_argument(
-        "--log-level",
-        dest="log_level",
-        default=None,
-        choices=["critical", "error", "warning", "info", "debug"],
-        help="(default: info)",
-    )
+    """One flag per `Settings` field; a flag left out keeps STORYDIFF_<NAME>, else the default."""
+    add_field_flags(parser, Settings.model_fields, show_default=True)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
-    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields and value is not None}
-    return Settings(**given)
+    return Settings(**given_fields(args, Settings.model_fields))
 
 
 async def serve(settings: Settings) -> int:
     """Serve until a signal stops the server (0) or the model fails to load (1)."""
+    import uvicorn
+
+    from app.api import create_app
+    from app.api.runtime import ModelRuntime
+
     app = create_app(settings)
     runtime: ModelRuntime = app.state.runtime
     server = uvicorn.Server(
@@ -65,7 +46,7 @@ async def serve(settings: Settings) -> int:
             port=settings.port,
             workers=1,
             log_level=settings.log_level,
-            timeout_graceful_shutdown=settings.shutdown_grace + 5,
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
         )
     )
     serving = asyncio.ensure_future(server.serve())
@@ -89,8 +70,11 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ValidationError as err:
-        print(f"storydiff serve: invalid settings:\n{err}", file=sys.stderr)
+        print(f"storydiff serve: error: {error_line(err, _flag_or_variable)}", file=sys.stderr)
         return 2
+    import torch
+    from transformers.utils import logging as transformers_logging
+
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transformers_logging.disable_progress_bar()  # a progress bar is noise in a service log
     if settings.threads is not None:
@@ -99,3 +83,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return asyncio.run(serve(settings))
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, once it has shut down
         return 0
+
+
+def _flag_or_variable(field: str) -> str:
+    return f"{flag_name(field)} (or STORYDIFF_{field.upper()})"

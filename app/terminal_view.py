@@ -29,7 +29,9 @@ def sequence_text(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, fresh:
         elif token_id in special:
             continue
         else:
-            piece, style = tokenizer.convert_ids_to_tokens(token_id), ""
+            token = tokenizer.convert_ids_to_tokens(token_id)
+            assert isinstance(token, str)  # one id gives one token (a list of ids, a list)
+            piece, style = token, ""
         if pos in fresh:
             style = probability_style(fresh[pos])
         if piece.startswith("##"):

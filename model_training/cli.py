@@ -9,54 +9,26 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import types
-import typing
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
+from app.flags import add_field_flags
 from model_training.config import TrainConfig, build_config, read_yaml, resolve_preset
 from model_training.errors import TrainingInputError
 
 EPILOG = """examples:
-  python -m model_training --config scratch-tinystories --output runs/scratch --max-steps 2000
+  {prog} --config scratch-tinystories --output runs/scratch --max-steps 2000
   accelerate launch -m model_training --config distilbert-tinystories --output runs/ft
-  python -m model_training --config scratch-tinystories --output runs/scratch --resume auto
+  {prog} --config scratch-tinystories --output runs/scratch --resume auto
 """
+PROG = "python -m model_training"
 
 
-def _none_or(kind: type):
-    def parse(text: str) -> Any:
-        return None if text.lower() in ("none", "null", "") else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _flag_kwargs(annotation: Any) -> dict[str, Any]:
-    """argparse keywords for a field type: bools are --x/--no-x, lists take several values."""
-    args = typing.get_args(annotation)
-    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args
-    inner = next(a for a in args if a is not type(None)) if optional else annotation
-    origin = typing.get_origin(inner)
-    if inner is bool:
-        return {"action": argparse.BooleanOptionalAction}
-    if origin is list:
-        return {"nargs": "+", "metavar": "VALUE"}
-    if origin is tuple:
-        return {"nargs": len(typing.get_args(inner)), "type": float, "metavar": "X"}
-    if origin is typing.Literal:
-        return {"choices": list(typing.get_args(inner))}
-    kind = inner if inner in (int, float, str, Path) else str
-    return {"type": _none_or(kind) if optional else kind}
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The trainer's parser: --config plus one flag per TrainConfig field, defaults from the preset."""
     parser = argparse.ArgumentParser(
-        prog="python -m model_training",
+        prog=prog,
         description="Train a masked diffusion story model (fine-tune a masked LM or train one from scratch).",
-        epilog=EPILOG,
+        epilog=EPILOG.format(prog=prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -64,36 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML preset: a path or a name in model_training/configs/ "
         "(distilbert-tinystories, scratch-tinystories, scratch-tinystories-gpu, tiny-test)",
     )
-    for name, field in TrainConfig.model_fields.items():
-        default = "required" if field.is_required() else f"default: {field.default}"
-        kwargs = _flag_kwargs(field.annotation)
-        if name == "resume":
-            kwargs.update(nargs="?", const="auto", metavar="auto|PATH")
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            default=argparse.SUPPRESS,
-            help=f"{field.description or ''} ({default})",
-            **kwargs,
-        )
+    add_field_flags(
+        parser,
+        TrainConfig.model_fields,
+        show_default=True,
+        extra={"resume": {"nargs": "?", "const": "auto", "metavar": "auto|PATH"}},
+    )
     return parser
 
 
-def parse_config(argv: Sequence[str]) -> TrainConfig:
+def parse_config(argv: Sequence[str], prog: str = PROG) -> TrainConfig:
     """TrainConfig from `argv`: the preset's values, then the flags given."""
-    args = vars(build_parser().parse_args(list(argv)))
+    args = vars(build_parser(prog).parse_args(list(argv)))
     preset = args.pop("config", None)
     values = read_yaml(resolve_preset(preset)) if preset else {}
     values.update(args)
     return build_config(values)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Train; 0 on success, 2 (one line on stderr) on bad input."""
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Train; 0 on success, 2 (one line on stderr) on bad input. `prog` names the command in messages."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = parse_config(argv)
+        cfg = parse_config(argv, prog)
         from model_training.loop import train  # heavy imports only once the options are valid
 
         summary = train(cfg)

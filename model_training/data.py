@@ -6,13 +6,13 @@ Local `.txt` / `.txt.gz` files hold stories separated by lines that are exactly 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 from datasets import Dataset
+from huggingface_hub import constants as hub_constants
 
 from model_training.config import TrainConfig
 from model_training.errors import TrainingInputError
@@ -101,8 +101,7 @@ def load_hub(dataset_id: str, config_name: str | None, split: str, text_field: s
     try:
         ds = datasets.load_dataset(dataset_id, config_name, split=split)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        why = "hub access is off (HF_HUB_OFFLINE)" if offline else "it could not be loaded"
+        why = "hub access is off (HF_HUB_OFFLINE)" if hub_constants.HF_HUB_OFFLINE else "it could not be loaded"
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise TrainingInputError(
             f"dataset {dataset_id!r} (split {split!r}) is not a local file and {why}: {first[:200]}"

@@ -8,6 +8,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
@@ -96,7 +97,8 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.seed),
         )
         valid_loader = DataLoader(inputs.valid.dataset, batch_size=cfg.eval_batch_size or cfg.batch_size)
-        model = torch.compile(inputs.model) if cfg.compile else inputs.model
+        # torch.compile of a Module is a Module (OptimizedModule); its stubs only promise a callable
+        model = cast(torch.nn.Module, torch.compile(inputs.model)) if cfg.compile else inputs.model
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
         optimizer = torch.optim.AdamW(

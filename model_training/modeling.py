@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from huggingface_hub import constants as hub_constants
 from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from app.diffusion.checkpoint import looks_like_local_path, max_positions
+from app.diffusion.checkpoint import CheckpointError, looks_like_local_path, max_positions, require_mask_token
 from model_training.config import TrainConfig
 from model_training.errors import TrainingInputError
 from model_training.vocab import load_or_train_wordpiece
@@ -66,8 +66,7 @@ def _load_error(kind: str, source: str, err: Exception, local: bool) -> Training
     first = (str(err).splitlines() or [type(err).__name__])[0][:200]
     if local:
         return TrainingInputError(f"{kind} {source!r} could not be loaded: {first}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    why = "hub access is off (HF_HUB_OFFLINE)" if offline else "it could not be fetched"
+    why = "hub access is off (HF_HUB_OFFLINE)" if hub_constants.HF_HUB_OFFLINE else "it could not be fetched"
     return TrainingInputError(f"{kind} {source!r} is not a local directory and {why}: {first}")
 
 
@@ -89,8 +88,10 @@ def load_pretrained_tokenizer(source: str, kind: str = "tokenizer") -> PreTraine
         )
     except (OSError, ValueError) as err:
         raise _load_error(kind, source, err, local) from None
-    if tokenizer.mask_token_id is None:
-        raise TrainingInputError(f"the tokenizer of {source!r} has no mask token; a masked diffusion model needs one")
+    try:
+        require_mask_token(tokenizer, source)
+    except CheckpointError as err:
+        raise TrainingInputError(str(err)) from None
     if tokenizer.pad_token_id is None:
         raise TrainingInputError(f"the tokenizer of {source!r} has no pad token; stories are padded to seq_len")
     return tokenizer

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -16,6 +18,9 @@ from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM
 
 from app.diffusion.checkpoint import save_checkpoint
 from app.diffusion.diffusion_config import DiffusionConfig
+
+if TYPE_CHECKING:
+    from model_training.config import TrainConfig
 
 DATA_DIR = Path(__file__).parent / "data"
 CASED_VOCAB_DIR = DATA_DIR / "tokenizers" / "distilbert-base-cased"
@@ -37,6 +42,21 @@ def tiny_distilbert(vocab_size: int, max_positions: int = 64, seed: int = 0) -> 
         attention_dropout=0.0,
     )
     return DistilBertForMaskedLM(config).eval()
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now, for a server that a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tiny_train_config(output: Path, *flags: str) -> TrainConfig:
+    """tiny-test.yaml on the stories sample, writing into `output`, plus extra flags."""
+    from model_training.cli import parse_config  # the trainer's extras only where a test trains
+
+    stories = ["--dataset", str(STORIES_DIR / "train.txt"), "--valid", str(STORIES_DIR / "valid.txt")]
+    return parse_config(["--config", "tiny-test", "--output", str(output), *stories, *flags])
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,7 +18,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ import httpx
 import pytest
 
 from app.config import Settings
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -320,12 +320,6 @@ def test_cpu_override_drops_every_gpu_reservation():
 
 
 # --- the image's command, run outside Docker ------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def image_env(dockerfile, tmp_path: Path, **overrides: str) -> dict[str, str]:

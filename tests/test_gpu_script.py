@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from app.diffusion.checkpoint import load_checkpoint
+from tests.conftest import STORIES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train_default_gpu.sh"
-STORIES = Path(__file__).parent / "data" / "tinystories"
 TINY_FLAGS = (
     "--vocab-size 300 --dim 32 --n-layers 1 --n-heads 2 --hidden-dim 64 --seq-len 64 --batch-size 4 "
     "--max-steps 2 --eval-every 1 --max-valid-stories 4 --eval-batch-size 4 --eval-t-samples 1 "
@@ -33,13 +33,13 @@ TINY_FLAGS = (
 def gzipped_story_files(folder: Path) -> Path:
     """The three files the script expects, made from the tests' story sample."""
     folder.mkdir()
-    train = (STORIES / "train.txt").read_text()
+    train = (STORIES_DIR / "train.txt").read_text()
     half = len(train) // 2
     cut = train.index("<|endoftext|>", half) + len("<|endoftext|>")
     for name, text in [
         ("train.txt.gz", train[:cut]),
         ("train_extra_recased.txt.gz", train[cut:]),
-        ("valid.txt.gz", (STORIES / "valid.txt").read_text()),
+        ("valid.txt.gz", (STORIES_DIR / "valid.txt").read_text()),
     ]:
         with gzip.open(folder / name, "wt") as f:
             f.write(text)

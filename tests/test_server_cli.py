@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,13 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
+from app.cli import main
 from app.config import Settings
 from app.diffusion.checkpoint import save_checkpoint
 from app.diffusion.diffusion_config import DiffusionConfig
-from app.serve_cli import add_serve_arguments, run_serve, serve, settings_from_args
-from tests.conftest import tiny_distilbert
+from app.flags import flag_name
+from app.serve_cli import add_serve_arguments, serve, settings_from_args
+from tests.conftest import free_port, tiny_distilbert
 
 LONG_LENGTH = 512
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,12 +35,6 @@ def long_checkpoint_dir(tmp_path_factory, cased_tokenizer) -> Path:
     model = tiny_distilbert(len(cased_tokenizer), max_positions=LONG_LENGTH)
     save_checkpoint(directory, model, cased_tokenizer, DiffusionConfig(seq_len=LONG_LENGTH))
     return directory
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(model_dir: Path, port: int, *flags: str) -> subprocess.Popen:
@@ -106,6 +101,24 @@ def test_flags_override_environment(monkeypatch):
     monkeypatch.setenv("STORYDIFF_PORT", "9000")
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    settings = settings_from_args(parser.parse_args(["--port", "8123", "--ping-interval", "2.5"]))
-    assert (settings.max_batch, settings.port, settings.ping_interval) == (7, 8123, 2.5)
-    assert run_serve(parser.parse_args(["--max-batch", "0"])) == 2  # invalid settings: no server
+    settings = settings_from_args(parser.parse_args(["--port", "8123", "--ping-interval", "2.5", "--threads", "none"]))
+    assert (settings.max_batch, settings.port, settings.ping_interval, settings.threads) == (7, 8123, 2.5, None)
+
+
+def test_invalid_settings_are_one_line_and_no_server(capsys):
+    assert main(["serve", "--max-batch", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "storydiff serve: error: --max-batch (or STORYDIFF_MAX_BATCH): Input should be greater than or equal to 1"
+    )
+
+
+def test_help_documents_every_setting_with_its_real_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    for name, info in Settings.model_fields.items():
+        assert info.description, f"Settings.{name} has no description for --help"
+        described = " ".join(info.description.split())
+        shown = described if info.default is None else f"{described} (default: {info.default})"
+        assert flag_name(name) in text and shown in text, name

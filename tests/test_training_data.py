@@ -10,34 +10,15 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from model_training.cli import parse_config
 from model_training.data import load_local, load_story_splits
 from model_training.errors import TrainingInputError
 from model_training.tokenization import tokenize_split
 from model_training.vocab import SPECIAL_TOKENS, train_wordpiece
-
-STORIES = Path(__file__).parent / "data" / "tinystories"
-
-
-def tiny_config(output: Path, *flags: str):
-    """tiny-test.yaml with absolute data paths, writing into `output`, plus extra flags."""
-    return parse_config(
-        [
-            "--config",
-            "tiny-test",
-            "--output",
-            str(output),
-            "--dataset",
-            str(STORIES / "train.txt"),
-            "--valid",
-            str(STORIES / "valid.txt"),
-            *flags,
-        ]
-    )
+from tests.conftest import STORIES_DIR, tiny_train_config
 
 
 def sample_stories() -> list[str]:
-    text = (STORIES / "train.txt").read_text()
+    text = (STORIES_DIR / "train.txt").read_text()
     return [s.strip() for s in text.split("<|endoftext|>") if s.strip()]
 
 
@@ -69,13 +50,13 @@ def test_every_file_type_gives_the_same_stories(tmp_path: Path, kind: str) -> No
 
 
 def test_stories_keep_their_paragraphs() -> None:
-    dataset = load_local([str(STORIES / "train.txt")], "text")
+    dataset = load_local([str(STORIES_DIR / "train.txt")], "text")
     assert len(dataset) == 300
     assert "\n" in dataset[0]["text"] and "<|endoftext|>" not in "".join(dataset["text"])
 
 
 def test_held_out_fraction_is_seeded_and_disjoint(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, "--valid", "none", "--valid-fraction", "0.1", "--max-valid-stories", "none")
+    cfg = tiny_train_config(tmp_path, "--valid", "none", "--valid-fraction", "0.1", "--max-valid-stories", "none")
     cfg = cfg.model_copy(update={"valid": None})
     first, second = load_story_splits(cfg), load_story_splits(cfg)
     assert list(first.valid["text"]) == list(second.valid["text"])
@@ -101,7 +82,7 @@ def test_wordpiece_vocabulary(tmp_path: Path) -> None:
 
 def test_tokenization_pads_counts_truncation_and_characters() -> None:
     tokenizer = train_wordpiece(sample_stories(), vocab_size=300, model_max_length=64)
-    stories = load_local([str(STORIES / "train.txt")], "text").select(range(50))
+    stories = load_local([str(STORIES_DIR / "train.txt")], "text").select(range(50))
     split = tokenize_split(stories, tokenizer, seq_len=64, num_proc=None, desc="test")
     lengths = [len(tokenizer(s)["input_ids"]) for s in stories["text"]]
     assert split.num_truncated == sum(n > 64 for n in lengths)

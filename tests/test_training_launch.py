@@ -30,7 +30,9 @@ def test_help_documents_every_option(capsys) -> None:
 def test_storydiff_train_is_the_same_command(capsys) -> None:
     with pytest.raises(SystemExit):
         storydiff_main(["train", "--help"])
-    assert "--max-steps" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "--max-steps" in text
+    assert text.startswith("usage: storydiff train") and "storydiff train --config" in text
 
 
 def test_flags_override_the_config_file() -> None:

@@ -12,33 +12,15 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from app.diffusion.checkpoint import load_checkpoint
-from app.diffusion.logits import logits_at
-from app.diffusion.sampling import SamplerConfig, denoise, initial_tokens
+from app.diffusion.generation import sample
+from app.diffusion.sampler_settings import SamplerSettings
 from app.diffusion.text import decode_story
 from model_training import loop
 from model_training.checkpoints import complete_states
-from model_training.cli import main, parse_config
+from model_training.cli import main
 from model_training.evaluation import EvalResult
 from model_training.loop import train
-
-STORIES = Path(__file__).parent / "data" / "tinystories"
-
-
-def tiny_config(output: Path, *flags: str):
-    """tiny-test.yaml with absolute data paths, writing into `output`, plus extra flags."""
-    return parse_config(
-        [
-            "--config",
-            "tiny-test",
-            "--output",
-            str(output),
-            "--dataset",
-            str(STORIES / "train.txt"),
-            "--valid",
-            str(STORIES / "valid.txt"),
-            *flags,
-        ]
-    )
+from tests.conftest import STORIES_DIR, tiny_train_config
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +34,7 @@ def fresh_accelerate_state():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """50 steps of tiny-test.yaml (trained once for the tests that inspect it)."""
-    summary = train(tiny_config(tmp_path_factory.mktemp("tiny-run")))
+    summary = train(tiny_train_config(tmp_path_factory.mktemp("tiny-run")))
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     return summary
@@ -75,11 +57,8 @@ def test_output_loads_in_the_core_loader_and_generates(tiny_run) -> None:
     training = checkpoint.config.training
     assert checkpoint.config.seq_len == 64 and training["steps"] == 50
     assert training["tokens_seen"] == 25_600 and training["val_bits_per_char"] > 0 and "hardware" in training
-    x = initial_tokens([], 64, checkpoint.mask_id).unsqueeze(0)
-    sampler = SamplerConfig(steps=8, temperature=1.0)
-    fn = lambda x_t, query: logits_at(checkpoint.model, x_t, query)  # noqa: E731
-    for step in denoise(fn, x, sampler, checkpoint.mask_id, torch.Generator().manual_seed(0)):
-        x = step.x
+    *_, (_, last) = sample(checkpoint.model, checkpoint.mask_id, SamplerSettings(steps=8, temperature=1.0), [0], 64)
+    x = last.x
     assert not (x == checkpoint.mask_id).any()
     assert isinstance(decode_story(x[0].tolist(), checkpoint.tokenizer), str)
     card = (final / "README.md").read_text()
@@ -88,7 +67,7 @@ def test_output_loads_in_the_core_loader_and_generates(tiny_run) -> None:
 
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, monkeypatch) -> None:
     flags = ("--max-steps", "12", "--save-every", "5", "--dropout", "0.1", "--num-samples", "0", "--log-every", "4")
-    reference = train(tiny_config(tmp_path / "straight", *flags))
+    reference = train(tiny_train_config(tmp_path / "straight", *flags))
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
 
@@ -104,12 +83,12 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, mon
     # own saved vocabulary, so give the second run the first one's to compare the weights.
     shutil.copytree(tmp_path / "straight" / "tokenizer", tmp_path / "killed" / "tokenizer")
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tmp_path / "killed", *flags))
+        train(tiny_train_config(tmp_path / "killed", *flags))
     assert [p.name for p in complete_states(tmp_path / "killed")] == ["step-5"]
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     monkeypatch.setattr(loop.Trainer, "train_step", original)
-    resumed = train(tiny_config(tmp_path / "killed", *flags, "--resume", "auto"))
+    resumed = train(tiny_train_config(tmp_path / "killed", *flags, "--resume", "auto"))
 
     assert resumed.progress.step == reference.progress.step == 12
     assert resumed.progress.tokens_seen == reference.progress.tokens_seen
@@ -129,7 +108,8 @@ def test_best_checkpoint_follows_the_lowest_validation_bound(tmp_path: Path, mon
         return EvalResult(nats_per_token=next(bounds), bits_per_char=1.0, num_stories=16)
 
     monkeypatch.setattr(loop, "validation_bound", scripted_bound)
-    summary = train(tiny_config(tmp_path / "run", "--max-steps", "30", "--eval-every", "10", "--num-samples", "0"))
+    flags = ("--max-steps", "30", "--eval-every", "10", "--num-samples", "0")
+    summary = train(tiny_train_config(tmp_path / "run", *flags))
 
     assert summary.evaluations == [(10, 3.0), (20, 2.0), (30, 2.5)]
     assert (summary.progress.best_step, summary.progress.best_nats) == (20, 2.0)
@@ -166,9 +146,9 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(case: str, tmp_path: Path, 
         "--output",
         str(tmp_path / "out"),
         "--valid",
-        str(STORIES / "valid.txt"),
+        str(STORIES_DIR / "valid.txt"),
         "--dataset",
-        str(STORIES / "train.txt"),
+        str(STORIES_DIR / "train.txt"),
     ]
     extra, expected = {
         "missing file": (["--dataset", str(tmp_path / "nope.txt.gz")], "does not exist"),

@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants as hub_constants
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from app.diffusion.devices import select_device, select_dtype
 from app.diffusion.diffusion_config import DIFFUSION_CONFIG_NAME, DiffusionConfig
+from app.paths import DEFAULT_MODEL_DIR as DEFAULT_MODEL_DIR  # re-exported: the checkpoint loaded by default
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "tinystories-default"
-"""The model shipped inside the package: what serve, generate and the Docker image use by default."""
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -95,13 +94,18 @@ def _check_local_dir(path: Path) -> None:
         raise CheckpointError(f"{str(path)!r} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
 
 
-def _load_tokenizer(source: str, local_only: bool) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+def require_mask_token(tokenizer: PreTrainedTokenizerBase, source: str) -> None:
+    """Refuse a tokenizer without a mask token: every masked diffusion step writes and reads it."""
     if tokenizer.mask_token_id is None:
         raise CheckpointError(
             f"the tokenizer of {source!r} has no mask token; a masked diffusion model needs one "
             "(add it with tokenizer.add_special_tokens({'mask_token': '[MASK]'}) and resize the model)"
         )
+
+
+def _load_tokenizer(source: str, local_only: bool) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    require_mask_token(tokenizer, source)
     return tokenizer
 
 
@@ -153,7 +157,7 @@ def load_checkpoint(
     except OSError as err:
         if local_dir is not None:
             raise CheckpointError(f"could not load {source!r}: {err}") from err
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        offline = hub_constants.HF_HUB_OFFLINE  # huggingface_hub's own reading of the variable, as it obeys it
         why = "hub access is switched off (HF_HUB_OFFLINE)" if offline else "it could not be fetched"
         raise CheckpointError(
             f"{source!r} is not a local directory and {why}: {str(err).splitlines()[0]}. "
