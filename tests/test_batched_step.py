@@ -37,14 +37,17 @@ def reference_token(logits: torch.Tensor, cfg: SamplerSettings, u: float) -> tup
     if cfg.temperature == 0:
         token = int(logits.argmax())
         return token, float(model_probs[token])
-    order = logits.argsort(descending=True).tolist()
+    filtered = bool(cfg.top_k) or cfg.top_p is not None
+    # the draw walks the tokens in descending order when a filter needs it, else in vocabulary order
+    order = logits.argsort(descending=True).tolist() if filtered else list(range(len(logits)))
     kept, mass = [], 0.0
     for rank, token in enumerate(order):
         if (cfg.top_k and rank >= cfg.top_k) or (cfg.top_p is not None and rank > 0 and mass >= cfg.top_p):
             break
         kept.append(token)
         mass += float(model_probs[token])
-    weights = [math.exp((float(logits[t]) - float(logits[order[0]])) / cfg.temperature) for t in kept]
+    top = float(logits.max())
+    weights = [math.exp((float(logits[t]) - top) / cfg.temperature) for t in kept]
     target, running = u * sum(weights), 0.0
     for token, weight in zip(kept, weights, strict=True):
         running += weight

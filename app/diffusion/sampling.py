@@ -162,30 +162,58 @@ def choose_tokens(
     else a draw from the top-k / top-p filtered distribution at that temperature."""
     logits = logits.float().clone()
     logits[:, mask_id] = -math.inf
-    log_probs = logits.log_softmax(dim=-1)  # (N, V) the model's own distribution, for confidence
-    ids = logits.argmax(dim=-1)  # (N,)
-    sampled = (temperature > 0).nonzero().squeeze(1)
-    if sampled.numel():
-        ids[sampled] = _draw(logits[sampled], temperature[sampled], top_k[sampled], top_p[sampled], u[sampled])
-    return ids, log_probs.gather(-1, ids[:, None]).squeeze(-1).exp()
+    ids = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)  # (N,)
+    sampled = temperature > 0
+    greedy = (~sampled).nonzero().squeeze(1)
+    if greedy.numel():
+        ids[greedy] = logits[greedy].argmax(dim=-1)
+    filtered = sampled & ((top_k > 0) | (top_p < 1))
+    for rows, draw in (
+        ((sampled & ~filtered).nonzero().squeeze(1), _draw),
+        (filtered.nonzero().squeeze(1), _draw_filtered),
+    ):
+        if rows.numel():
+            ids[rows] = draw(logits[rows], temperature[rows], top_k[rows], top_p[rows], u[rows])
+    log_probs = logits.gather(-1, ids[:, None]).squeeze(-1) - logits.logsumexp(dim=-1)  # (N,) under the model
+    return ids, log_probs.exp()
+
+
+def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Column (M,) where each row's cumulative weight first exceeds `u` times its total; the sum is
+    taken in float64 so that tokens far in the tail keep their exact share."""
+    cdf = weights.cumsum(dim=-1, dtype=torch.float64)  # (M, V)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)  # (M, 1)
+    return pick.clamp_max(weights.shape[-1] - 1).squeeze(-1)
+
+
+def _tempered(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Unnormalised probabilities at each row's temperature, scaled so that the largest is 1: a
+    vanishing temperature gives 1 for the top token and 0 elsewhere, never an overflow."""
+    top = logits.max(dim=-1, keepdim=True).values  # (M, 1)
+    scale = temperature.clamp_min(torch.finfo(torch.float32).tiny).float()  # 5e-324 would be 0 in float32
+    return ((logits - top) / scale[:, None]).exp()
 
 
 def _draw(
     logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor
 ) -> torch.Tensor:
-    """Inverse-CDF draws (M,) from logits (M, V), in descending order of probability so that top-k and
-    the nucleus are prefixes; the nucleus is taken at temperature 1 and always keeps the top token."""
+    """Inverse-CDF draws (M,) from the whole distribution at each row's temperature: no sort needed."""
+    return _inverse_cdf(_tempered(logits, temperature), u)
+
+
+def _draw_filtered(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor
+) -> torch.Tensor:
+    """Inverse-CDF draws (M,) from logits (M, V) in descending order, so that top-k and the nucleus are
+    prefixes; the nucleus is taken at temperature 1 and always keeps the top token."""
     ordered, order = logits.sort(dim=-1, descending=True)  # (M, V)
     rank = torch.arange(logits.shape[-1], device=logits.device)  # (V,)
     probs = ordered.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # (M, V)
     keep = (rank < torch.where(top_k > 0, top_k, logits.shape[-1])[:, None]) & (mass_before < top_p[:, None])
     keep[:, 0] = True  # a vanishing top_p (1e-46 underflows to 0 in float32) still leaves one token
-    scaled = (ordered.double() - ordered[:, :1].double()) / temperature[:, None]  # (M, V) <= 0: exp cannot overflow
-    weights = torch.where(keep, scaled.exp(), 0.0)  # a tiny temperature gives 1 for the top token, 0 elsewhere
-    cdf = weights.cumsum(dim=-1)  # (M, V)
-    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(logits.shape[-1] - 1)  # (M, 1)
-    return order.gather(-1, pick).squeeze(-1)
+    weights = torch.where(keep, _tempered(ordered, temperature), 0.0)  # (M, V)
+    return order.gather(-1, _inverse_cdf(weights, u)[:, None]).squeeze(-1)
 
 
 def _keep_most_confident(plan: StepPlan, probs: torch.Tensor, block_length: torch.Tensor) -> torch.Tensor:
@@ -196,7 +224,8 @@ def _keep_most_confident(plan: StepPlan, probs: torch.Tensor, block_length: torc
     # probabilities lie in [0, 1]: 2 per block puts earlier blocks first
     confidence = confidence - 2.0 * _block_index(plan.query.shape[1], block_length)
     order = confidence.argsort(dim=1, descending=True, stable=True)  # (B, L)
-    rank = order.argsort(dim=1)  # (B, L) rank of each position within its row
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)  # (B, L) rank of each position in its row
     keep = rank < plan.reveal_counts[:, None]  # (B, L)
     return keep[plan.query]
 

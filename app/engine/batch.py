@@ -119,24 +119,21 @@ class RunningBatch:
 
     def _unpack(self, payload: torch.Tensor) -> list[RowResult]:
         """Per-row results from the copied payload; also records which rows need the model next."""
-        values = payload.tolist()
-        batch, n = len(self.lengths), int(values[0])
-        self.needs_model = [bool(v) for v in values[1 : 1 + batch]]
-        want_ids = [bool(v) for v in values[1 + batch : 1 + 2 * batch]]
+        batch, n = len(self.lengths), int(payload[0])
+        flags = payload[1 : 1 + 2 * batch].bool().tolist()
+        self.needs_model, want_ids = flags[:batch], flags[batch:]
         start = 1 + 2 * batch
-        rows, positions, ids, probs = (values[start + k * n : start + (k + 1) * n] for k in range(4))
+        rows, positions, ids = payload[start : start + 3 * n].long().view(3, n).tolist()
+        probs = payload[start + 3 * n : start + 4 * n].tolist()
         reveals: list[list[tuple[int, int, float]]] = [[] for _ in range(batch)]
         for row, pos, token, p in zip(rows, positions, ids, probs, strict=True):
-            reveals[int(row)].append((int(pos), int(token), p))
-        flat, width = values[start + 4 * n :], self.x.shape[1]
-        results, offset = [], 0
-        for i, wanted in enumerate(want_ids):
-            row_ids = None
-            if wanted:
-                row_ids = [int(v) for v in flat[offset : offset + self.lengths[i]]]
-                offset += width
-            results.append(RowResult(reveals[i], row_ids))
-        return results
+            reveals[row].append((pos, token, p))
+        tokens = payload[start + 4 * n :].long().view(-1, self.x.shape[1]).tolist()  # (wanted rows, W)
+        wanted_rows = iter(tokens)
+        return [
+            RowResult(reveals[i], next(wanted_rows)[: self.lengths[i]] if wanted else None)
+            for i, wanted in enumerate(want_ids)
+        ]
 
     def _logits(self, forward: BatchForward, plan: StepPlan) -> tuple[torch.Tensor | None, list[int]]:
         """Logits (N, V) at `plan.query` in row-major order, from one pass per length group of the rows
