@@ -287,3 +287,87 @@ def test_rows_of_different_lengths_get_the_logits_they_get_alone(ckpt, cost):
     assert pass_sizes == ([3] if cost is ONE_PASS else [1, 1, 1])
     alone = [forward(batch.x[i : i + 1, :n], plan.query[i : i + 1, :n], None) for i, n in enumerate((12, 30, 20))]
     torch.testing.assert_close(together, torch.cat(alone), atol=1e-4, rtol=1e-4)
+
+
+POISON = 2999  # a token id the flaky forward below cannot take
+
+
+def poisoned_forward(ckpt):
+    """The real forward, failing whenever a row holds POISON: a request the model cannot run."""
+
+    def forward(x, query, attention_mask):
+        if (x == POISON).any():
+            raise RuntimeError("cannot run this token")
+        return logits_at(ckpt.model, x, query, attention_mask)
+
+    return forward
+
+
+def test_one_failing_request_fails_alone(make_engine, ckpt):
+    engine = make_engine(forward=poisoned_forward(ckpt), max_batch=6)
+    collectors = [Collector() for _ in range(6)]
+    for i, collector in enumerate(collectors):
+        prefix = (101, POISON) if i == 3 else (101, 1332)
+        engine.submit(spec(length=20, steps=6, seed=i, prefix=prefix, remasking="low_confidence"), collector, 60.0)
+    outcomes = [collector.outcome() for collector in collectors]
+    assert isinstance(outcomes[3], Failed) and outcomes[3].reason == "internal"
+    assert all(isinstance(o, Finished) for i, o in enumerate(outcomes) if i != 3)
+    stats = engine.stats.snapshot()
+    assert stats.failed == 1 and stats.completed == 5
+
+
+def test_a_request_that_cannot_join_fails_alone(make_engine, monkeypatch):
+    from app.engine.batch import RunningBatch
+
+    add = RunningBatch.add
+
+    def picky_add(self, rows):
+        if any(row.seed == 666 for row in rows):
+            raise ValueError("cannot place this row")
+        add(self, rows)
+
+    monkeypatch.setattr(RunningBatch, "add", picky_add)
+    engine = make_engine(delay_s=0.01, max_batch=4)
+    good, bad = Collector(), Collector()
+    engine.submit(spec(steps=4, seed=1), good, 60.0)
+    engine.submit(spec(steps=4, seed=666), bad, 60.0)
+    assert isinstance(bad.outcome(), Failed) and isinstance(good.outcome(), Finished)
+    assert engine.running and isinstance(generate(engine, spec(steps=3))[0], Finished)
+
+
+def test_a_dead_engine_answers_everyone_and_says_why(ckpt):
+    died: list[str] = []
+    engine = Engine(
+        functools.partial(logits_at, ckpt.model),
+        mask_id=ckpt.mask_id,
+        pad_id=ckpt.tokenizer.pad_token_id,
+        max_batch=1,
+        on_failure=died.append,
+    )
+    calls = {"n": 0}
+
+    def broken_bookkeeping() -> None:  # the engine's own loop fails, not a step
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("bookkeeping bug")
+
+    engine._expire_waiting = broken_bookkeeping  # type: ignore[method-assign]
+    engine.start()
+    collectors = [Collector() for _ in range(3)]
+    for collector in collectors:
+        engine.submit(spec(length=40, steps=40, remasking="low_confidence"), collector, 60.0)
+    outcomes = [collector.outcome() for collector in collectors]
+    assert all(isinstance(o, Failed) and o.reason == "internal" for o in outcomes)
+    wait_until(lambda: not engine.running)
+    assert engine.failure == "RuntimeError: bookkeeping bug" and died == [engine.failure]
+    with pytest.raises(EngineStopped):
+        engine.submit(spec(), Collector(), 60.0)
+    engine.stop()
+
+
+def test_a_timed_out_request_hands_back_its_draft(make_engine, ckpt):
+    engine = make_engine(delay_s=0.02)
+    outcome, _ = generate(engine, spec(length=30, steps=40, prefix=(101, 1332), remasking="low_confidence"), 0.3)
+    assert isinstance(outcome, Failed) and outcome.reason == "timeout"
+    assert outcome.draft is not None and len(outcome.draft) == 30 and outcome.draft[:2] == (101, 1332)
+    assert 0 < outcome.draft.count(ckpt.mask_id) < 28, "some tokens revealed, some not"

@@ -97,31 +97,49 @@ class RunningBatch:
 
     def advance(self, forward: BatchForward) -> AdvanceResult:
         """One denoising step for every row. Rows that publish this step (every `stream_every`-th and the
-        last) get their tokens back, streaming rows their reveals."""
+        last) get their tokens back, streaming rows their reveals. All or nothing: if anything raises,
+        the batch is as it was, so the step can be retried on fewer rows."""
         plan = self.plan if self.plan is not None else plan_step(self.x, self.index, self.rows, self.mask_id)
         logits, pass_sizes = self._logits(forward, plan)
         step = apply_step(self.x, self.index, plan, logits, self.rows, self.mask_id)
-        self.x, self.index = step.x, self.index + 1
-        self.plan = plan_step(self.x, self.index, self.rows, self.mask_id)
+        index = self.index + 1
+        next_plan = plan_step(step.x, index, self.rows, self.mask_id)
         streamed = self.stream_every[step.rows] > 0  # (N,) reveals that someone reads
         every = self.stream_every.clamp_min(1)  # (B,)
-        wanted = (self.index == self.rows.steps) | ((self.stream_every > 0) & (self.index % every == 0))  # (B,)
+        wanted = (index == self.rows.steps) | ((self.stream_every > 0) & (index % every == 0))  # (B,)
         payload = torch.cat(
             [  # one device-to-host copy; ids and positions are exact in float64
                 streamed.sum().to(torch.float64).reshape(1),
-                self.plan.query.any(dim=1).to(torch.float64),
+                next_plan.query.any(dim=1).to(torch.float64),
                 wanted.to(torch.float64),
                 *(t[streamed].to(torch.float64) for t in (step.rows, step.positions, step.token_ids, step.probs)),
-                self.x[wanted].flatten().to(torch.float64),
+                step.x[wanted].flatten().to(torch.float64),
             ]
         ).cpu()
-        return AdvanceResult(self._unpack(payload), pass_sizes)
+        results, needs_model = self._unpack(payload)
+        self.x, self.index, self.plan, self.needs_model = step.x, index, next_plan, needs_model
+        return AdvanceResult(results, pass_sizes)
 
-    def _unpack(self, payload: torch.Tensor) -> list[RowResult]:
-        """Per-row results from the copied payload; also records which rows need the model next."""
+    def subset(self, rows: Sequence[int]) -> RunningBatch:
+        """A separate batch holding copies of `rows`: to try a step on them without touching this one."""
+        part = RunningBatch(self.mask_id, self.pad_id, self.device)
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        part.lengths = [self.lengths[i] for i in rows]
+        part.needs_model = [self.needs_model[i] for i in rows]
+        part.x = self.x[index][:, : max(part.lengths, default=0)]
+        part.index, part.stream_every, part.rows = self.index[index], self.stream_every[index], self.rows.select(index)
+        part.cost = self.cost
+        return part
+
+    def tokens(self, row: int) -> list[int]:
+        """Row `row`'s tokens now, masks included (a draft to hand back when a request stops early)."""
+        return self.x[row, : self.lengths[row]].tolist()
+
+    def _unpack(self, payload: torch.Tensor) -> tuple[list[RowResult], list[bool]]:
+        """Per-row results from the copied payload, and which rows need the model next."""
         batch, n = len(self.lengths), int(payload[0])
         flags = payload[1 : 1 + 2 * batch].bool().tolist()
-        self.needs_model, want_ids = flags[:batch], flags[batch:]
+        needs_model, want_ids = flags[:batch], flags[batch:]
         start = 1 + 2 * batch
         rows, positions, ids = payload[start : start + 3 * n].long().view(3, n).tolist()
         probs = payload[start + 3 * n : start + 4 * n].tolist()
@@ -130,10 +148,11 @@ class RunningBatch:
             reveals[row].append((pos, token, p))
         tokens = payload[start + 4 * n :].long().view(-1, self.x.shape[1]).tolist()  # (wanted rows, W)
         wanted_rows = iter(tokens)
-        return [
+        results = [
             RowResult(reveals[i], next(wanted_rows)[: self.lengths[i]] if wanted else None)
             for i, wanted in enumerate(want_ids)
         ]
+        return results, needs_model
 
     def _logits(self, forward: BatchForward, plan: StepPlan) -> tuple[torch.Tensor | None, list[int]]:
         """Logits (N, V) at `plan.query` in row-major order, from one pass per length group of the rows

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,8 @@ from app.engine.request import (
 from app.engine.stats import EngineStats
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN = Failed("shutdown", "the server is shutting down")
 
 WARMUP_LENGTH = 16
 
@@ -68,6 +71,7 @@ class Engine:
         max_batch: int = 32,
         max_queue: int = 64,
         typical_length: int = 256,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"need max_batch >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
@@ -85,6 +89,8 @@ class Engine:
         self._batch = RunningBatch(mask_id, pad_id, self.device)  # engine thread only
         self.typical_length = typical_length  # the width `warm_up` measures the forward's cost at
         self._thread: threading.Thread | None = None
+        self.failure: str | None = None  # why the engine thread died, if it did
+        self._on_failure = on_failure  # called on the engine thread when it dies
 
     @classmethod
     def from_checkpoint(
@@ -202,15 +208,22 @@ class Engine:
                     except Exception:
                         log.exception("engine step failed; failing the %d requests in it", len(self._active))
                         self._fail_active(Failed("internal", "the engine failed during a step"), "failed")
+        except BaseException as err:  # the loop itself broke: the engine is dead, and must say so
+            self.failure = f"{type(err).__name__}: {err}"
+            log.critical("the engine died and serves no more requests: %s", self.failure, exc_info=True)
         finally:
-            self._fail_active(Failed("shutdown", "the server is shutting down"), "failed")
+            ending = Failed("internal", "the engine stopped working") if self.failure else SHUTDOWN
+            self._fail_active(ending, "failed")
             with self._cond:
                 self._accepting = False
                 waiting, self._waiting = list(self._waiting), deque()
             for handle in waiting:
-                self._publish(handle, Failed("shutdown", "the server is shutting down"))
+                self._publish(handle, ending)
+                self.stats.count("failed")
             self._release(len(waiting))
             self.stats.occupancy(0, 0)
+            if self.failure is not None and self._on_failure is not None:
+                self._on_failure(self.failure)
 
     def _next_batch(self) -> bool:
         """Fill free slots from the queue; block while there is nothing to do. False: stop."""
@@ -219,7 +232,7 @@ class Engine:
                 self._expire_waiting()
                 if self._stopping:
                     return False
-                joining = []
+                joining: list[RequestHandle] = []
                 while self._waiting and len(self._active) + len(joining) < self.max_batch:
                     joining.append(self._waiting.popleft())
                 self._admit(joining)
@@ -229,11 +242,23 @@ class Engine:
                 self._cond.wait()
 
     def _admit(self, handles: list[RequestHandle]) -> None:
-        """Add requests to the running batch, as rows at its end."""
-        self._batch.add(
-            [NewRow(h.spec.prefix, h.spec.length, h.spec.sampler, h.spec.seed, h.spec.stream_every) for h in handles]
-        )
-        self._active += [_Sequence(handle) for handle in handles]
+        """Add requests to the running batch, as rows at its end; a request that cannot join fails alone."""
+        rows = [NewRow(h.spec.prefix, h.spec.length, h.spec.sampler, h.spec.seed, h.spec.stream_every) for h in handles]
+        try:
+            self._batch.add(rows)
+            joined = handles
+        except Exception:  # find the request that cannot join; the others join one by one
+            joined = []
+            for handle, row in zip(handles, rows, strict=True):
+                try:
+                    self._batch.add([row])
+                    joined.append(handle)
+                except Exception:
+                    log.exception("request %d could not join the batch; failing it", handle.id)
+                    self._publish(handle, Failed("internal", "the request could not be started"))
+                    self.stats.count("failed")
+                    self._release()
+        self._active += [_Sequence(handle) for handle in joined]
 
     def _expire_waiting(self) -> None:
         """Drop queued requests that were cancelled or timed out (caller holds `_cond`)."""
@@ -251,13 +276,14 @@ class Engine:
         """Remove cancelled and timed-out sequences from the batch before the next step."""
         now = time.monotonic()
         kept = []
-        for seq in self._active:
+        for i, seq in enumerate(self._active):
             if seq.handle.cancelled:
                 self.stats.count("cancelled")
                 self._release()
             elif now > seq.handle.deadline:
                 self.stats.count("timed_out")
-                self._publish(seq.handle, Failed("timeout", f"the request timed out after {seq.index} steps"))
+                message = f"the request timed out after {seq.index} of {seq.handle.spec.sampler.steps} steps"
+                self._publish(seq.handle, Failed("timeout", message, draft=tuple(self._batch.tokens(i))))
                 self._release()
             kept.append(not seq.handle.cancelled and now <= seq.handle.deadline)
         self._keep(kept)
@@ -272,7 +298,14 @@ class Engine:
         self._drop_departed()
         if not self._active:
             return
-        result = self._batch.advance(self._forward)
+        try:
+            result = self._batch.advance(self._forward)
+        except Exception:
+            if not self._fail_culprits():
+                raise  # no single request fails alone: the batch as a whole (e.g. out of memory)
+            if not self._active:
+                return
+            result = self._batch.advance(self._forward)
         for size in result.pass_sizes:
             self.stats.forward(size)
         for seq, row in zip(self._active, result.rows, strict=True):
@@ -280,6 +313,23 @@ class Engine:
         self.stats.count("iterations")
         self._keep([not seq.done for seq in self._active])
         self.stats.occupancy(len(self._active), len(self._waiting))
+
+    def _fail_culprits(self) -> bool:
+        """After a failed step, try each request's step alone (on a copy) and fail those that fail
+        alone, so that one bad request does not fail its batch; False if none does."""
+        culprits = []
+        for i, seq in enumerate(self._active):
+            try:
+                self._batch.subset([i]).advance(self._forward)
+            except Exception as err:
+                log.error("request %d fails alone (%s: %s); failing it", seq.handle.id, type(err).__name__, err)
+                culprits.append(i)
+        for i in culprits:
+            self._publish(self._active[i].handle, Failed("internal", "the model failed on this request"))
+            self.stats.count("failed")
+        self._release(len(culprits))
+        self._keep([i not in culprits for i in range(len(self._active))])
+        return bool(culprits)
 
     def _record(self, seq: _Sequence, row: RowResult) -> None:
         """Count the step; publish per `stream_every`, and the outcome after the last step."""
