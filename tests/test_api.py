@@ -6,17 +6,24 @@ import asyncio
 import json
 import threading
 import time
+from typing import get_args
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx_sse import aconnect_sse
 
+import app.api.jobs as jobs_module
 import app.api.runtime as runtime_module
+import app.engine.model_forward as model_forward
 from app.api import create_app
+from app.api.schemas import ErrorEvent
+from app.api.serving import FAILURE_STATUS
 from app.config import Settings
 from app.diffusion.diffusion_config import DIFFUSION_CONFIG_NAME, DiffusionConfig
+from app.diffusion.sampler_settings import SEED_BITS, SamplerSettings
 from app.diffusion.text import MASK_PLACEHOLDER
+from app.engine.request import FailureReason
 from tests.conftest import TINY_SEQ_LEN
 
 pytestmark = pytest.mark.anyio
@@ -58,7 +65,7 @@ class Service:
 
     @property
     def engine(self):
-        return self.app.state.runtime.engine
+        return self.app.state.runtime.loaded.engine
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +127,9 @@ async def test_accept_header_selects_the_stream(client):
     ("body", "field"),
     [
         ({"steps": "ten"}, "steps"),
+        ({"steps": None}, "steps"),  # null means "off", and steps cannot be off
+        ({"remasking": None}, "remasking"),
+        ({"temperature": None}, "temperature"),
         ({"steps": "64"}, "steps"),  # strict: no silent string -> int coercion
         ({"steps": 0}, "steps"),
         ({"steps": 4097}, "steps"),
@@ -163,6 +173,49 @@ async def test_block_length_reaches_the_sampler_and_null_turns_blocks_off(tiny_c
     assert off != default  # null: no blocks, another order of reveals and so another story
 
 
+async def test_null_top_p_turns_the_checkpoints_nucleus_off(client, tiny_checkpoint_dir, copy_of):
+    directory = copy_of(tiny_checkpoint_dir)
+    config = DiffusionConfig.load(directory / DIFFUSION_CONFIG_NAME)
+    config.sampler.top_p = 0.1
+    config.save(directory)
+    request = {"length": 24, "steps": 8, "temperature": 1.0, "seed": 3}
+    async with Service(settings_for(directory)) as nucleus:
+        assert (await nucleus.get("/info")).json()["defaults"]["top_p"] == 0.1
+        default, off = [await nucleus.post("/generate", json=body) for body in (request, {**request, "top_p": None})]
+    assert default.status_code == off.status_code == 200
+    plain = (await client.post("/generate", json=request)).json()  # the same weights, no top_p in the checkpoint
+    assert off.json()["tokens"] == plain["tokens"]  # null: no nucleus at all
+    assert default.json()["tokens"] != plain["tokens"]  # absent: the checkpoint's 0.1
+
+
+async def test_seeds_the_server_chooses_come_from_the_one_rule(client, monkeypatch):
+    seeds = [(await client.post("/generate", json={"length": 8, "steps": 1})).json()["seed"] for _ in range(3)]
+    assert all(0 <= seed < 2**SEED_BITS for seed in seeds)
+    monkeypatch.setattr(jobs_module, "new_seed", lambda: 1234)
+    assert (await client.post("/generate", json={"length": 8, "steps": 1})).json()["seed"] == 1234
+
+
+def test_the_request_schema_has_the_declared_sampler_fields_and_bounds():
+    def bounds(prop: dict) -> dict:
+        """A property's type and bounds, without what documents it."""
+        return {key: value for key, value in prop.items() if key not in ("title", "description", "default")}
+
+    request = create_app(Settings(model="unused")).openapi()["components"]["schemas"]["GenerateRequest"]
+    declared = SamplerSettings.model_json_schema(ref_template="#/components/schemas/{model}")["properties"]
+    assert set(request["properties"]) == set(declared) | {"prompt", "length", "seed", "stream", "stream_every"}
+    for name, prop in declared.items():
+        assert bounds(request["properties"][name]) == bounds(prop), name
+        assert "default" not in request["properties"][name]  # absent is not null: the default comes from below
+    assert request["additionalProperties"] is False
+
+
+def test_failure_reasons_have_one_status_each_and_one_schema():
+    reasons = set(get_args(FailureReason))
+    assert set(FAILURE_STATUS) == reasons
+    assert all(400 <= status < 600 for status in FAILURE_STATUS.values())
+    assert set(ErrorEvent.model_json_schema()["properties"]["error"]["enum"]) == reasons
+
+
 @pytest.mark.parametrize(
     "content", [b"", b"not json", b"[1, 2]", b'{"steps": 4', b"null"], ids=["empty", "text", "list", "cut", "null"]
 )
@@ -182,12 +235,14 @@ async def test_info_and_openapi(client):
         "top_k": None,
         "top_p": None,
         "block_length": None,
+        "confidence_threshold": 0.9,
+        "entropy_budget": 1.0,
     }
     assert info["engine"]["forward_calls"] >= 1 and info["version"]
     schema = (await client.get("/openapi.json")).json()
     request_schema = schema["components"]["schemas"]["GenerateRequest"]
     assert request_schema["additionalProperties"] is False
-    assert request_schema["properties"]["steps"]["anyOf"][0]["maximum"] == 4096
+    assert request_schema["properties"]["steps"]["maximum"] == 4096
     event = schema["paths"]["/generate"]["post"]["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]
     refs = [ref["$ref"] for ref in event["properties"]["data"]["contentSchema"]["oneOf"]]
     names = [ref.removeprefix("#/components/schemas/") for ref in refs]
@@ -200,12 +255,12 @@ async def test_queue_full_is_429_with_retry_after(tiny_checkpoint_dir, monkeypat
 
     def held_logits_at(model, x, query, attention_mask=None):
         release.wait(10)
-        return runtime_module.logits_at.__wrapped_original__(model, x, query, attention_mask)
+        return model_forward.logits_at.__wrapped_original__(model, x, query, attention_mask)
 
-    held_logits_at.__wrapped_original__ = runtime_module.logits_at  # type: ignore[attr-defined]
+    held_logits_at.__wrapped_original__ = model_forward.logits_at  # type: ignore[attr-defined]
     service = Service(settings_for(tiny_checkpoint_dir, max_batch=1, max_queue=1, retry_after=3))
     release.set()  # let the warm-up through
-    monkeypatch.setattr(runtime_module, "logits_at", held_logits_at)
+    monkeypatch.setattr(model_forward, "logits_at", held_logits_at)
     async with service as client:
         release.clear()
         request = {"length": 16, "steps": 2, "remasking": "low_confidence"}
@@ -222,13 +277,13 @@ async def test_queue_full_is_429_with_retry_after(tiny_checkpoint_dir, monkeypat
 
 
 async def test_timeout_is_504_json(tiny_checkpoint_dir, monkeypatch):
-    original = runtime_module.logits_at
+    original = model_forward.logits_at
 
     def slow_logits_at(model, x, query, attention_mask=None):
         time.sleep(0.05)
         return original(model, x, query, attention_mask)
 
-    monkeypatch.setattr(runtime_module, "logits_at", slow_logits_at)
+    monkeypatch.setattr(model_forward, "logits_at", slow_logits_at)
     async with Service(settings_for(tiny_checkpoint_dir, timeout=0.3)) as client:
         response = await client.post("/generate", json={"length": 32, "steps": 32, "remasking": "low_confidence"})
         assert response.status_code == 504 and response.json()["error"] == "timeout"

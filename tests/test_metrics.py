@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import fields
+from typing import get_args
+
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.api import create_app
-from app.engine.stats import EngineStats
+from app.api.runtime import ModelState
+from app.api.schemas import EngineInfo, Readiness
+from app.engine.stats import COUNTERS, OUTCOMES, EngineStats, StatsSnapshot
 from tests.test_api import Service, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -35,15 +42,33 @@ async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple], float]:
     return samples(response.text)
 
 
+async def idle(engine, within_s: float = 5.0) -> None:
+    """Wait until no request is active or waiting. The engine counts a request just after publishing its
+    end, so a client may hold its answer (and the warm-up may have ended) a moment before the counters
+    show it."""
+    deadline = time.monotonic() + within_s
+    while (stats := engine.stats.snapshot()).active or stats.waiting:
+        assert time.monotonic() < deadline, f"the engine stayed busy: {stats}"
+        await asyncio.sleep(0.005)
+
+
 async def test_metrics_count_requests_batching_and_durations(tiny_checkpoint_dir):
-    async with Service(settings_for(tiny_checkpoint_dir)) as client:
+    service = Service(settings_for(tiny_checkpoint_dir))
+    async with service as client:
+        await idle(service.engine)
         before = await scrape(client)
         assert before[("storydiff_model_state", (("state", "ready"),))] == 1
         assert before[("storydiff_model_state", (("state", "loading"),))] == 0
         for seed in (1, 2):
             assert (await client.post("/generate", json={"steps": 6, "seed": seed})).status_code == 200
         assert (await client.post("/generate", json={"steps": 0})).status_code == 422  # never reaches the engine
+        await idle(service.engine)
         after = await scrape(client)
+        counted = service.engine.stats.snapshot()
+    outcomes = {dict(labels)["outcome"]: value for (name, labels), value in after.items() if "outcome" in dict(labels)}
+    assert outcomes == {outcome: getattr(counted, outcome) for outcome in OUTCOMES}  # every label is a counter
+    states = {dict(labels)["state"] for name, labels in after if name == "storydiff_model_state"}
+    assert states == set(get_args(ModelState))
 
     def grew(name: str, labels: tuple = ()) -> float:
         return after[(name, labels)] - before.get((name, labels), 0.0)
@@ -81,3 +106,18 @@ def test_duration_buckets_are_cumulative():
     assert histogram.buckets[0.1] == 1 and histogram.buckets[0.5] == 3 and histogram.buckets[10.0] == 4
     assert histogram.buckets[300.0] == 4  # 1000 s lies only under +Inf (the count)
     assert stats.snapshot().completed == 5
+
+
+def test_engine_counters_are_declared_once():
+    snapshot_fields = {f.name for f in fields(StatsSnapshot)}
+    assert set(OUTCOMES) <= set(COUNTERS) <= snapshot_fields
+    assert set(EngineInfo.model_fields) == snapshot_fields | {"max_batch", "max_queue", "timeout_s"}
+    assert set(Readiness.model_json_schema()["properties"]["status"]["enum"]) == set(get_args(ModelState))
+    stats = EngineStats()
+    engine_counts = ("iterations", "submitted", "rejected", "cancelled", "timed_out", "failed")  # what engine.py counts
+    for name in engine_counts:
+        stats.count(name)
+    snapshot = stats.snapshot()
+    assert all(getattr(snapshot, name) == 1 for name in engine_counts)
+    with pytest.raises(KeyError):
+        stats.count("finished")  # a name that is not declared is an error, not a counter nobody reads

@@ -13,7 +13,7 @@ import torch
 import uvicorn
 from httpx_sse import aconnect_sse
 
-import app.api.runtime as runtime_module
+import app.engine.model_forward as model_forward
 from app.api import create_app
 from app.config import Settings
 
@@ -32,14 +32,14 @@ def server(tiny_checkpoint_dir):
     """uvicorn in a thread, serving the tiny checkpoint; yields the base URL and the app."""
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    original = runtime_module.logits_at
+    original = model_forward.logits_at
 
     def slow_logits_at(model, x, query, attention_mask=None):
         time.sleep(FORWARD_DELAY_S)
         return original(model, x, query, attention_mask)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime_module, "logits_at", slow_logits_at)
+        patch.setattr(model_forward, "logits_at", slow_logits_at)
         settings = Settings(
             model=str(tiny_checkpoint_dir),
             device="cpu",
@@ -76,7 +76,7 @@ async def client(server):
 
 
 def engine_of(server):
-    return server[1].state.runtime.engine
+    return server[1].state.runtime.loaded.engine
 
 
 async def stream_events(client: httpx.AsyncClient, request: dict) -> list:

@@ -9,12 +9,9 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.errors import add_exception_handlers
-from app.api.metrics import add_metrics
-from app.api.openapi import add_model_schemas
+from app.api.openapi import add_event_schemas
 from app.api.routes import router
 from app.api.runtime import ModelRuntime
-from app.api.schemas import ErrorEvent, StepEvent
-from app.api.web import add_web_page
 from app.config import Settings
 
 
@@ -36,12 +33,8 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Children's stories from a masked diffusion language model, streamed step by step.",
         lifespan=lifespan,
     )
-    app.state.runtime = runtime
-    app.state.settings = settings
+    app.state.runtime = runtime  # what the routes' dependencies read (app/api/deps.py)
     app.include_router(router)
-    add_metrics(app, runtime)
-    add_web_page(app)
-
     add_exception_handlers(app, settings.retry_after)
-    add_model_schemas(app, [StepEvent, ErrorEvent])
+    add_event_schemas(app)
     return app

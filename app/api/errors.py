@@ -1,4 +1,4 @@
-"""Domain exceptions as HTTP responses: 422 that always serialises, 429 with Retry-After, 503."""
+"""Domain exceptions as HTTP responses: 422 that always serialises, 429 and 503 with Retry-After."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app.api.runtime import ModelNotReady
 from app.engine import EngineStopped, QueueFull
 
 MAX_ECHOED_CHARS = 200
+UNAVAILABLE_RETRY_AFTER_S = 5
+"""Retry-After of a 503: roughly how long a model load or a restart takes to make progress."""
 
 
 def json_safe(value: Any) -> Any:
@@ -47,6 +50,9 @@ def add_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
             headers={"Retry-After": str(retry_after_s)},
         )
 
+    @app.exception_handler(ModelNotReady)
     @app.exception_handler(EngineStopped)
-    async def engine_stopped(request: Request, err: EngineStopped) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "5"})
+    async def unavailable(request: Request, err: ModelNotReady | EngineStopped) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(err)}, status_code=503, headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)}
+        )

@@ -1,7 +1,7 @@
 """GET /metrics: the runtime and engine counters in the Prometheus text format, read at scrape time.
 
 A collector reads the engine's own thread-safe counters when Prometheus scrapes, so the engine keeps
-no Prometheus objects and each app has its own registry (no process-wide state).
+no Prometheus objects and nothing is registered process-wide.
 """
 
 from __future__ import annotations
@@ -9,18 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import get_args
 
-from fastapi import FastAPI
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from prometheus_client import generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from app import __version__
-from app.api.runtime import ModelRuntime
-from app.api.schemas import Readiness
-
-MODEL_STATES = get_args(Readiness.model_fields["status"].annotation)  # what GET /ready can say
-OUTCOMES = ("submitted", "completed", "cancelled", "timed_out", "failed", "rejected")
+from app.api.runtime import ModelRuntime, ModelState
+from app.engine.stats import FIELD_DOCS, OUTCOMES
 
 
 class RuntimeCollector(Collector):
@@ -29,26 +30,27 @@ class RuntimeCollector(Collector):
     def __init__(self, runtime: ModelRuntime) -> None:
         self.runtime = runtime
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         runtime = self.runtime
         state = GaugeMetricFamily("storydiff_model_state", "1 for the model's current state.", labels=["state"])
-        for name in MODEL_STATES:
+        for name in get_args(ModelState):
             state.add_metric([name], 1.0 if runtime.state == name else 0.0)
         yield state
-        checkpoint, engine = runtime.checkpoint, runtime.engine
+        loaded = runtime.loaded
         build = InfoMetricFamily("storydiff_build", "Version, model, device and dtype being served.")
         build.add_metric(
             [],
             {
                 "version": __version__,
-                "model": checkpoint.source if checkpoint else str(runtime.settings.model),
-                "device": str(checkpoint.device) if checkpoint else "",
-                "dtype": str(checkpoint.dtype).removeprefix("torch.") if checkpoint else "",
+                "model": loaded.checkpoint.source if loaded else str(runtime.settings.model),
+                "device": str(loaded.checkpoint.device) if loaded else "",
+                "dtype": str(loaded.checkpoint.dtype).removeprefix("torch.") if loaded else "",
             },
         )
         yield build
-        if engine is None:
+        if loaded is None:
             return
+        engine = loaded.engine
         stats = engine.stats.snapshot()
         requests = CounterMetricFamily(
             "storydiff_requests", "Generation requests by outcome (rejected: queue full, 429).", labels=["outcome"]
@@ -71,8 +73,8 @@ class RuntimeCollector(Collector):
             "Sequences over all forward passes; divided by forward passes, the mean batch size.",
             value=sum(size * passes for size, passes in stats.batch_sizes.items()),
         )
-        yield GaugeMetricFamily("storydiff_active_sequences", "Sequences in the running batch.", value=stats.active)
-        yield GaugeMetricFamily("storydiff_waiting_requests", "Requests queued for a batch slot.", value=stats.waiting)
+        yield GaugeMetricFamily("storydiff_active_sequences", FIELD_DOCS["active"], value=stats.active)
+        yield GaugeMetricFamily("storydiff_waiting_requests", FIELD_DOCS["waiting"], value=stats.waiting)
         yield GaugeMetricFamily("storydiff_max_batch", "Batch slots.", value=engine.max_batch)
         yield GaugeMetricFamily(
             "storydiff_max_queue", "Queue places before requests get a 429.", value=engine.max_queue
@@ -86,16 +88,6 @@ class RuntimeCollector(Collector):
         yield histogram
 
 
-def add_metrics(app: FastAPI, runtime: ModelRuntime) -> None:
-    """Serve GET /metrics for `runtime` from a registry of this app's own."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(RuntimeCollector(runtime))
-
-    @app.get(
-        "/metrics",
-        summary="Prometheus metrics: model state, requests, batching, durations",
-        response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
-    )
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+def exposition(runtime: ModelRuntime) -> bytes:
+    """What GET /metrics answers: every family of `runtime`, collected now, in the text format."""
+    return generate_latest(RuntimeCollector(runtime))

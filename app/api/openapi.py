@@ -1,8 +1,8 @@
-"""The OpenAPI document, plus the schemas of the SSE events that FastAPI cannot see by itself.
+"""The OpenAPI document, plus what FastAPI cannot see by itself: the SSE events of `/generate`.
 
 `/generate` streams through sse-starlette, so FastAPI does not know the events' models; the route
 refers to them as `#/components/schemas/<Name>` (in OpenAPI 3.2's `itemSchema` form, as FastAPI's
-own SSE support writes it) and this adds them to the components.
+own SSE support writes it) and `add_event_schemas` adds them to the components.
 """
 
 from __future__ import annotations
@@ -12,22 +12,57 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from app.api.schemas import ErrorEvent, GenerateResponse, StepEvent
+
 REF_TEMPLATE = "#/components/schemas/{model}"
+EVENT_MODELS: list[type[BaseModel]] = [StepEvent, GenerateResponse, ErrorEvent]
+"""The data of the `step`, `done` and `error` events."""
 
 
 def schema_ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
 
 
-def add_model_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
-    """Make `app.openapi()` include `models` (and the models they use) under components.schemas."""
+STREAM_DESCRIPTION = (
+    "With `stream: true` (or `Accept: text/event-stream` and no `stream` field): a stream of "
+    "`step` events (one per `stream_every` steps and the last, data: StepEvent), then one `done` "
+    "event (data: GenerateResponse) or one `error` event (data: ErrorEvent). Every event has an "
+    "increasing `id`; `: ping` comments keep idle connections open."
+)
+
+SSE_ITEM_SCHEMA = {
+    "type": "object",
+    "required": ["event", "id", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["step", "done", "error"]},
+        "id": {"type": "string", "description": "1, 2, 3, ... in the order sent."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"oneOf": [schema_ref(model) for model in EVENT_MODELS]},
+        },
+    },
+}
+"""One SSE event (OpenAPI 3.2 `itemSchema`): step -> StepEvent, done -> GenerateResponse, error -> ErrorEvent."""
+
+GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"itemSchema": SSE_ITEM_SCHEMA}}},
+    422: {"description": "Invalid request: `detail` names the field and the reason."},
+    429: {"description": "Every batch slot and queue place is taken; see Retry-After."},
+    503: {"description": "The model is not loaded yet, or the server is shutting down."},
+    504: {"model": ErrorEvent, "description": "The request ran past the server's timeout."},
+}
+
+
+def add_event_schemas(app: FastAPI) -> None:
+    """Make `app.openapi()` include the events' models (and the models they use) under components.schemas."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
+            for model in EVENT_MODELS:
                 model_schema = model.model_json_schema(ref_template=REF_TEMPLATE)
                 components.update(model_schema.pop("$defs", {}))
                 components.setdefault(model.__name__, model_schema)

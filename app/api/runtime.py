@@ -7,21 +7,39 @@ only when the model is loaded, warmed up and the engine thread runs (503 until t
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import anyio
 
 from app.config import Settings
 from app.diffusion.checkpoint import Checkpoint, load_checkpoint
-from app.diffusion.logits import logits_at
-from app.diffusion.sampling import SamplerConfig
-from app.engine import Engine, Failed, GenerationSpec, UpdateChannel
+from app.engine import Engine
+from app.engine.engine import WARMUP_LENGTH
 
 log = logging.getLogger(__name__)
 
-WARMUP_LENGTH = 16
+ModelState = Literal["loading", "ready", "failed", "stopped"]
+"""Where the model is: what GET /ready says and `storydiff_model_state` labels."""
+
+
+class ModelNotReady(RuntimeError):
+    """The model is loading, failed to load or was stopped: nothing can be served now."""
+
+    def __init__(self, state: ModelState) -> None:
+        super().__init__(f"the model is {state}")
+        self.state = state
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A loaded checkpoint, the engine that serves it and the settings it runs under."""
+
+    checkpoint: Checkpoint
+    engine: Engine
+    settings: Settings
 
 
 class ModelRuntime:
@@ -29,8 +47,7 @@ class ModelRuntime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.checkpoint: Checkpoint | None = None
-        self.engine: Engine | None = None
+        self.loaded: Serving | None = None  # set once, when the warmed-up engine runs; kept after stop
         self.error: str | None = None
         self._loader: asyncio.Task[None] | None = None
         self._settled: asyncio.Event | None = None
@@ -38,21 +55,26 @@ class ModelRuntime:
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None and self.engine.running
+        return self.loaded is not None and self.loaded.engine.running
 
     @property
-    def state(self) -> str:
-        """ready, loading, failed or stopped."""
+    def state(self) -> ModelState:
         if self.error is not None:
             return "failed"
         if self._stopped:
             return "stopped"
         return "ready" if self.ready else "loading"
 
+    def serving(self) -> Serving:
+        """What requests are served with; raises ModelNotReady unless the engine runs."""
+        if self.loaded is None or not self.loaded.engine.running:
+            raise ModelNotReady(self.state)
+        return self.loaded
+
     def start(self) -> None:
         """Begin loading in the background; returns at once."""
         self._settled = asyncio.Event()
-        self._loader = asyncio.get_running_loop().create_task(self._load(), name="storydiff-load")
+        self._loader = asyncio.get_running_loop().create_task(self._load(self._settled), name="storydiff-load")
 
     async def wait_settled(self) -> bool:
         """Wait until loading ended; True if the engine runs, False if loading failed."""
@@ -60,8 +82,7 @@ class ModelRuntime:
         await self._settled.wait()
         return self.error is None
 
-    async def _load(self) -> None:
-        assert self._settled is not None
+    async def _load(self, settled: asyncio.Event) -> None:
         settings = self.settings
         try:
             started = time.perf_counter()
@@ -69,27 +90,21 @@ class ModelRuntime:
                 load_checkpoint, settings.model, settings.device, settings.dtype
             )
             loaded_s = time.perf_counter() - started
-            engine = Engine(
-                functools.partial(logits_at, checkpoint.model),
-                mask_id=checkpoint.mask_id,
-                pad_id=_pad_id(checkpoint),
-                device=checkpoint.device,
-                max_batch=settings.max_batch,
-                max_queue=settings.max_queue,
-            )
+            engine = Engine.from_checkpoint(checkpoint, max_batch=settings.max_batch, max_queue=settings.max_queue)
             engine.start()
             try:
-                warmup_s = await _warm_up(engine, checkpoint)
+                warmup_s = await anyio.to_thread.run_sync(engine.warm_up, min(WARMUP_LENGTH, checkpoint.max_positions))
             except BaseException:
                 await anyio.to_thread.run_sync(engine.stop)
                 raise
-            self.checkpoint, self.engine = checkpoint, engine
+            self.loaded = Serving(checkpoint, engine, settings)
             log.info(
-                "ready: model %s on %s (%s), %.1fM parameters, max length %d; loaded in %.1fs, "
+                "ready: model %s on %s (%s, %s forward), %.1fM parameters, max length %d; loaded in %.1fs, "
                 "warm-up %.2fs; max_batch %d, max_queue %d",
                 checkpoint.source,
                 checkpoint.device,
                 str(checkpoint.dtype).removeprefix("torch."),
+                engine.forward_name,
                 checkpoint.num_parameters / 1e6,
                 checkpoint.max_positions,
                 loaded_s,
@@ -101,31 +116,13 @@ class ModelRuntime:
             self.error = str(err) or type(err).__name__
             log.error("could not load the model %s: %s", settings.model, self.error)
         finally:
-            self._settled.set()
+            settled.set()
 
     async def stop(self) -> None:
         """Let in-flight requests finish for `shutdown_grace` seconds, fail the rest, stop the thread."""
         self._stopped = True
         if self._loader is not None and not self._loader.done():
             await asyncio.wait({self._loader})  # a thread cannot be cancelled; let the load end
-        if self.engine is not None:
+        if self.loaded is not None:
             log.info("stopping the engine (grace %.1fs)", self.settings.shutdown_grace)
-            await anyio.to_thread.run_sync(self.engine.stop, self.settings.shutdown_grace)
-
-
-def _pad_id(checkpoint: Checkpoint) -> int:
-    pad = checkpoint.tokenizer.pad_token_id
-    return checkpoint.mask_id if pad is None else int(pad)
-
-
-async def _warm_up(engine: Engine, checkpoint: Checkpoint) -> float:
-    """Denoise one short sequence through the engine, so the first client does not pay for it."""
-    started = time.perf_counter()
-    length = min(WARMUP_LENGTH, checkpoint.max_positions)
-    channel = UpdateChannel(asyncio.get_running_loop())
-    spec = GenerationSpec((), length, SamplerConfig(steps=2, remasking="low_confidence"), seed=0)
-    engine.submit(spec, channel.publish, timeout_s=600.0)
-    outcome = await channel.outcome()
-    if isinstance(outcome, Failed):
-        raise RuntimeError(f"warm-up failed: {outcome.message}")
-    return time.perf_counter() - started
+            await anyio.to_thread.run_sync(self.loaded.engine.stop, self.settings.shutdown_grace)

@@ -1,21 +1,29 @@
-"""Request and response bodies of the HTTP API, validated at the edge and shown in the OpenAPI schema."""
+"""Request and response bodies of the HTTP API, validated at the edge and shown in the OpenAPI schema.
+
+The sampler fields come from their one declaration (`app.diffusion.sampler_settings`), the engine's
+counters from `StatsSnapshot`, failure reasons and model states from the engine and the runtime.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import fields
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from app.diffusion.sampler_settings import Remasking
+from app.api.runtime import ModelState
+from app.config import Settings
+from app.diffusion.sampler_settings import MAX_SEED, MAX_STEPS, SamplerOverrides, SamplerSettings
+from app.engine import StatsSnapshot
+from app.engine.request import FailureReason
+from app.engine.stats import FIELD_DOCS
 
-MAX_STEPS = 4096
 MAX_LENGTH = 8192  # a static ceiling; the model's own max positions is checked per request
 MAX_PROMPT_CHARS = 20_000
-MAX_SEED = 2**63 - 1
 
 
-class GenerateRequest(BaseModel):
-    """A story to write. Absent (or null) fields take the checkpoint's defaults, shown by GET /info."""
+class GenerateRequest(SamplerOverrides):
+    """A story to write: sampler fields left out take the checkpoint's defaults, shown by GET /info."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -35,39 +43,11 @@ class GenerateRequest(BaseModel):
         le=MAX_LENGTH,
         description="Sequence length in tokens, prompt included; at most the model's max positions.",
     )
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Denoising steps.")
-    remasking: Remasking | None = Field(
-        None,
-        strict=False,
-        description="random: reveal each masked position with the schedule's probability; "
-        "low_confidence: reveal the most confident predictions first.",
-    )
-    temperature: float | None = Field(None, ge=0.0, le=100.0, description="0: always the most likely token.")
-    top_k: int | None = Field(
-        None,
-        ge=1,
-        le=1_000_000,
-        description="Sample among the k most likely tokens. Absent: the checkpoint's default; null: no limit.",
-    )
-    top_p: float | None = Field(
-        None,
-        gt=0.0,
-        le=1.0,
-        description="Nucleus sampling mass. Absent: the checkpoint's default; null: no limit.",
-    )
-    block_length: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_LENGTH,
-        description="low_confidence only: reveal the story in blocks of this many tokens, left to right "
-        "(LLaDA's semi-autoregressive sampling); random ignores it. Absent: the checkpoint's default; "
-        "null: no blocks.",
-    )
     seed: int | None = Field(
         None,
         ge=0,
         le=MAX_SEED,
-        description="Same seed and settings, same story; chosen and returned when absent.",
+        description="Same seed and settings, same story; chosen (below 2**32) and returned when absent.",
     )
     stream: bool | None = Field(
         None,
@@ -114,9 +94,10 @@ class StepEvent(BaseModel):
 
 
 class ErrorEvent(BaseModel):
-    """The data of an SSE `error` event; the stream closes after it."""
+    """Why a request ended early: the data of an SSE `error` event (the stream closes after it), or the
+    body of a failed JSON answer."""
 
-    error: Literal["timeout", "shutdown", "internal"]
+    error: FailureReason
     detail: str
 
 
@@ -125,35 +106,30 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "loading", "failed", "stopped"]
+    status: ModelState
     detail: str | None = None
 
 
-class SamplerInfo(BaseModel):
+class SamplerInfo(SamplerSettings):
+    """What a request gets for each field it leaves out."""
+
     length: int
-    steps: int
-    remasking: Remasking
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    block_length: int | None
 
 
-class EngineInfo(BaseModel):
-    max_batch: int
-    max_queue: int
-    timeout_s: float
-    active: int
-    waiting: int
-    iterations: int
-    forward_calls: int
-    batch_sizes: dict[int, int] = Field(description="Sequences per forward pass -> number of passes.")
-    submitted: int
-    completed: int
-    cancelled: int
-    timed_out: int
-    failed: int
-    rejected: int
+def _engine_fields() -> dict[str, Any]:
+    """`StatsSnapshot`'s fields as pydantic fields, with their documentation."""
+    hints = get_type_hints(StatsSnapshot)
+    return {f.name: (hints[f.name], Field(description=FIELD_DOCS[f.name])) for f in fields(StatsSnapshot)}
+
+
+EngineInfo: type[BaseModel] = create_model(
+    "EngineInfo",
+    __doc__="The engine's limits and its counters at the time of the request.",
+    max_batch=(int, Field(description=Settings.model_fields["max_batch"].description)),
+    max_queue=(int, Field(description=Settings.model_fields["max_queue"].description)),
+    timeout_s=(float, Field(description=Settings.model_fields["timeout"].description)),
+    **_engine_fields(),
+)
 
 
 class Info(BaseModel):

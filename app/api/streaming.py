@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections.abc import AsyncIterator
 
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from app.api.generation import Job, result, step_event
+from app.api.jobs import Job, result, step_event
+from app.api.runtime import Serving
 from app.api.schemas import ErrorEvent
 from app.diffusion.checkpoint import Checkpoint
 from app.engine import Failed, Finished, RequestHandle, StepUpdate, UpdateChannel
@@ -26,7 +26,7 @@ from app.engine import Failed, Finished, RequestHandle, StepUpdate, UpdateChanne
 PING_COMMENT = "ping"
 
 
-def _event(name: str, payload: str, ids: itertools.count) -> ServerSentEvent:
+def _event(name: str, payload: str, ids: itertools.count[int]) -> ServerSentEvent:
     return ServerSentEvent(payload, event=name, id=str(next(ids)))
 
 
@@ -58,29 +58,24 @@ async def step_events(
                 yield _event("error", error.model_dump_json(), ids)
     except Exception as err:  # e.g. rendering failed: tell the client rather than cutting the stream
         handle.cancel()
-        detail = json.dumps({"error": "internal", "detail": f"streaming failed: {type(err).__name__}"})
-        yield _event("error", detail, ids)
+        error = ErrorEvent(error="internal", detail=f"streaming failed: {type(err).__name__}")
+        yield _event("error", error.model_dump_json(), ids)
     finally:
         watcher.cancel()
         handle.cancel()  # no-op once finished; frees the batch slot when the client left early
 
 
 def event_stream_response(
-    job: Job,
-    handle: RequestHandle,
-    channel: UpdateChannel,
-    checkpoint: Checkpoint,
-    ping_s: float,
-    grace_s: float,
+    job: Job, handle: RequestHandle, channel: UpdateChannel, serving: Serving
 ) -> EventSourceResponse:
     """The `text/event-stream` response for a submitted request."""
-    shutdown = anyio.Event()
+    shutdown, settings = anyio.Event(), serving.settings
     return EventSourceResponse(
-        step_events(job, handle, channel, checkpoint, shutdown, grace_s),
-        ping=ping_s,
+        step_events(job, handle, channel, serving.checkpoint, shutdown, settings.shutdown_grace),
+        ping=settings.ping_interval,
         ping_message_factory=lambda: ServerSentEvent(comment=PING_COMMENT),
         shutdown_event=shutdown,
         # sse-starlette cancels the stream this long after shutdown began; ours ends it first.
-        shutdown_grace_period=grace_s + 1.0,
+        shutdown_grace_period=settings.shutdown_grace + 1.0,
         background=BackgroundTask(handle.cancel),  # also when the stream never started
     )

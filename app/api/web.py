@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
@@ -19,17 +19,17 @@ REVALIDATE = {"Cache-Control": "no-cache"}
 class RevalidatedFiles(StaticFiles):
     """StaticFiles whose responses tell browsers to revalidate before reuse."""
 
-    def file_response(self, *args, **kwargs) -> Response:
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
         response.headers.update(REVALIDATE)
         return response
 
 
-def add_web_page(app: FastAPI) -> None:
-    """Serve app/web: the page at `/`, its scripts and styles at `/static/...` (no build step)."""
+def index_page() -> FileResponse:
+    """The page itself; its scripts and styles come from `static_files()`."""
+    return FileResponse(WEB_DIR / "index.html", headers=REVALIDATE)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(WEB_DIR / "index.html", headers=REVALIDATE)
 
-    app.mount("/static", RevalidatedFiles(directory=WEB_DIR), name="static")
+def static_files() -> RevalidatedFiles:
+    """app/web as it is on disk (no build step)."""
+    return RevalidatedFiles(directory=WEB_DIR)

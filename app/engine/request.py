@@ -77,6 +77,7 @@ class Finished:
 
 
 FailureReason = Literal["timeout", "shutdown", "internal"]
+"""Why a request ended before its last step; the API shows it as the `error` of its answer."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Failed:
 
     reason: FailureReason
     message: str
+    draft: tuple[int, ...] | None = None  # the tokens so far (masks included) when it stopped early
 
 
 Outcome = Finished | Failed

@@ -1,14 +1,54 @@
-"""Counters the engine keeps about its own work, readable from any thread."""
+"""Counters the engine keeps about its own work, readable from any thread.
+
+`StatsSnapshot`'s fields are the one declaration of the counters: `COUNTERS` and `OUTCOMES` (the
+request outcomes) are read from them, and so are `/info`'s engine fields and `/metrics`' labels.
+"""
 
 from __future__ import annotations
 
 import bisect
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 DURATION_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 """Upper bounds (seconds) of the request-duration histogram: a GPU story to a slow CPU one."""
+
+CounterKind = Literal["work", "outcome"]
+
+
+def _described(doc: str, counter: CounterKind | None = None) -> Any:
+    """A snapshot field and its documentation; `counter`: a count of engine work or of request outcomes."""
+    return field(metadata={"doc": doc, "counter": counter})
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """A consistent copy of the engine's counters."""
+
+    active: int = _described("Sequences in the running batch.")
+    waiting: int = _described("Requests queued for a batch slot.")
+    iterations: int = _described("Engine steps; each advances every active sequence by one denoising step.", "work")
+    forward_calls: int = _described("Model forward passes (steps whose sequences need no logits skip it).", "work")
+    batch_sizes: dict[int, int] = _described("Sequences per forward pass -> number of passes.")  # noqa: RUF009 (no default)
+    submitted: int = _described("Requests accepted into the queue.", "outcome")
+    completed: int = _described("Requests denoised to the last step.", "outcome")
+    cancelled: int = _described("Requests whose client left before the end.", "outcome")
+    timed_out: int = _described("Requests that ran past their deadline.", "outcome")
+    failed: int = _described("Requests ended by an engine failure or by shutdown.", "outcome")
+    rejected: int = _described("Requests refused with QueueFull (429).", "outcome")
+
+    @property
+    def max_batch_size(self) -> int:
+        return max(self.batch_sizes, default=0)
+
+
+COUNTERS = tuple(f.name for f in fields(StatsSnapshot) if f.metadata["counter"] is not None)
+"""Every name `EngineStats.count` takes (and `forward`, `completed` count)."""
+OUTCOMES = tuple(f.name for f in fields(StatsSnapshot) if f.metadata["counter"] == "outcome")
+"""Requests by what became of them: the `outcome` label of `storydiff_requests_total`."""
+FIELD_DOCS = {f.name: str(f.metadata["doc"]) for f in fields(StatsSnapshot)}
 
 
 @dataclass(frozen=True)
@@ -20,40 +60,20 @@ class DurationHistogram:
     sum_s: float
 
 
-@dataclass(frozen=True)
-class StatsSnapshot:
-    """A consistent copy of the engine's counters."""
-
-    active: int  # sequences in the running batch
-    waiting: int  # requests queued for a batch slot
-    iterations: int  # engine steps (each advances every active sequence by one denoising step)
-    forward_calls: int  # model forward passes (steps whose sequences needed no logits skip it)
-    batch_sizes: dict[int, int]  # sequences per forward pass -> how many passes had that many
-    submitted: int
-    completed: int
-    cancelled: int
-    timed_out: int
-    failed: int
-    rejected: int  # refused with QueueFull
-
-    @property
-    def max_batch_size(self) -> int:
-        return max(self.batch_sizes, default=0)
-
-
 @dataclass
 class EngineStats:
     """Thread-safe counters: the engine thread writes, request handlers and tests read."""
 
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _batch_sizes: Counter = field(default_factory=Counter)
-    _counts: Counter = field(default_factory=Counter)
+    _batch_sizes: Counter[int] = field(default_factory=Counter)
+    _counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     _active: int = 0
     _waiting: int = 0
     _duration_counts: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS_S))
     _duration_sum_s: float = 0.0
 
     def count(self, name: str, n: int = 1) -> None:
+        """Add `n` to the counter `name`, one of `COUNTERS` (any other name is a KeyError)."""
         with self._lock:
             self._counts[name] += n
 
@@ -91,22 +111,9 @@ class EngineStats:
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:
-            counts = dict(self._counts)
             return StatsSnapshot(
                 active=self._active,
                 waiting=self._waiting,
                 batch_sizes=dict(sorted(self._batch_sizes.items())),
-                **{
-                    name: counts.get(name, 0)
-                    for name in (
-                        "iterations",
-                        "forward_calls",
-                        "submitted",
-                        "completed",
-                        "cancelled",
-                        "timed_out",
-                        "failed",
-                        "rejected",
-                    )
-                },
+                **self._counts,
             )

@@ -1,8 +1,8 @@
-"""Between the HTTP schemas and the engine: requests with the checkpoint's defaults, results as text."""
+"""A request as an engine job (the checkpoint's defaults under the request's fields), and the engine's
+updates as response bodies."""
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app.api.schemas import GenerateRequest, GenerateResponse, Revealed, SamplerInfo, StepEvent
 from app.diffusion.checkpoint import Checkpoint
-from app.diffusion.sampling import SamplerConfig
+from app.diffusion.sampler_settings import new_seed
 from app.diffusion.text import decode_story, prompt_ids, render_draft
 from app.engine import Finished, GenerationSpec, StepUpdate
 
@@ -24,18 +24,9 @@ class Job:
 
 
 def sampler_defaults(checkpoint: Checkpoint) -> SamplerInfo:
-    """The settings a request gets for every field it leaves out."""
+    """What a request gets for every field it leaves out."""
     config = checkpoint.config
-    sampler = config.sampler_settings
-    return SamplerInfo(
-        length=config.seq_len,
-        steps=config.sampler_settings.steps,
-        remasking=sampler.remasking,
-        temperature=sampler.temperature,
-        top_k=sampler.top_k,
-        top_p=sampler.top_p,
-        block_length=sampler.block_length,
-    )
+    return SamplerInfo(length=config.seq_len, **dict(config.sampler_settings))
 
 
 def _invalid(field: str, message: str, value: Any, kind: str = "value_error") -> RequestValidationError:
@@ -43,18 +34,9 @@ def _invalid(field: str, message: str, value: Any, kind: str = "value_error") ->
     return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": message, "input": value}])
 
 
-def _default(body: GenerateRequest, field: str, default: Any) -> Any:
-    """The request's value; the default when absent, or when null for fields where null means nothing."""
-    value = getattr(body, field)
-    if field in ("top_k", "top_p", "block_length") and field in body.model_fields_set:
-        return value  # explicit null: no limit, no blocks
-    return default if value is None else value
-
-
 def build_job(body: GenerateRequest, checkpoint: Checkpoint, stream_every: int | None) -> Job:
     """The engine spec for `body`; raises RequestValidationError (422) for what the model cannot do."""
-    defaults = sampler_defaults(checkpoint)
-    length = _default(body, "length", defaults.length)
+    length = checkpoint.config.seq_len if body.length is None else body.length
     if length > checkpoint.max_positions:
         raise _invalid(
             "length",
@@ -70,17 +52,9 @@ def build_job(body: GenerateRequest, checkpoint: Checkpoint, stream_every: int |
             "shorten it or ask for a longer length",
             body.prompt,
         )
-    sampler = SamplerConfig(
-        steps=_default(body, "steps", defaults.steps),
-        remasking=_default(body, "remasking", defaults.remasking),
-        temperature=_default(body, "temperature", defaults.temperature),
-        top_k=_default(body, "top_k", defaults.top_k),
-        top_p=_default(body, "top_p", defaults.top_p),
-        block_length=_default(body, "block_length", defaults.block_length),
-    )
-    seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
-    spec = GenerationSpec(tuple(prefix), length, sampler, seed, stream_every)
-    return Job(spec, checkpoint.source)
+    sampler = checkpoint.config.sampler_settings.override(body)
+    seed = new_seed() if body.seed is None else body.seed
+    return Job(GenerationSpec(tuple(prefix), length, sampler, seed, stream_every), checkpoint.source)
 
 
 def step_event(update: StepUpdate, checkpoint: Checkpoint) -> StepEvent:
