@@ -20,7 +20,7 @@ class DiffusionConfig(BaseModel):
 
     format_version: int = 1
     seq_len: int = Field(..., ge=1)
-    sampler: SamplerOverrides = Field(  # type: ignore[valid-type]
+    sampler: SamplerOverrides = Field(
         default_factory=SamplerOverrides,
         description="The checkpoint's recommended sampler settings; fields left out take the built-in defaults.",
     )

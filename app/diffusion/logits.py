@@ -41,14 +41,16 @@ def logits_at_positions(
     """
     name = HEAD_INPUT_MODULES.get(model.config.model_type) if head_only else None
     if name is None:
-        return forward(input_ids=x, attention_mask=attention_mask).logits[query]
+        logits: torch.Tensor = forward(input_ids=x, attention_mask=attention_mask).logits
+        return logits[query]
 
-    def keep_queried(_module: torch.nn.Module, args: tuple) -> tuple:
+    def keep_queried(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return (args[0][query], *args[1:])  # hidden states (B, L, D) -> (N, D)
 
     handle = model.get_submodule(name).register_forward_pre_hook(keep_queried)
     try:
-        return forward(input_ids=x, attention_mask=attention_mask).logits
+        queried: torch.Tensor = forward(input_ids=x, attention_mask=attention_mask).logits
+        return queried
     finally:
         handle.remove()
 

@@ -23,16 +23,19 @@ MAX_STEPS = 4096
 MAX_TEMPERATURE = 100.0
 MAX_TOP_K = 1_000_000
 MAX_BLOCK_LENGTH = 8192
+MAX_ENTROPY_BUDGET = 1000.0
 SEED_BITS = 32
 """Seeds chosen for a request that named none are below 2**SEED_BITS (any seed up to MAX_SEED is accepted)."""
 MAX_SEED = 2**63 - 1
 
 
 class Remasking(str, Enum):
-    """Which masked positions a step reveals."""
+    """Which masked positions a step reveals (the confidence-ranked rules are all but `random`)."""
 
     RANDOM = "random"
     LOW_CONFIDENCE = "low_confidence"
+    THRESHOLD = "threshold"
+    ENTROPY_BOUND = "entropy_bound"
 
 
 class SamplerSettings(BaseModel):
@@ -45,7 +48,10 @@ class SamplerSettings(BaseModel):
         Remasking.RANDOM,
         strict=False,  # requests are strict, but JSON has no enum: the value's name is the way to say it
         description="random: every masked position stays masked with probability s/t (the reference sampler); "
-        "low_confidence: keep the most confident predictions of each step (LLaDA).",
+        "low_confidence: keep the step's k most confident predictions (LLaDA); threshold: also every "
+        "prediction at least `confidence_threshold` likely (Fast-dLLM); entropy_bound: also the most confident "
+        "while their summed entropy stays within `entropy_budget` (EB-sampler). With the last two, `steps` is "
+        "an upper bound: a step reveals at least the schedule's k, so no mask is left at the end.",
     )
     temperature: float = Field(
         0.0, ge=0.0, le=MAX_TEMPERATURE, description="0: always the most likely token; higher: more varied."
@@ -60,8 +66,17 @@ class SamplerSettings(BaseModel):
         None,
         ge=1,
         le=MAX_BLOCK_LENGTH,
-        description="low_confidence only: reveal blocks of this many tokens, left to right (LLaDA's "
-        "semi-autoregressive sampling); random ignores it. null: no blocks.",
+        description="Confidence-ranked remasking only: reveal blocks of this many tokens, left to right "
+        "(LLaDA's semi-autoregressive sampling); random ignores it. null: no blocks.",
+    )
+    confidence_threshold: float = Field(
+        0.9, gt=0.0, le=1.0, description="threshold remasking: reveal every prediction at least this likely."
+    )
+    entropy_budget: float = Field(
+        1.0,
+        ge=0.0,
+        le=MAX_ENTROPY_BUDGET,
+        description="entropy_bound remasking: the summed entropy (nats) of the predictions one step may reveal.",
     )
 
     def override(self, overrides: BaseModel) -> SamplerSettings:

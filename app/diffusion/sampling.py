@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from app.diffusion.randomness import Purpose, uniform
+from app.diffusion.reveal_rules import RULE_CODES, block_index, contiguous_end_run, keep_reveals
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,26 +43,34 @@ class SamplerRows:
     """Each row's sampler settings and seed as (B,) tensors on the batch's device."""
 
     steps: torch.Tensor  # (B,) long
-    low_confidence: torch.Tensor  # (B,) bool: remasking is low_confidence
+    rule: torch.Tensor  # (B,) long: RULE_CODES[remasking]
     temperature: torch.Tensor  # (B,) float64
     top_k: torch.Tensor  # (B,) long; 0: no limit
     top_p: torch.Tensor  # (B,) float64; 1: no limit
-    block_length: torch.Tensor  # (B,) long; 0: no blocks (low_confidence rows only)
+    block_length: torch.Tensor  # (B,) long; 0: no blocks (confidence-ranked rows only)
+    threshold: torch.Tensor  # (B,) float64: threshold rows' confidence_threshold
+    entropy_budget: torch.Tensor  # (B,) float64: entropy_bound rows' budget
     seed: torch.Tensor  # (B,) long
+
+    @property
+    def ranked(self) -> torch.Tensor:
+        """(B,) bool: rows whose remasking ranks the predictions by confidence (all but random)."""
+        return self.rule != RULE_CODES[Remasking.RANDOM]
 
     @classmethod
     def build(
         cls, settings: Sequence[SamplerSettings], seeds: Sequence[int], device: torch.device | str = "cpu"
     ) -> SamplerRows:
         """The rows for one sequence per entry of `settings` and `seeds`."""
-        low_confidence = [s.remasking is Remasking.LOW_CONFIDENCE for s in settings]
         columns = {
             "steps": ([s.steps for s in settings], torch.long),
-            "low_confidence": (low_confidence, torch.bool),
+            "rule": ([RULE_CODES[s.remasking] for s in settings], torch.long),
             "temperature": ([s.temperature for s in settings], torch.float64),
             "top_k": ([s.top_k or 0 for s in settings], torch.long),
             "top_p": ([1.0 if s.top_p is None else s.top_p for s in settings], torch.float64),
             "block_length": ([s.block_length or 0 for s in settings], torch.long),
+            "threshold": ([s.confidence_threshold for s in settings], torch.float64),
+            "entropy_budget": ([s.entropy_budget for s in settings], torch.float64),
             "seed": (list(seeds), torch.long),
         }
         return cls(
@@ -83,7 +92,7 @@ class StepPlan:
     """Which positions a step needs logits for, decided before the model runs."""
 
     query: torch.Tensor  # (B, L) bool: positions that need logits
-    reveal_counts: torch.Tensor  # (B,) long: low_confidence rows: how many to keep; 0 elsewhere
+    reveal_counts: torch.Tensor  # (B,) long: confidence-ranked rows: the schedule's k; 0 elsewhere
 
 
 @dataclass(frozen=True)
@@ -130,22 +139,15 @@ def plan_step(x: torch.Tensor, index: torch.Tensor, rows: SamplerRows, mask_id: 
     n_masked = masked.sum(dim=1)  # (B,)
     counts = n_masked - torch.div(n_masked * (remaining - 1), remaining, rounding_mode="floor")  # (B,)
     confident_query = masked & (counts > 0)[:, None] & _up_to_block_of_kth_mask(masked, counts, rows.block_length)
-    low_confidence = rows.low_confidence[:, None]  # (B, 1)
-    query = torch.where(low_confidence, confident_query, random_query) & active[:, None]
-    return StepPlan(query, torch.where(rows.low_confidence & active, counts, 0))
-
-
-def _block_index(length: int, block_length: torch.Tensor) -> torch.Tensor:
-    """(B, L) the block of each position; one block for rows without blocks (block_length 0)."""
-    width = torch.where(block_length > 0, block_length, length)  # (B,)
-    return torch.arange(length, device=block_length.device)[None, :] // width[:, None]
+    query = torch.where(rows.ranked[:, None], confident_query, random_query) & active[:, None]
+    return StepPlan(query, torch.where(rows.ranked & active, counts, 0))
 
 
 def _up_to_block_of_kth_mask(masked: torch.Tensor, counts: torch.Tensor, block_length: torch.Tensor) -> torch.Tensor:
     """(B, L) bool: positions in the blocks up to the one holding each row's `counts`-th masked position,
     the only blocks a semi-autoregressive step can reveal from."""
     kth = masked & (masked.cumsum(dim=1) == counts[:, None])  # (B, L): at most one per row
-    blocks = _block_index(masked.shape[1], block_length)  # (B, L)
+    blocks = block_index(masked.shape[1], block_length)  # (B, L)
     last_block = (kth * blocks).sum(dim=1)  # (B,); 0 for rows that reveal nothing
     return blocks <= last_block[:, None]
 
@@ -216,20 +218,6 @@ def _draw_filtered(
     return order.gather(-1, _inverse_cdf(weights, u)[:, None]).squeeze(-1)
 
 
-def _keep_most_confident(plan: StepPlan, probs: torch.Tensor, block_length: torch.Tensor) -> torch.Tensor:
-    """(N,) bool over the queried positions: the `reveal_counts` most confident of each row; with
-    blocks, every position of an earlier block before any of a later one."""
-    confidence = torch.full(plan.query.shape, -math.inf, device=probs.device)  # (B, L)
-    confidence[plan.query] = probs.float()
-    # probabilities lie in [0, 1]: 2 per block puts earlier blocks first
-    confidence = confidence - 2.0 * _block_index(plan.query.shape[1], block_length)
-    order = confidence.argsort(dim=1, descending=True, stable=True)  # (B, L)
-    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(1, order, positions)  # (B, L) rank of each position in its row
-    keep = rank < plan.reveal_counts[:, None]  # (B, L)
-    return keep[plan.query]
-
-
 def apply_step(
     x: torch.Tensor,  # (B, L)
     index: torch.Tensor,  # (B,) long: the step each row is taking, 0-based
@@ -237,6 +225,7 @@ def apply_step(
     logits: torch.Tensor | None,  # (N, V) at plan.query, row-major; None: the model did not run
     rows: SamplerRows,
     mask_id: int,
+    end_ids: torch.Tensor | None = None,  # tokens that end a story (PAD, SEP): revealed only as a final run
 ) -> Step:
     """Write the chosen tokens into a copy of `x`."""
     row, position = plan.query.nonzero(as_tuple=True)  # (N,), (N,)
@@ -245,15 +234,33 @@ def apply_step(
         return Step(x, empty, empty, empty, empty.float(), False)
     u = uniform(rows.seed[row], index[row], position, Purpose.TOKEN)  # (N,)
     ids, probs = choose_tokens(logits, rows.temperature[row], rows.top_k[row], rows.top_p[row], u, mask_id)
-    keep = _keep_most_confident(plan, probs, rows.block_length) | ~rows.low_confidence[row]  # (N,)
+    by_entropy = rows.rule[row] == RULE_CODES[Remasking.ENTROPY_BOUND]  # (N,)
+    entropy = _entropy(logits, mask_id) if bool(by_entropy.any()) else None
+    chosen_end = end_run = None
+    if end_ids is not None:
+        chosen_end = torch.isin(ids, end_ids)  # (N,)
+        end_run = contiguous_end_run(x, plan.query, chosen_end, end_ids)  # (B, L)
+    kept = keep_reveals(
+        plan.query, plan.reveal_counts, rows.rule, rows.block_length, rows.threshold, rows.entropy_budget,
+        probs, entropy, end_run, chosen_end,
+    )  # fmt: skip
+    keep = kept | ~rows.ranked[row]  # (N,) random rows keep every candidate
     row, position, ids, probs = row[keep], position[keep], ids[keep], probs[keep]
     x = x.clone()
     x[row, position] = ids
     return Step(x, row, position, ids, probs, True)
 
 
+def _entropy(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """(N,) entropy in nats of the model's distribution at each candidate (the mask token excluded)."""
+    logits = logits.float().clone()
+    logits[:, mask_id] = -math.inf
+    log_probs = logits.log_softmax(dim=-1)
+    return -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(dim=-1)
+
+
 def denoise(
-    logits_fn: LogitsFn, x: torch.Tensor, rows: SamplerRows, mask_id: int
+    logits_fn: LogitsFn, x: torch.Tensor, rows: SamplerRows, mask_id: int, end_ids: torch.Tensor | None = None
 ) -> Iterator[tuple[torch.Tensor, Step]]:
     """Run every row's steps from `x` (B, L), yielding (steps done per row (B,), step) after each
     step; when the longest schedule ends no mask is left."""
@@ -261,6 +268,6 @@ def denoise(
     for _ in range(int(rows.steps.max())):
         plan = plan_step(x, index, rows, mask_id)
         logits = logits_fn(x, plan.query) if plan.query.any() else None
-        step = apply_step(x, index, plan, logits, rows, mask_id)
+        step = apply_step(x, index, plan, logits, rows, mask_id, end_ids)
         x, index = step.x, torch.minimum(index + 1, rows.steps)
         yield index, step

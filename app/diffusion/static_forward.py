@@ -60,7 +60,8 @@ class StaticShapeForward:
         self.compiled = compile
 
         def encode(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return encoder(input_ids=x, attention_mask=attention_mask).last_hidden_state  # (B, L, D)
+            hidden: torch.Tensor = encoder(input_ids=x, attention_mask=attention_mask).last_hidden_state
+            return hidden  # (B, L, D)
 
         mode = "reduce-overhead" if backend == "inductor" else None  # CUDA graphs come with inductor
         self._encode = torch.compile(encode, mode=mode, backend=backend, dynamic=False) if compile else encode
@@ -81,7 +82,7 @@ class StaticShapeForward:
         mask[:rows, :width] = 1 if attention_mask is None else attention_mask
         mask[rows:, 0] = 1  # padded rows attend to one position: no empty softmax, no NaN
         if self.compiled:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs are consumed
+            torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]  # outputs consumed
         hidden = self._encode(x_padded, mask)  # (Bp, Wp, D)
         return self.head(self.model, hidden[:rows, :width][query]).float()  # (N, V)
 

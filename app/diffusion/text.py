@@ -73,7 +73,9 @@ def _story_tokens(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> lis
 
 def decode_story(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> str:
     """The clean story text: everything before the first PAD/SEP, without special tokens."""
-    return clean_text(tokenizer.decode(_story_tokens(ids, tokenizer), skip_special_tokens=True))
+    text = tokenizer.decode(_story_tokens(ids, tokenizer), skip_special_tokens=True)
+    assert isinstance(text, str), "one sequence decodes to one string"
+    return clean_text(text)
 
 
 def render_draft(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, placeholder: str = MASK_PLACEHOLDER) -> str:
@@ -86,5 +88,6 @@ def render_draft(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, placeho
     tokens = _story_tokens(ids, tokenizer)
     special = set(tokenizer.all_special_ids) - {mask_id}
     pieces = tokenizer.convert_ids_to_tokens([t for t in tokens if t not in special])
+    assert isinstance(pieces, list), "a list of ids converts to a list of tokens"
     text = tokenizer.convert_tokens_to_string(pieces)
     return clean_text(text.replace(tokenizer.mask_token, f" {placeholder} "))

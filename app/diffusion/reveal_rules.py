@@ -1,0 +1,85 @@
+"""Which of a step's predictions the confidence-ranked rules keep: low_confidence, threshold, entropy_bound.
+
+Every rule ranks a row's candidates by the model's probability of the predicted token (earlier
+blocks first) and keeps a prefix of that ranking, at least the schedule's k so that `steps` bounds
+the number of forwards and no mask is left at the end:
+- `low_confidence` keeps exactly k (LLaDA);
+- `threshold` also keeps every candidate at least `confidence_threshold` likely (Fast-dLLM);
+- `entropy_bound` keeps the longest prefix whose summed entropy stays within `entropy_budget`
+  (EB-sampler, arXiv 2505.24857).
+
+The end of a story. A trained model is most sure of the padding after a story, so a rule that
+reveals whatever is confident fills the tail first and ends every story early. Under `threshold`
+and `entropy_bound` an end token (PAD, SEP, EOS) may therefore only be revealed as part of a
+contiguous run of end tokens reaching the end of the sequence, and a run is revealed from its right
+end: the story's end moves left only as far as the model is sure of every position after it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from app.diffusion.sampler_settings import Remasking
+
+RULE_CODES = {remasking: code for code, remasking in enumerate(Remasking)}
+"""Each remasking as the integer its rows carry on the device."""
+
+
+def block_index(length: int, block_length: torch.Tensor) -> torch.Tensor:
+    """(B, L) the block of each position; one block for rows without blocks (block_length 0)."""
+    width = torch.where(block_length > 0, block_length, length)  # (B,)
+    return torch.arange(length, device=block_length.device)[None, :] // width[:, None]
+
+
+def contiguous_end_run(
+    x: torch.Tensor, query: torch.Tensor, chosen_end: torch.Tensor, end_ids: torch.Tensor
+) -> torch.Tensor:
+    """(B, L) bool: positions from which every position to the end is an end token, revealed already
+    (or right padding) or predicted by this step."""
+    is_end = torch.isin(x, end_ids) | (query & chosen_end)  # (B, L)
+    return is_end.flip(1).cumprod(dim=1).flip(1).bool()
+
+
+def keep_reveals(
+    query: torch.Tensor,  # (B, L) bool: the step's candidates
+    counts: torch.Tensor,  # (B,) long: the schedule's k
+    rule: torch.Tensor,  # (B,) long: RULE_CODES of each row
+    block_length: torch.Tensor,  # (B,) long
+    threshold: torch.Tensor,  # (B,) float64
+    entropy_budget: torch.Tensor,  # (B,) float64
+    probs: torch.Tensor,  # (N,) the model's probability of each candidate's predicted token
+    entropy: torch.Tensor | None,  # (N,) entropy of each candidate's distribution; None: no entropy_bound row
+    end_run: torch.Tensor | None,  # (B, L) from `contiguous_end_run`; None: no end rule
+    chosen_end: torch.Tensor | None,  # (N,) bool: the predicted token ends a story
+) -> torch.Tensor:
+    """(N,) bool over the candidates of confidence-ranked rows: the ones each row's rule keeps."""
+    confidence = torch.full(query.shape, -math.inf, device=probs.device)  # (B, L)
+    confidence[query] = probs.float()
+    ineligible = torch.zeros_like(query)
+    if end_run is not None and chosen_end is not None:
+        guarded = (rule == RULE_CODES[Remasking.THRESHOLD]) | (rule == RULE_CODES[Remasking.ENTROPY_BOUND])  # (B,)
+        end_candidate = torch.zeros_like(query)
+        end_candidate[query] = chosen_end
+        in_run = end_candidate & end_run
+        # inside a run, the right end first: a kept part of the run is always a suffix of it
+        positions = torch.arange(query.shape[1], device=query.device) * 1e-7
+        run_confidence = confidence.masked_fill(~in_run, math.inf).flip(1).cummin(dim=1).values.flip(1)
+        confidence = torch.where(in_run & guarded[:, None], run_confidence + positions, confidence)
+        ineligible = end_candidate & ~end_run & guarded[:, None]
+    # probabilities lie in [0, 1]: 2 per block puts earlier blocks first, 4 puts ineligible ends last
+    key = confidence - 2.0 * block_index(query.shape[1], block_length) - 4.0 * ineligible
+    order = key.argsort(dim=1, descending=True, stable=True)  # (B, L)
+    ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, ranks)  # (B, L) rank of each position in its row
+    eligible = query & ~ineligible
+    above = (eligible & (confidence >= threshold[:, None].float())).sum(dim=1)  # (B,)
+    n = torch.where(rule == RULE_CODES[Remasking.THRESHOLD], torch.maximum(counts, above), counts)
+    if entropy is not None:
+        spent = torch.zeros(query.shape, dtype=torch.float64, device=probs.device)  # (B, L)
+        spent[query] = entropy.double()
+        within = (spent.gather(1, order).cumsum(dim=1) <= entropy_budget[:, None]) & eligible.gather(1, order)
+        affordable = within.cumprod(dim=1).sum(dim=1)  # (B,) the longest prefix within budget
+        n = torch.where(rule == RULE_CODES[Remasking.ENTROPY_BOUND], torch.maximum(counts, affordable), n)
+    return (rank < n[:, None])[query]
