@@ -17,7 +17,6 @@ import anyio
 from app.config import Settings
 from app.diffusion.checkpoint import Checkpoint, load_checkpoint
 from app.engine import Engine
-from app.engine.engine import WARMUP_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +89,12 @@ class ModelRuntime:
                 load_checkpoint, settings.model, settings.device, settings.dtype
             )
             loaded_s = time.perf_counter() - started
-            engine = Engine.from_checkpoint(checkpoint, max_batch=settings.max_batch, max_queue=settings.max_queue)
+            engine = Engine.from_checkpoint(
+                checkpoint, max_batch=settings.max_batch, max_queue=settings.max_queue, compile=settings.compile
+            )
             engine.start()
             try:
-                warmup_s = await anyio.to_thread.run_sync(engine.warm_up, min(WARMUP_LENGTH, checkpoint.max_positions))
+                warmup_s = await anyio.to_thread.run_sync(engine.warm_up)
             except BaseException:
                 await anyio.to_thread.run_sync(engine.stop)
                 raise

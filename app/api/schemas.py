@@ -136,6 +136,7 @@ class Info(BaseModel):
     model: str
     device: str
     dtype: str
+    forward: str = Field(description="How the model runs: eager, or compiled with CUDA graphs (--compile).")
     parameters: int
     max_length: int = Field(description="The longest `length` a request may ask for: the model's positions.")
     mask_placeholder: str

@@ -86,6 +86,7 @@ def describe(serving: Serving) -> Info:
         model=checkpoint.source,
         device=str(checkpoint.device),
         dtype=str(checkpoint.dtype).removeprefix("torch."),
+        forward=engine.forward_name,
         parameters=checkpoint.num_parameters,
         max_length=checkpoint.max_positions,
         mask_placeholder=MASK_PLACEHOLDER,

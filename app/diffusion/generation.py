@@ -14,8 +14,8 @@ from transformers import PreTrainedModel
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.logits import logits_at
 from app.diffusion.sampler_settings import SamplerSettings
-from app.diffusion.sampling import SamplerRows, Step, denoise, initial_tokens
-from app.diffusion.text import prompt_ids
+from app.diffusion.sampling import Pinned, SamplerRows, Step, denoise, initial_tokens
+from app.diffusion.text import end_token_ids, prompt_ids
 
 
 def sample(
@@ -25,6 +25,8 @@ def sample(
     seeds: Sequence[int],
     length: int,
     prefixes: Sequence[Sequence[int]] | None = None,
+    pinned: Sequence[Pinned] | None = None,
+    end_ids: Sequence[int] = (),
 ) -> Iterator[tuple[int, Step]]:
     """Denoise one sequence per seed in one batch, yielding (steps done, step) after every step.
 
@@ -35,12 +37,16 @@ def sample(
         seeds: one per sequence; a seed gives the same sequence in any batch.
         length: tokens per sequence, prefix included.
         prefixes: fixed leading token ids per sequence (prompts); None: all masked.
+        pinned: (position, token) pairs fixed per sequence besides its prefix (an ending, blanks' neighbours).
+        end_ids: tokens that end a story (`text.end_token_ids`), for the rules that guard the story's end.
     """
     device = next(model.parameters()).device
     prefixes = prefixes if prefixes is not None else [()] * len(seeds)
-    x = torch.stack([initial_tokens(prefix, length, mask_id, device) for prefix in prefixes])  # (B, L)
+    pinned = pinned if pinned is not None else [()] * len(seeds)
+    x = torch.stack([initial_tokens(p, length, mask_id, device, q) for p, q in zip(prefixes, pinned, strict=True)])
     rows = SamplerRows.build([settings] * len(seeds), seeds, device)
-    for index, step in denoise(lambda x_t, query: logits_at(model, x_t, query), x, rows, mask_id):
+    ends = torch.tensor(sorted(end_ids), dtype=torch.long, device=device) if end_ids else None
+    for index, step in denoise(lambda x_t, query: logits_at(model, x_t, query), x, rows, mask_id, ends):
         yield int(index[0]), step
 
 
@@ -52,4 +58,5 @@ def story_steps(
     if length > ckpt.max_positions:
         raise ValueError(f"length {length} is above the model's {ckpt.max_positions} positions")
     prefix = prompt_ids(ckpt.tokenizer, prompt)
-    yield from sample(ckpt.model, ckpt.mask_id, settings, [seed], length, [prefix])
+    ends = sorted(end_token_ids(ckpt.tokenizer))
+    yield from sample(ckpt.model, ckpt.mask_id, settings, [seed], length, [prefix], end_ids=ends)

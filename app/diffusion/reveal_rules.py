@@ -33,12 +33,10 @@ def block_index(length: int, block_length: torch.Tensor) -> torch.Tensor:
     return torch.arange(length, device=block_length.device)[None, :] // width[:, None]
 
 
-def contiguous_end_run(
-    x: torch.Tensor, query: torch.Tensor, chosen_end: torch.Tensor, end_ids: torch.Tensor
-) -> torch.Tensor:
+def contiguous_end_run(x: torch.Tensor, end_candidate: torch.Tensor, end_ids: torch.Tensor) -> torch.Tensor:
     """(B, L) bool: positions from which every position to the end is an end token, revealed already
-    (or right padding) or predicted by this step."""
-    is_end = torch.isin(x, end_ids) | (query & chosen_end)  # (B, L)
+    (or right padding) or predicted by this step (`end_candidate`, (B, L))."""
+    is_end = torch.isin(x, end_ids) | end_candidate  # (B, L)
     return is_end.flip(1).cumprod(dim=1).flip(1).bool()
 
 
@@ -52,16 +50,14 @@ def keep_reveals(
     probs: torch.Tensor,  # (N,) the model's probability of each candidate's predicted token
     entropy: torch.Tensor | None,  # (N,) entropy of each candidate's distribution; None: no entropy_bound row
     end_run: torch.Tensor | None,  # (B, L) from `contiguous_end_run`; None: no end rule
-    chosen_end: torch.Tensor | None,  # (N,) bool: the predicted token ends a story
+    end_candidate: torch.Tensor | None,  # (B, L) bool: candidates whose predicted token ends a story
 ) -> torch.Tensor:
     """(N,) bool over the candidates of confidence-ranked rows: the ones each row's rule keeps."""
     confidence = torch.full(query.shape, -math.inf, device=probs.device)  # (B, L)
     confidence[query] = probs.float()
     ineligible = torch.zeros_like(query)
-    if end_run is not None and chosen_end is not None:
+    if end_run is not None and end_candidate is not None:
         guarded = (rule == RULE_CODES[Remasking.THRESHOLD]) | (rule == RULE_CODES[Remasking.ENTROPY_BOUND])  # (B,)
-        end_candidate = torch.zeros_like(query)
-        end_candidate[query] = chosen_end
         in_run = end_candidate & end_run
         # inside a run, the right end first: a kept part of the run is always a suffix of it
         positions = torch.arange(query.shape[1], device=query.device) * 1e-7

@@ -34,6 +34,9 @@ from app.diffusion.randomness import Purpose, uniform
 from app.diffusion.reveal_rules import RULE_CODES, block_index, contiguous_end_run, keep_reveals
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 
+Pinned = tuple[tuple[int, int], ...]
+"""(position, token id) pairs fixed in a sequence besides its prefix; never masked, never changed."""
+
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(x (B, L), query (B, L) bool) -> float logits (N, V) at the query positions, row-major."""
 
@@ -113,13 +116,15 @@ def step_times(index: int, num_steps: int) -> tuple[float, float]:
 
 
 def initial_tokens(
-    prefix: Sequence[int], length: int, mask_id: int, device: torch.device | str = "cpu"
+    prefix: Sequence[int], length: int, mask_id: int, device: torch.device | str = "cpu", pinned: Pinned = ()
 ) -> torch.Tensor:
-    """(length,) ids: the fixed prefix (a prompt) followed by masks."""
+    """(length,) ids: the fixed prefix (a prompt) followed by masks, with `pinned` tokens in place."""
     if len(prefix) > length:
         raise ValueError(f"the prompt takes {len(prefix)} tokens, more than the length {length}")
     x = torch.full((length,), mask_id, dtype=torch.long, device=device)
     x[: len(prefix)] = torch.tensor(list(prefix), dtype=torch.long, device=device)
+    for position, token in pinned:
+        x[position] = token
     return x
 
 
@@ -236,13 +241,14 @@ def apply_step(
     ids, probs = choose_tokens(logits, rows.temperature[row], rows.top_k[row], rows.top_p[row], u, mask_id)
     by_entropy = rows.rule[row] == RULE_CODES[Remasking.ENTROPY_BOUND]  # (N,)
     entropy = _entropy(logits, mask_id) if bool(by_entropy.any()) else None
-    chosen_end = end_run = None
+    end_candidate = end_run = None
     if end_ids is not None:
-        chosen_end = torch.isin(ids, end_ids)  # (N,)
-        end_run = contiguous_end_run(x, plan.query, chosen_end, end_ids)  # (B, L)
+        end_candidate = torch.zeros_like(plan.query)  # (B, L)
+        end_candidate[plan.query] = torch.isin(ids, end_ids)
+        end_run = contiguous_end_run(x, end_candidate, end_ids)  # (B, L)
     kept = keep_reveals(
         plan.query, plan.reveal_counts, rows.rule, rows.block_length, rows.threshold, rows.entropy_budget,
-        probs, entropy, end_run, chosen_end,
+        probs, entropy, end_run, end_candidate,
     )  # fmt: skip
     keep = kept | ~rows.ranked[row]  # (N,) random rows keep every candidate
     row, position, ids, probs = row[keep], position[keep], ids[keep], probs[keep]

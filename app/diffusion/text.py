@@ -54,9 +54,14 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | None) -> list[i
     return list(ids)
 
 
+def end_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The tokens that end a story: PAD, SEP and EOS, those the tokenizer has."""
+    return {int(t) for t in (tokenizer.pad_token_id, tokenizer.sep_token_id, tokenizer.eos_token_id) if t is not None}
+
+
 def story_end(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> int:
     """Index of the first PAD / SEP / EOS: where the model says the story ends (len if none)."""
-    enders = {tokenizer.pad_token_id, tokenizer.sep_token_id, tokenizer.eos_token_id} - {None}
+    enders = end_token_ids(tokenizer)
     for i, token in enumerate(ids):
         if token in enders and not (i == 0 and token == tokenizer.bos_token_id):
             return i

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from app.diffusion.sampler_settings import SamplerSettings
-from app.diffusion.sampling import SamplerRows, StepPlan, apply_step, initial_tokens, plan_step
+from app.diffusion.sampling import Pinned, SamplerRows, StepPlan, apply_step, initial_tokens, plan_step
 from app.engine.forward_plan import ONE_PASS, BatchForward, group_by_length
 
 
@@ -30,6 +30,7 @@ class NewRow:
     settings: SamplerSettings
     seed: int
     stream_every: int | None  # publish every k-th step (and the last); None: only the end
+    pinned: Pinned = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class RowResult:
 
     reveals: list[tuple[int, int, float]]  # (position, token id, probability); streaming rows only
     ids: list[int] | None  # the row's tokens after the step, when asked for
+    queried: bool  # the model ran for this row in this step
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,9 @@ class AdvanceResult:
 class RunningBatch:
     """Device tensors of the active rows, in the order the engine keeps its sequences."""
 
-    def __init__(self, mask_id: int, pad_id: int, device: torch.device) -> None:
+    def __init__(self, mask_id: int, pad_id: int, device: torch.device, end_ids: Sequence[int] = ()) -> None:
         self.mask_id, self.pad_id, self.device = mask_id, pad_id, device
+        self.end_ids = torch.tensor(sorted({*end_ids, pad_id}), dtype=torch.long, device=device)  # PAD, SEP, EOS
         self.x = torch.empty((0, 0), dtype=torch.long, device=device)  # (B, W)
         self.index = torch.empty(0, dtype=torch.long, device=device)  # (B,) steps done
         self.stream_every = torch.empty(0, dtype=torch.long, device=device)  # (B,) 0: not streaming
@@ -72,7 +75,7 @@ class RunningBatch:
         width = max([*self.lengths, *(row.length for row in new)])
         fresh = torch.full((len(new), width), self.pad_id, dtype=torch.long, device=self.device)  # (b, W)
         for i, row in enumerate(new):
-            fresh[i, : row.length] = initial_tokens(row.prefix, row.length, self.mask_id, self.device)
+            fresh[i, : row.length] = initial_tokens(row.prefix, row.length, self.mask_id, self.device, row.pinned)
         self.x = torch.cat([self._widened(width), fresh])
         self.index = torch.cat([self.index, torch.zeros(len(new), dtype=torch.long, device=self.device)])
         every = torch.tensor([row.stream_every or 0 for row in new], dtype=torch.long, device=self.device)
@@ -101,7 +104,7 @@ class RunningBatch:
         the batch is as it was, so the step can be retried on fewer rows."""
         plan = self.plan if self.plan is not None else plan_step(self.x, self.index, self.rows, self.mask_id)
         logits, pass_sizes = self._logits(forward, plan)
-        step = apply_step(self.x, self.index, plan, logits, self.rows, self.mask_id)
+        step = apply_step(self.x, self.index, plan, logits, self.rows, self.mask_id, self.end_ids)
         index = self.index + 1
         next_plan = plan_step(step.x, index, self.rows, self.mask_id)
         streamed = self.stream_every[step.rows] > 0  # (N,) reveals that someone reads
@@ -112,6 +115,7 @@ class RunningBatch:
                 streamed.sum().to(torch.float64).reshape(1),
                 next_plan.query.any(dim=1).to(torch.float64),
                 wanted.to(torch.float64),
+                plan.query.any(dim=1).to(torch.float64),
                 *(t[streamed].to(torch.float64) for t in (step.rows, step.positions, step.token_ids, step.probs)),
                 step.x[wanted].flatten().to(torch.float64),
             ]
@@ -123,6 +127,7 @@ class RunningBatch:
     def subset(self, rows: Sequence[int]) -> RunningBatch:
         """A separate batch holding copies of `rows`: to try a step on them without touching this one."""
         part = RunningBatch(self.mask_id, self.pad_id, self.device)
+        part.end_ids = self.end_ids
         index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
         part.lengths = [self.lengths[i] for i in rows]
         part.needs_model = [self.needs_model[i] for i in rows]
@@ -138,9 +143,9 @@ class RunningBatch:
     def _unpack(self, payload: torch.Tensor) -> tuple[list[RowResult], list[bool]]:
         """Per-row results from the copied payload, and which rows need the model next."""
         batch, n = len(self.lengths), int(payload[0])
-        flags = payload[1 : 1 + 2 * batch].bool().tolist()
-        needs_model, want_ids = flags[:batch], flags[batch:]
-        start = 1 + 2 * batch
+        flags = payload[1 : 1 + 3 * batch].bool().tolist()
+        needs_model, want_ids, queried = flags[:batch], flags[batch : 2 * batch], flags[2 * batch :]
+        start = 1 + 3 * batch
         rows, positions, ids = payload[start : start + 3 * n].long().view(3, n).tolist()
         probs = payload[start + 3 * n : start + 4 * n].tolist()
         reveals: list[list[tuple[int, int, float]]] = [[] for _ in range(batch)]
@@ -149,7 +154,7 @@ class RunningBatch:
         tokens = payload[start + 4 * n :].long().view(-1, self.x.shape[1]).tolist()  # (wanted rows, W)
         wanted_rows = iter(tokens)
         results = [
-            RowResult(reveals[i], next(wanted_rows)[: self.lengths[i]] if wanted else None)
+            RowResult(reveals[i], next(wanted_rows)[: self.lengths[i]] if wanted else None, queried[i])
             for i, wanted in enumerate(want_ids)
         ]
         return results, needs_model

@@ -17,13 +17,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
+from app.diffusion.text import end_token_ids
 from app.engine.batch import NewRow, RowResult, RunningBatch
 from app.engine.forward_plan import BatchForward, ForwardCost
 from app.engine.model_forward import CheckpointForward
@@ -55,6 +56,7 @@ class _Sequence:
     handle: RequestHandle
     index: int = 0  # steps done
     unsent: tuple[Reveal, ...] = ()  # reveals since the last published step
+    forwards: int = 0  # steps in which the model ran for it
     done: bool = False
 
 
@@ -72,6 +74,7 @@ class Engine:
         max_queue: int = 64,
         typical_length: int = 256,
         on_failure: Callable[[str], None] | None = None,
+        end_ids: Sequence[int] = (),
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"need max_batch >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
@@ -86,7 +89,7 @@ class Engine:
         self._accepting = False
         self._stopping = False
         self._active: list[_Sequence] = []  # engine thread only, in the order of the batch's rows
-        self._batch = RunningBatch(mask_id, pad_id, self.device)  # engine thread only
+        self._batch = RunningBatch(mask_id, pad_id, self.device, end_ids)  # engine thread only
         self.typical_length = typical_length  # the width `warm_up` measures the forward's cost at
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # why the engine thread died, if it did
@@ -107,6 +110,7 @@ class Engine:
             max_batch=max_batch,
             max_queue=max_queue,
             typical_length=checkpoint.config.seq_len,
+            end_ids=sorted(end_token_ids(checkpoint.tokenizer)),
         )
 
     def warm_up(self, length: int = WARMUP_LENGTH, timeout_s: float = 600.0) -> float:
@@ -114,6 +118,7 @@ class Engine:
         engine, so that the first client pays for no lazy initialisation, then measure the forward's
         cost model; blocks, returns the seconds it took, raises RuntimeError if it failed."""
         started = time.perf_counter()
+        length = min(length, self.typical_length)  # a model with fewer positions than the default
         if isinstance(self._forward, CheckpointForward):
             self._forward.prepare(self.max_batch, self.typical_length)
         ended = threading.Event()
@@ -218,8 +223,8 @@ class Engine:
                 self._accepting = False
                 waiting, self._waiting = list(self._waiting), deque()
             for handle in waiting:
-                self._publish(handle, ending)
                 self.stats.count("failed")
+                self._publish(handle, ending)
             self._release(len(waiting))
             self.stats.occupancy(0, 0)
             if self.failure is not None and self._on_failure is not None:
@@ -243,7 +248,10 @@ class Engine:
 
     def _admit(self, handles: list[RequestHandle]) -> None:
         """Add requests to the running batch, as rows at its end; a request that cannot join fails alone."""
-        rows = [NewRow(h.spec.prefix, h.spec.length, h.spec.sampler, h.spec.seed, h.spec.stream_every) for h in handles]
+        rows = [
+            NewRow(h.spec.prefix, h.spec.length, h.spec.sampler, h.spec.seed, h.spec.stream_every, h.spec.pinned)
+            for h in handles
+        ]
         try:
             self._batch.add(rows)
             joined = handles
@@ -255,8 +263,8 @@ class Engine:
                     joined.append(handle)
                 except Exception:
                     log.exception("request %d could not join the batch; failing it", handle.id)
-                    self._publish(handle, Failed("internal", "the request could not be started"))
                     self.stats.count("failed")
+                    self._publish(handle, Failed("internal", "the request could not be started"))
                     self._release()
         self._active += [_Sequence(handle) for handle in joined]
 
@@ -325,8 +333,8 @@ class Engine:
                 log.error("request %d fails alone (%s: %s); failing it", seq.handle.id, type(err).__name__, err)
                 culprits.append(i)
         for i in culprits:
-            self._publish(self._active[i].handle, Failed("internal", "the model failed on this request"))
             self.stats.count("failed")
+            self._publish(self._active[i].handle, Failed("internal", "the model failed on this request"))
         self._release(len(culprits))
         self._keep([i not in culprits for i in range(len(self._active))])
         return bool(culprits)
@@ -334,6 +342,7 @@ class Engine:
     def _record(self, seq: _Sequence, row: RowResult) -> None:
         """Count the step; publish per `stream_every`, and the outcome after the last step."""
         seq.index += 1
+        seq.forwards += row.queried
         spec = seq.handle.spec
         num_steps = spec.sampler.steps
         if spec.stream_every is not None:
@@ -346,15 +355,15 @@ class Engine:
             assert row.ids is not None, "the last step always returns the tokens"
             seq.done = True
             elapsed = time.monotonic() - seq.handle.submitted
-            self._publish(seq.handle, Finished(tuple(row.ids), num_steps, elapsed))
-            self.stats.completed(elapsed)
+            self.stats.completed(elapsed)  # counted before the client hears, so /metrics never lags it
+            self._publish(seq.handle, Finished(tuple(row.ids), num_steps, elapsed, seq.forwards))
             self._release()
 
     def _fail_active(self, failure: Failed, counter: str) -> None:
         unfinished = [seq for seq in self._active if not seq.done]  # finished ones were released
         for seq in unfinished:
+            self.stats.count(counter)  # counters first: a client that got its answer sees it counted
             self._publish(seq.handle, failure)
-            self.stats.count(counter)
         self._release(len(unfinished))
         self._keep([False] * len(self._active))
 

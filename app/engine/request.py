@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from app.diffusion.sampler_settings import SamplerSettings
+from app.diffusion.sampling import Pinned
 
 
 class EngineError(RuntimeError):
@@ -26,13 +27,14 @@ class EngineStopped(EngineError):
 
 @dataclass(frozen=True)
 class GenerationSpec:
-    """One story to denoise: fixed prefix, total length, sampler and seed."""
+    """One story to denoise: fixed prefix, total length, sampler and seed, and tokens pinned anywhere."""
 
     prefix: tuple[int, ...]
     length: int
     sampler: SamplerSettings
     seed: int
     stream_every: int | None = None  # publish every k-th step (and the last); None: only the outcome
+    pinned: Pinned = ()  # (position, token) fixed after the prefix: an ending, text between blanks
 
     def __post_init__(self) -> None:
         if not self.length >= 1:
@@ -41,6 +43,9 @@ class GenerationSpec:
             raise ValueError(f"the prefix takes {len(self.prefix)} tokens, more than the length {self.length}")
         if self.stream_every is not None and self.stream_every < 1:
             raise ValueError(f"stream_every must be at least 1, got {self.stream_every}")
+        outside = [pos for pos, _ in self.pinned if not len(self.prefix) <= pos < self.length]
+        if outside:
+            raise ValueError(f"pinned positions {outside} lie outside {len(self.prefix)}..{self.length - 1}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Finished:
     ids: tuple[int, ...]
     num_steps: int
     elapsed_s: float  # from submission to the last step, queueing included
+    forwards: int = 0  # steps in which the model ran for this request (the others revealed nothing)
 
 
 FailureReason = Literal["timeout", "shutdown", "internal"]
