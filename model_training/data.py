@@ -87,13 +87,7 @@ def load_local(files: list[str], text_field: str) -> Dataset:
         docs = datasets.load_dataset("text", data_files=data_files, sample_by="document", split="train")
         return docs.map(_split_stories, batched=True, remove_columns=docs.column_names)
     ds = datasets.load_dataset(builder, data_files=data_files, split="train")
-    if text_field not in ds.column_names:
-        raise TrainingInputError(f"{files[0]!r} has no {text_field!r} column (it has {ds.column_names})")
-    return (
-        ds.select_columns([text_field]).rename_column(text_field, "text")
-        if text_field != "text"
-        else ds.select_columns(["text"])
-    )
+    return _text_column(ds, text_field, repr(files[0]))
 
 
 def load_hub(dataset_id: str, config_name: str | None, split: str, text_field: str) -> Dataset:
@@ -106,13 +100,15 @@ def load_hub(dataset_id: str, config_name: str | None, split: str, text_field: s
         raise TrainingInputError(
             f"dataset {dataset_id!r} (split {split!r}) is not a local file and {why}: {first[:200]}"
         ) from None
+    return _text_column(ds, text_field, f"dataset {dataset_id!r}")
+
+
+def _text_column(ds: Dataset, text_field: str, source: str) -> Dataset:
+    """`ds` reduced to its `text_field` column, named `text`; a clear error when it has none."""
     if text_field not in ds.column_names:
-        raise TrainingInputError(f"dataset {dataset_id!r} has no {text_field!r} column (it has {ds.column_names})")
-    return (
-        ds.select_columns([text_field]).rename_column(text_field, "text")
-        if text_field != "text"
-        else ds.select_columns(["text"])
-    )
+        raise TrainingInputError(f"{source} has no {text_field!r} column (it has {ds.column_names})")
+    kept = ds.select_columns([text_field])
+    return kept.rename_column(text_field, "text") if text_field != "text" else kept
 
 
 def _hub_split(cfg: TrainConfig, split: str) -> Callable[[], Dataset]:
