@@ -11,11 +11,20 @@ import asyncio
 import logging
 import math
 import sys
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from app.config import Settings
 from app.flags import add_field_flags, error_line, flag_name, given_fields
+from app.logging_setup import configure_logging
+from app.port_check import bind_error
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.types import ASGIApp
+
+    from app.api.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +39,37 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**given_fields(args, Settings.model_fields))
 
 
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """uvicorn's settings for `app`: one worker, and the connection limits of docs/operations.md."""
+    import uvicorn
+
+    from app.api.connections import header_deadline_protocol
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level=settings.log_level,
+        log_config=None,  # uvicorn's records go through storydiff's logging (app/logging_setup.py)
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
+        http=header_deadline_protocol(settings.header_timeout),  # h11: headers bounded in size and in time
+        h11_max_incomplete_event_size=settings.max_header_size,
+        ws="none",  # no websocket routes: an upgrade request is served as plain HTTP
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_timeout,
+    )
+
+
 async def serve(settings: Settings) -> int:
-    """Serve until a signal stops the server (0) or the model fails to load (1)."""
+    """Serve until a signal stops the server (0), or the model fails to load or the engine dies (1)."""
     import uvicorn
 
     from app.api import create_app
-    from app.api.runtime import ModelRuntime
 
     app = create_app(settings)
     runtime: ModelRuntime = app.state.runtime
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            workers=1,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(app, settings))
     serving = asyncio.ensure_future(server.serve())
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
@@ -61,8 +82,44 @@ async def serve(settings: Settings) -> int:
         server.should_exit = True
         await serving
         return 1
+    if settled.done():
+        announce_ready(server, settings)
+    if settings.exit_on_engine_failure_after and await _engine_died(serving, runtime):
+        await asyncio.wait({serving}, timeout=settings.exit_on_engine_failure_after)  # /ready says why meanwhile
+        server.should_exit = True
+        await serving
+        return 1
     await serving
     return 0
+
+
+async def _engine_died(serving: asyncio.Future[None], runtime: ModelRuntime) -> bool:
+    """Wait until the server stops (False) or the engine thread dies (True, logged)."""
+    died = asyncio.ensure_future(runtime.wait_engine_failed())
+    either: set[asyncio.Future[Any]] = {serving, died}
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    if not died.done():
+        died.cancel()
+        return False
+    log.critical(
+        "%s; exiting in %gs (exit_on_engine_failure_after) for a supervisor to restart the server",
+        died.result(),
+        runtime.settings.exit_on_engine_failure_after,
+    )
+    return True
+
+
+def announce_ready(server: uvicorn.Server, settings: Settings) -> None:
+    """One line saying where the page and the API docs are, with the port bound (`--port 0` picks one):
+    printed, or a log record when logs are JSON (one object a line)."""
+    port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 address
+    url = f"http://{host}:{port}/"
+    line = f"storydiff ready: {url} (API docs: {url}docs)"
+    if settings.log_format == "json":
+        log.info(line, extra={"event": "ready", "url": url, "docs_url": f"{url}docs"})
+    else:
+        print(line, flush=True)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -72,11 +129,17 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValidationError as err:
         print(f"storydiff serve: error: {error_line(err, _flag_or_variable)}", file=sys.stderr)
         return 2
+    if (busy := bind_error(settings.host, settings.port)) is not None:  # before loading anything
+        where = "--host/--port or STORYDIFF_HOST/STORYDIFF_PORT"
+        print(f"storydiff serve: error: {busy}; choose where with {where}", file=sys.stderr)
+        return 1
     import torch
     from transformers.utils import logging as transformers_logging
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     transformers_logging.disable_progress_bar()  # a progress bar is noise in a service log
+    transformers_logging.disable_default_handler()  # its records go through ours, in --log-format
+    transformers_logging.enable_propagation()
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)  # process-wide, so set by the process owner only
     try:

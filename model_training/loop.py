@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +51,22 @@ class Summary:
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """An Accelerator for `cfg`: precision, accumulation, seedable shuffling, tensorboard when installed."""
     use_tb = cfg.log_with == "tensorboard" or (cfg.log_with == "auto" and importlib.util.find_spec("tensorboard"))
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with="tensorboard" if use_tb else None,
         project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(Path(cfg.output) / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:  # each process would train alone on all the data
+        from model_training.errors import TrainingInputError
+
+        raise TrainingInputError(
+            f"{launched} processes were launched but accelerate sees one (no distributed backend); "
+            "on CPUs launch with an accelerate config that sets use_cpu (model_training/accelerate/ddp-cpu.yaml)"
+        )
+    return accelerator
 
 
 def mask_generator(cfg: TrainConfig, accelerator: Accelerator, step: int, micro: int) -> torch.Generator:
@@ -222,6 +232,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         losses: list[torch.Tensor] = []
+        postfix = self.bound_postfix() if progress.best_nats is not None else {}  # a resumed run's best
         micro, start, window_start, window_steps = (
             0,
             time.perf_counter() - progress.wall_seconds,
@@ -244,7 +255,8 @@ class Trainer:
                 tok_s = window_steps * self.tokens_per_step / (time.perf_counter() - window_start)
                 lr = self.scheduler.get_last_lr()[0]
                 self.loss_history.append((progress.step, loss))
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                postfix |= {"loss": f"{loss:.3f}", "lr": f"{lr:.2e}", "tok_s": f"{tok_s:,.0f}"}
+                bar.set_postfix(postfix)
                 acc.log(
                     {
                         "train/loss": loss,
@@ -257,12 +269,19 @@ class Trainer:
                 losses, window_start, window_steps = [], time.perf_counter(), 0
             if progress.step % cfg.eval_every == 0 and progress.step < self.total_steps:
                 self.keep_if_best(*self.evaluate())  # before saving: the state records the best so far
+                postfix |= self.bound_postfix()
+                bar.set_postfix(postfix)
             if progress.step % cfg.save_every == 0 and progress.step < self.total_steps:
                 save_state(acc, Path(cfg.output), progress, cfg.keep_last)
             if progress.step >= self.total_steps:
                 break
         bar.close()
         return self.finish(start)
+
+    def bound_postfix(self) -> dict[str, str]:
+        """The progress bar's validation fields (nats/position): the latest bound and the best so far."""
+        latest = f"{self.evaluations[-1][1]:.4f}" if self.evaluations else "-"
+        return {"val": latest, "best": f"{self.progress.best_nats:.4f}"}
 
     def training_record(self, result: EvalResult) -> dict:
         """Provenance and metrics of the weights as they are now, for diffusion_config.json and the card."""

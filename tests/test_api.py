@@ -78,8 +78,9 @@ async def test_generate_json_with_defaults(client):
     response = await client.post("/generate", json={})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"text", "seed", "steps", "length", "tokens", "elapsed_s", "model"}
-    assert body["length"] == TINY_SEQ_LEN == len(body["tokens"])
+    assert set(body) == {"text", "seed", "steps", "length", "tokens", "elapsed_s", "model", "request_id"}
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    assert body["length"] == TINY_SEQ_LEN >= len(body["tokens"])  # the PAD tail is left out
     assert body["steps"] == TINY_SEQ_LEN  # no sampler.num_steps in the checkpoint: one step per token
     assert isinstance(body["seed"], int) and body["elapsed_s"] >= 0
     info = (await client.get("/info")).json()
@@ -202,7 +203,17 @@ def test_the_request_schema_has_the_declared_sampler_fields_and_bounds():
 
     request = create_app(Settings(model="unused")).openapi()["components"]["schemas"]["GenerateRequest"]
     declared = SamplerSettings.model_json_schema(ref_template="#/components/schemas/{model}")["properties"]
-    assert set(request["properties"]) == set(declared) | {"prompt", "length", "seed", "stream", "stream_every"}
+    assert set(request["properties"]) == set(declared) | {
+        "prompt",
+        "ending",
+        "segments",
+        "edit",
+        "length",
+        "seed",
+        "stream",
+        "stream_every",
+        "stream_format",
+    }
     for name, prop in declared.items():
         assert bounds(request["properties"][name]) == bounds(prop), name
         assert "default" not in request["properties"][name]  # absent is not null: the default comes from below
@@ -237,6 +248,7 @@ async def test_info_and_openapi(client):
         "block_length": None,
         "confidence_threshold": 0.9,
         "entropy_budget": 1.0,
+        "guard_endings": False,
     }
     assert info["engine"]["forward_calls"] >= 1 and info["version"]
     schema = (await client.get("/openapi.json")).json()
@@ -246,7 +258,7 @@ async def test_info_and_openapi(client):
     event = schema["paths"]["/generate"]["post"]["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]
     refs = [ref["$ref"] for ref in event["properties"]["data"]["contentSchema"]["oneOf"]]
     names = [ref.removeprefix("#/components/schemas/") for ref in refs]
-    assert names == ["StepEvent", "GenerateResponse", "ErrorEvent"]
+    assert names == ["StepEvent", "StepDelta", "GenerateResponse", "ErrorEvent"]
     assert all(name in schema["components"]["schemas"] for name in [*names, "Revealed"])
 
 
@@ -284,7 +296,8 @@ async def test_timeout_is_504_json(tiny_checkpoint_dir, monkeypatch):
         return original(model, x, query, attention_mask)
 
     monkeypatch.setattr(model_forward, "logits_at", slow_logits_at)
-    async with Service(settings_for(tiny_checkpoint_dir, timeout=0.3)) as client:
+    # refuse_over_timeout off: with it, the server refuses up front what cannot finish in 0.3 s
+    async with Service(settings_for(tiny_checkpoint_dir, timeout=0.3, refuse_over_timeout=False)) as client:
         response = await client.post("/generate", json={"length": 32, "steps": 32, "remasking": "low_confidence"})
         assert response.status_code == 504 and response.json()["error"] == "timeout"
 

@@ -46,6 +46,7 @@ def server(tiny_checkpoint_dir):
             port=0,
             max_batch=16,
             ping_interval=0.1,
+            resume_grace=0,  # a client that leaves cancels at once; tests/test_resume.py has the grace
             log_level="warning",
         )
         app = create_app(settings)

@@ -72,6 +72,11 @@ class LiveServer:
             time.sleep(0.05)
         return engine
 
+    def cut_connections(self) -> None:
+        """Reset every open TCP connection, as a network failure would: no goodbye on either side."""
+        for connection in list(self.server.server_state.connections):
+            connection.loop.call_soon_threadsafe(connection.transport.abort)
+
 
 @pytest.fixture(scope="module")
 def live(tiny_checkpoint_dir):
@@ -175,16 +180,17 @@ def test_the_page_loads_with_defaults_from_info(page, live):
 
 def test_generate_streams_every_step_then_shows_the_story(page, live):
     section = panel(page)
-    fill(section, prompt="Once upon a time", steps=120, remasking="low_confidence", seed=7)
+    # fewer steps than maskable positions: every step reveals something, so every replayed step has masks
+    fill(section, prompt="Once upon a time", steps=40, remasking="low_confidence", seed=7)
     record_step_counter(section)
     section.get_by_role("button", name="Generate").click()
     expect(section.locator("[data-ref=final]")).to_be_visible()
 
     seen = steps_seen(section)
-    intermediate = {step for step in seen if 1 < step < 120}
+    intermediate = {step for step in seen if 1 < step < 40}
     assert len(intermediate) >= 3, f"the counter jumped to the end: {seen}"
-    assert seen == sorted(seen) and seen[-1] == 120
-    expect(section.locator("[data-ref=step]")).to_have_text("120 / 120")
+    assert seen == sorted(seen) and seen[-1] == 40
+    expect(section.locator("[data-ref=step]")).to_have_text("40 / 40")
     expect(section.locator("[data-ref=seed]")).to_have_text("7")
     expect(section.locator("[data-ref=status]")).to_contain_text("Done")
     expect(section.locator(".cell.prompt")).to_have_text("Once upon a time")
@@ -194,13 +200,13 @@ def test_generate_streams_every_step_then_shows_the_story(page, live):
     # the scrubber steps back through the denoising, from all masked to the final draft
     scrubber = section.get_by_label(re.compile("Replay the denoising"))
     events = int(scrubber.get_attribute("max"))  # one per step event; a busy server merges steps
-    assert len(intermediate) + 1 <= events <= 120 and scrubber.input_value() == str(events)
+    assert len(intermediate) + 1 <= events <= 40 and scrubber.input_value() == str(events)
     scrubber.fill("0")
     prompt_positions = TINY_SEQ_LEN - section.locator(".cell.masked:visible").count()
     assert 1 < prompt_positions < 10  # [CLS] and the prompt's pieces
     scrubber.fill(str(events // 2))
     middle = int(section.locator("[data-ref=step]").inner_text().split("/")[0])
-    assert 0 < middle < 120
+    assert 0 < middle < 40
     assert 0 < section.locator(".cell.masked:visible").count() < TINY_SEQ_LEN - prompt_positions
     scrubber.focus()
     page.keyboard.press("End")
@@ -228,7 +234,7 @@ def test_the_replay_link_writes_the_same_story(page, live):
 def test_block_length_is_sent_and_kept_in_the_replay_link(page, live):
     settings = {"steps": 16, "remasking": "low_confidence", "temperature": 1.0, "seed": 9}
     section = panel(page)
-    fill(section, block_length=8, **settings)
+    fill(section, **settings, block_length=8)  # remasking first: block length is off under random
     section.get_by_role("button", name="Generate").click()
     expect(section.locator("[data-ref=final]")).to_be_visible()
     href = section.get_by_role("link", name="replay this story").get_attribute("href")
@@ -267,9 +273,50 @@ def test_stop_closes_the_stream_and_frees_the_server_slot(page, live):
     expect(page.locator("#engine")).to_have_attribute("data-active", "0")
 
 
+def test_a_dropped_connection_reconnects_and_the_story_completes(page, live, browser_context):
+    before = live.wait_idle()
+    section = panel(page)
+    settings = {"length": 24, "steps": 4096, "remasking": "low_confidence", "temperature": 1.0, "seed": 21}
+    fill(section, **settings)
+    record_step_counter(section)
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=step]")).to_have_text(re.compile(r"^([3-9]|\d\d+) / 4096$"))
+    browser_context.set_offline(True)  # the reconnections fail until the network is back
+    live.cut_connections()  # and the stream's connection dies mid-stream
+    status = section.locator("[data-ref=status]")
+    expect(status).to_contain_text("reconnecting… (attempt 2)")
+    browser_context.set_offline(False)  # the page retries at once when the browser is back online
+
+    expect(section.locator("[data-ref=final]")).to_be_visible()
+    expect(status).to_contain_text("Done")
+    expect(section.locator("[data-ref=step]")).to_have_text("4096 / 4096")
+    expect(section.locator(".cell.masked:visible")).to_have_count(0)
+    seen = steps_seen(section)
+    assert seen == sorted(seen), "the counter went back after the reconnection"
+    after = live.wait_idle()  # the server kept the story for the page to resume, and finished it
+    assert after["completed"] == before["completed"] + 1 and after["cancelled"] == before["cancelled"]
+    story = httpx.post(f"{live.url}/generate", json={**settings, "stream": False}, timeout=120).json()["text"]
+    assert section.locator("[data-ref=story]").inner_text().strip() == story.strip()
+
+
+def test_a_stream_the_server_dropped_is_not_retried_forever(page, live):
+    section = panel(page)
+    fill(section, length=24, steps=4096, remasking="low_confidence")
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=step]")).to_have_text(re.compile(r"^([3-9]|\d\d+) / 4096$"))
+    gone = {"detail": "no such stream: it was cancelled, never existed, or ended or lost its client more than 15 s ago"}
+    page.route("**/generate/*", lambda route: route.fulfill(status=404, json=gone))  # as after the grace
+    live.cut_connections()
+    status = section.locator("[data-ref=status]")
+    expect(status).to_contain_text("Lost the connection, and could not resume the story")
+    expect(status).to_contain_text("no such stream")
+    expect(section.get_by_role("button", name="Generate")).to_be_enabled()
+
+
 def test_bad_fields_show_the_servers_422_next_to_each_field(page, live):
     section = panel(page)
-    fill(section, steps=0, temperature=-1, block_length=0)  # min= attributes, but novalidate: the server decides
+    # min= attributes, but novalidate: the server decides (block length needs a confidence-ranked rule)
+    fill(section, steps=0, temperature=-1, remasking="low_confidence", block_length=0)
     section.get_by_role("button", name="Generate").click()
     steps_error = section.locator("[data-field=steps] .error")
     expect(steps_error).to_contain_text("greater than or equal to 1")
@@ -284,9 +331,9 @@ def test_bad_fields_show_the_servers_422_next_to_each_field(page, live):
 
     section.get_by_label("Steps").fill("4")  # typing clears the field's error
     expect(steps_error).to_be_empty()
-    fill(section, temperature=0, length=100, block_length="")  # under the schema's ceiling, over the model's 64
+    fill(section, temperature=0, length=100, block_length="")  # over the model's 64: the page says so itself
     section.get_by_role("button", name="Generate").click()
-    expect(section.locator("[data-field=length] .error")).to_contain_text("maximum positions")
+    expect(section.locator("[data-field=length] .error")).to_contain_text("from 1 to 64, this model's maximum length")
 
 
 def test_busy_and_lost_connections_show_messages(page):
@@ -356,6 +403,25 @@ def test_keyboard_and_phone_width(page):
     assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
     first, second = (panel(page, n).bounding_box() for n in (1, 2))
     assert second["y"] >= first["y"] + first["height"]  # stacked, not squeezed side by side
+
+
+def test_a_fast_preset_fills_the_form_and_the_page_shows_its_forwards(page, live):
+    fast = httpx.get(f"{live.url}/info").json()["presets"]["fast"]
+    section = panel(page)
+    section.get_by_label("Preset").select_option("fast")
+    assert section.get_by_label("Steps").input_value() == str(fast["steps"])
+    assert section.get_by_label("Remasking").input_value() == fast["remasking"]
+    fill(section, seed=4)
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=final]")).to_be_visible()
+
+    answer = httpx.post(f"{live.url}/generate", json={"preset": "fast", "seed": 4}, timeout=60).json()
+    assert section.locator("[data-ref=story]").inner_text().strip() == answer["text"].strip()
+    expect(section.locator("[data-ref=forwards]")).to_have_text(str(answer["forwards"]))
+    expect(section.locator("[data-ref=tokensPerForward]")).to_have_text(f"{answer['tokens_per_forward']:.2f}")
+    expect(section.locator("[data-ref=summary]")).to_contain_text(f"{answer['forwards']} forwards")
+    href = section.get_by_role("link", name="replay this story").get_attribute("href")
+    assert parse_qs(urlsplit(href).query)["preset"] == ["fast"]
 
 
 SSE_CASES = r"""

@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app import __version__
+from app.api.docs_pages import add_docs_pages
 from app.api.errors import add_exception_handlers
+from app.api.limits import BodyLimit
+from app.api.openai_routes import router as openai_router
 from app.api.openapi import add_event_schemas
+from app.api.request_ids import RequestIdMiddleware
 from app.api.routes import router
 from app.api.runtime import ModelRuntime
+from app.api.security import install_security, require_api_key
 from app.config import Settings
 
 
@@ -32,9 +37,19 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="Children's stories from a masked diffusion language model, streamed step by step.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc with self-hosted assets instead (add_docs_pages): no CDN
+        redoc_url=None,
     )
     app.state.runtime = runtime  # what the routes' dependencies read (app/api/deps.py)
-    app.include_router(router)
+    # Every route needs an API key where the server has any, unless security.OPEN_ROUTES names it.
+    app.include_router(router, dependencies=[Depends(require_api_key)])
+    app.include_router(openai_router, dependencies=[Depends(require_api_key)])
     add_exception_handlers(app, settings.retry_after)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_size, timeout_s=settings.body_timeout, refusals=runtime.refusals
+    )
+    install_security(app, settings)  # CORS, added last: outermost, so refusals carry its headers too
+    app.add_middleware(RequestIdMiddleware)  # outside even CORS: every answer and log line has the id
     add_event_schemas(app)
+    add_docs_pages(app)
     return app

@@ -21,7 +21,8 @@ from prometheus_client.registry import Collector
 
 from app import __version__
 from app.api.runtime import ModelRuntime, ModelState
-from app.engine.stats import FIELD_DOCS, OUTCOMES
+from app.api.security import model_name
+from app.engine.stats import FIELD_DOCS, OUTCOMES, Histogram
 
 
 class RuntimeCollector(Collector):
@@ -42,14 +43,27 @@ class RuntimeCollector(Collector):
             [],
             {
                 "version": __version__,
-                "model": loaded.checkpoint.source if loaded else str(runtime.settings.model),
+                "model": model_name(loaded.checkpoint.source if loaded else str(runtime.settings.model)),
                 "device": str(loaded.checkpoint.device) if loaded else "",
                 "dtype": str(loaded.checkpoint.dtype).removeprefix("torch.") if loaded else "",
             },
         )
         yield build
+        refused = CounterMetricFamily(
+            "storydiff_refused_requests",
+            "Requests refused before the engine saw them, by reason (413, 408, 401, 429 over the timeout).",
+            labels=["reason"],
+        )
+        for reason, n in runtime.refusals.snapshot().items():
+            refused.add_metric([reason], n)
+        yield refused
         if loaded is None:
             return
+        yield CounterMetricFamily(
+            "storydiff_engine_failures",
+            "1 once the engine thread died (/ready says why; the process exits after exit_on_engine_failure_after).",
+            value=0 if loaded.engine.failure is None else 1,
+        )
         engine = loaded.engine
         stats = engine.stats.snapshot()
         requests = CounterMetricFamily(
@@ -80,12 +94,28 @@ class RuntimeCollector(Collector):
             "storydiff_max_queue", "Queue places before requests get a 429.", value=engine.max_queue
         )
         durations = engine.stats.durations()
-        histogram = HistogramMetricFamily(
-            "storydiff_request_duration_seconds", "Completed requests, from submission to the last step."
+        yield _histogram(
+            "storydiff_request_duration_seconds",
+            "Completed requests, from submission to the last step.",
+            Histogram(durations.buckets, durations.count, durations.sum_s),
         )
-        buckets = [(repr(bound), n) for bound, n in durations.buckets.items()] + [("+Inf", durations.count)]
-        histogram.add_metric([], buckets, sum_value=durations.sum_s)
-        yield histogram
+        yield _histogram(
+            "storydiff_request_forwards",
+            "Completed requests by model forwards (steps that reveal nothing skip the model).",
+            engine.stats.forwards_per_request(),
+        )
+        yield _histogram(
+            "storydiff_request_tokens_per_forward",
+            "Completed requests by tokens written (prompt and pinned tokens excluded) per model forward.",
+            engine.stats.tokens_per_forward(),
+        )
+
+
+def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation)
+    buckets = [(repr(bound), n) for bound, n in histogram.buckets.items()] + [("+Inf", histogram.count)]
+    family.add_metric([], buckets, sum_value=histogram.sum)
+    return family
 
 
 def exposition(runtime: ModelRuntime) -> bytes:

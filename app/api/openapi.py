@@ -12,11 +12,11 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from app.api.schemas import ErrorEvent, GenerateResponse, StepEvent
+from app.api.schemas import ErrorEvent, GenerateResponse, StepDelta, StepEvent
 
 REF_TEMPLATE = "#/components/schemas/{model}"
-EVENT_MODELS: list[type[BaseModel]] = [StepEvent, GenerateResponse, ErrorEvent]
-"""The data of the `step`, `done` and `error` events."""
+EVENT_MODELS: list[type[BaseModel]] = [StepEvent, StepDelta, GenerateResponse, ErrorEvent]
+"""The data of the `step` (by `stream_format`: json, deltas), `done` and `error` events."""
 
 
 def schema_ref(model: type[BaseModel]) -> dict[str, str]:
@@ -26,8 +26,20 @@ def schema_ref(model: type[BaseModel]) -> dict[str, str]:
 STREAM_DESCRIPTION = (
     "With `stream: true` (or `Accept: text/event-stream` and no `stream` field): a stream of "
     "`step` events (one per `stream_every` steps and the last, data: StepEvent), then one `done` "
-    "event (data: GenerateResponse) or one `error` event (data: ErrorEvent). Every event has an "
-    "increasing `id`; `: ping` comments keep idle connections open."
+    "event (data: GenerateResponse) or one `error` event (data: ErrorEvent). `stream_format` chooses the "
+    "`step` events' data: a StepEvent (`json`, the default), a StepDelta without the draft (`deltas`), or "
+    "the draft alone as plain text (`text`). Every event has an "
+    "increasing `id`; `: ping` comments keep idle connections open. The `X-Stream-ID` header names the "
+    "stream for `GET /generate/{stream_id}` (resume after a dropped connection) and "
+    "`DELETE /generate/{stream_id}` (cancel)."
+)
+
+RESUME_DESCRIPTION = (
+    "The stream of a `POST /generate` whose connection dropped, for `resume_grace` seconds after its "
+    "client left or its story ended. The first event brings the client up to date: a `step` event "
+    "with only the reveals since `Last-Event-ID` when that is the stream's latest event, otherwise a "
+    "full frame (every reveal so far); then live steps and `done` or `error`, as in `POST /generate`. "
+    "Event ids go on from the stream's previous connection. A new connection ends the previous one."
 )
 
 SSE_ITEM_SCHEMA = {
@@ -35,9 +47,10 @@ SSE_ITEM_SCHEMA = {
     "required": ["event", "id", "data"],
     "properties": {
         "event": {"type": "string", "enum": ["step", "done", "error"]},
-        "id": {"type": "string", "description": "1, 2, 3, ... in the order sent."},
+        "id": {"type": "string", "description": "1, 2, 3, ... in the order sent, across a stream's connections."},
         "data": {
             "type": "string",
+            "description": "JSON, except a `step` event's with `stream_format: text`: the draft as plain text.",
             "contentMediaType": "application/json",
             "contentSchema": {"oneOf": [schema_ref(model) for model in EVENT_MODELS]},
         },
@@ -51,6 +64,17 @@ GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"description": "Every batch slot and queue place is taken; see Retry-After."},
     503: {"description": "The model is not loaded yet, or the server is shutting down."},
     504: {"model": ErrorEvent, "description": "The request ran past the server's timeout."},
+}
+
+
+RESUME_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {"itemSchema": SSE_ITEM_SCHEMA}},
+        "description": "The stream, from a frame that brings the client up to date.",
+    },
+    404: {"description": "No such stream: cancelled, never issued, or expired (`resume_grace`)."},
+    422: {"description": "A malformed stream id or `Last-Event-ID`."},
+    503: GENERATE_RESPONSES[503],
 }
 
 

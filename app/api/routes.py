@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Body, Header, Path, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from app.api.canvas_layout import CanvasLayout, canvas_layout
 from app.api.deps import RuntimeDep, ServingDep
 from app.api.metrics import exposition
-from app.api.openapi import GENERATE_RESPONSES, STREAM_DESCRIPTION
+from app.api.openapi import GENERATE_RESPONSES, RESUME_DESCRIPTION, RESUME_RESPONSES, STREAM_DESCRIPTION
+from app.api.resumable import STREAM_ID_PATTERN
 from app.api.schemas import GenerateRequest, GenerateResponse, Health, Info, Readiness
-from app.api.serving import describe, generate_response
+from app.api.serving import cancel_stream, describe, generate_response, resume_response
 from app.api.web import index_page, static_files
 
 router = APIRouter()
@@ -27,6 +29,46 @@ router = APIRouter()
 )
 async def generate(request: Request, body: Annotated[GenerateRequest, Body()], serving: ServingDep) -> Response:
     return await generate_response(body, request, serving)
+
+
+@router.post(
+    "/canvas",
+    response_model=CanvasLayout,
+    summary="Where a request's fixed text lies, without writing the story",
+    description="The same body and 422s as POST /generate; the answer is the sequence its story starts from "
+    "(docs/infilling.md). Streams carry only what the model reveals: this is the rest.",
+)
+async def canvas(body: Annotated[GenerateRequest, Body()], serving: ServingDep) -> CanvasLayout:
+    return canvas_layout(body, serving.checkpoint)
+
+
+StreamId = Annotated[str, Path(pattern=STREAM_ID_PATTERN, description="The stream's `X-Stream-ID` header.")]
+
+
+@router.get(
+    "/generate/{stream_id}",
+    summary="Resume a stream after a dropped connection",
+    description=RESUME_DESCRIPTION,
+    response_class=Response,
+    responses=RESUME_RESPONSES,
+)
+async def resume(
+    stream_id: StreamId,
+    serving: ServingDep,
+    last_event_id: Annotated[int | None, Header(ge=0, description="The `id` of the last event received.")] = None,
+) -> Response:
+    return resume_response(stream_id, last_event_id, serving)
+
+
+@router.delete(
+    "/generate/{stream_id}",
+    status_code=204,
+    summary="Cancel a stream's story now, freeing its batch slot",
+    response_class=Response,
+    responses={404: RESUME_RESPONSES[404]},
+)
+async def cancel(stream_id: StreamId, serving: ServingDep) -> Response:
+    return cancel_stream(stream_id, serving)
 
 
 @router.get("/health", response_model=Health, summary="The process is alive")

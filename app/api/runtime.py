@@ -7,6 +7,7 @@ only when the model is loaded, warmed up and the engine thread runs (503 until t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Literal
 
 import anyio
 
+from app.api.refusals import Refusals
+from app.api.resumable import StreamRegistry
 from app.config import Settings
 from app.diffusion.checkpoint import Checkpoint, load_checkpoint
 from app.engine import Engine
@@ -34,11 +37,12 @@ class ModelNotReady(RuntimeError):
 
 @dataclass(frozen=True)
 class Serving:
-    """A loaded checkpoint, the engine that serves it and the settings it runs under."""
+    """A loaded checkpoint, the engine that serves it, the settings it runs under, and its streams."""
 
     checkpoint: Checkpoint
     engine: Engine
     settings: Settings
+    streams: StreamRegistry
 
 
 class ModelRuntime:
@@ -51,6 +55,9 @@ class ModelRuntime:
         self._loader: asyncio.Task[None] | None = None
         self._settled: asyncio.Event | None = None
         self._stopped = False
+        self.refusals = Refusals()  # requests refused in front of the engine, for /metrics
+        self._engine_failed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def ready(self) -> bool:
@@ -58,7 +65,7 @@ class ModelRuntime:
 
     @property
     def state(self) -> ModelState:
-        if self.error is not None:
+        if self.error is not None or (self.loaded is not None and self.loaded.engine.failure is not None):
             return "failed"
         if self._stopped:
             return "stopped"
@@ -73,7 +80,8 @@ class ModelRuntime:
     def start(self) -> None:
         """Begin loading in the background; returns at once."""
         self._settled = asyncio.Event()
-        self._loader = asyncio.get_running_loop().create_task(self._load(self._settled), name="storydiff-load")
+        self._loop = asyncio.get_running_loop()
+        self._loader = self._loop.create_task(self._load(self._settled), name="storydiff-load")
 
     async def wait_settled(self) -> bool:
         """Wait until loading ended; True if the engine runs, False if loading failed."""
@@ -90,7 +98,11 @@ class ModelRuntime:
             )
             loaded_s = time.perf_counter() - started
             engine = Engine.from_checkpoint(
-                checkpoint, max_batch=settings.max_batch, max_queue=settings.max_queue, compile=settings.compile
+                checkpoint,
+                max_batch=settings.max_batch,
+                max_queue=settings.max_queue,
+                compile=settings.compile,
+                on_failure=self._engine_died,
             )
             engine.start()
             try:
@@ -98,7 +110,7 @@ class ModelRuntime:
             except BaseException:
                 await anyio.to_thread.run_sync(engine.stop)
                 raise
-            self.loaded = Serving(checkpoint, engine, settings)
+            self.loaded = Serving(checkpoint, engine, settings, StreamRegistry(settings.resume_grace))
             log.info(
                 "ready: model %s on %s (%s, %s forward), %.1fM parameters, max length %d; loaded in %.1fs, "
                 "warm-up %.2fs; max_batch %d, max_queue %d",
@@ -118,6 +130,18 @@ class ModelRuntime:
             log.error("could not load the model %s: %s", settings.model, self.error)
         finally:
             settled.set()
+
+    def _engine_died(self, reason: str) -> None:
+        """On the engine thread, once it died: /ready turns 503 "failed", and `wait_engine_failed` returns."""
+        self.error = f"the engine failed: {reason}"
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the process is ending anyway
+                self._loop.call_soon_threadsafe(self._engine_failed.set)
+
+    async def wait_engine_failed(self) -> str:
+        """Wait until the engine thread dies (if it ever does); returns why."""
+        await self._engine_failed.wait()
+        return self.error or "the engine failed"
 
     async def stop(self) -> None:
         """Let in-flight requests finish for `shutdown_grace` seconds, fail the rest, stop the thread."""

@@ -9,6 +9,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
+from app.api.security import NOSNIFF, PAGE_HEADERS
+
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 # The page has no build step, so its file names carry no content hash: browsers must revalidate
@@ -21,13 +23,13 @@ class RevalidatedFiles(StaticFiles):
 
     def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
-        response.headers.update(REVALIDATE)
+        response.headers.update(REVALIDATE | NOSNIFF)
         return response
 
 
 def index_page() -> FileResponse:
     """The page itself; its scripts and styles come from `static_files()`."""
-    return FileResponse(WEB_DIR / "index.html", headers=REVALIDATE)
+    return FileResponse(WEB_DIR / "index.html", headers=REVALIDATE | PAGE_HEADERS)
 
 
 def static_files() -> RevalidatedFiles:

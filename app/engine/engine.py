@@ -97,7 +97,13 @@ class Engine:
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: Checkpoint, *, max_batch: int = 32, max_queue: int = 64, compile: bool | None = None
+        cls,
+        checkpoint: Checkpoint,
+        *,
+        max_batch: int = 32,
+        max_queue: int = 64,
+        compile: bool | None = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> Engine:
         """An engine (not started) that serves `checkpoint`'s model on its device; `compile` as in
         `CheckpointForward` (None: CUDA graphs on GPUs, eager on CPUs)."""
@@ -111,6 +117,7 @@ class Engine:
             max_queue=max_queue,
             typical_length=checkpoint.config.seq_len,
             end_ids=sorted(end_token_ids(checkpoint.tokenizer)),
+            on_failure=on_failure,
         )
 
     def warm_up(self, length: int = WARMUP_LENGTH, timeout_s: float = 600.0) -> float:
@@ -179,15 +186,19 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
 
-    def submit(self, spec: GenerationSpec, publish: Publish, timeout_s: float) -> RequestHandle:
-        """Queue `spec`; raises QueueFull when every slot and queue place is taken."""
+    def submit(
+        self, spec: GenerationSpec, publish: Publish, timeout_s: float, request_id: str | None = None
+    ) -> RequestHandle:
+        """Queue `spec`; raises QueueFull when every slot and queue place is taken. `request_id` tags
+        the engine's log lines about it."""
         with self._cond:
             if not self._accepting:
                 raise EngineStopped("the engine is not running")
             if self._admitted >= self.max_batch + self.max_queue:
                 self.stats.count("rejected")
                 raise QueueFull(f"{self.max_batch} requests running and {self.max_queue} waiting")
-            handle = RequestHandle(spec, publish, deadline=time.monotonic() + timeout_s, _on_cancel=self._wake)
+            deadline = time.monotonic() + timeout_s
+            handle = RequestHandle(spec, publish, deadline, request_id=request_id, _on_cancel=self._wake)
             self._waiting.append(handle)
             self._admitted += 1
             self.stats.count("submitted")
@@ -217,6 +228,8 @@ class Engine:
             self.failure = f"{type(err).__name__}: {err}"
             log.critical("the engine died and serves no more requests: %s", self.failure, exc_info=True)
         finally:
+            if self.failure is not None and self._on_failure is not None:
+                self._on_failure(self.failure)  # before anyone is answered: /ready says why as the 500s go out
             ending = Failed("internal", "the engine stopped working") if self.failure else SHUTDOWN
             self._fail_active(ending, "failed")
             with self._cond:
@@ -227,8 +240,6 @@ class Engine:
                 self._publish(handle, ending)
             self._release(len(waiting))
             self.stats.occupancy(0, 0)
-            if self.failure is not None and self._on_failure is not None:
-                self._on_failure(self.failure)
 
     def _next_batch(self) -> bool:
         """Fill free slots from the queue; block while there is nothing to do. False: stop."""
@@ -262,7 +273,7 @@ class Engine:
                     self._batch.add([row])
                     joined.append(handle)
                 except Exception:
-                    log.exception("request %d could not join the batch; failing it", handle.id)
+                    log.exception("request %d could not join the batch; failing it", handle.id, extra=_tags(handle))
                     self.stats.count("failed")
                     self._publish(handle, Failed("internal", "the request could not be started"))
                     self._release()
@@ -330,7 +341,8 @@ class Engine:
             try:
                 self._batch.subset([i]).advance(self._forward)
             except Exception as err:
-                log.error("request %d fails alone (%s: %s); failing it", seq.handle.id, type(err).__name__, err)
+                why = f"{type(err).__name__}: {err}"
+                log.error("request %d fails alone (%s); failing it", seq.handle.id, why, extra=_tags(seq.handle))
                 culprits.append(i)
         for i in culprits:
             self.stats.count("failed")
@@ -355,7 +367,7 @@ class Engine:
             assert row.ids is not None, "the last step always returns the tokens"
             seq.done = True
             elapsed = time.monotonic() - seq.handle.submitted
-            self.stats.completed(elapsed)  # counted before the client hears, so /metrics never lags it
+            self.stats.completed(elapsed, seq.forwards, spec.written)  # before the client hears: /metrics never lags
             self._publish(seq.handle, Finished(tuple(row.ids), num_steps, elapsed, seq.forwards))
             self._release()
 
@@ -372,5 +384,10 @@ class Engine:
         try:
             handle.publish(update)
         except Exception:
-            log.exception("publishing to request %d failed; cancelling it", handle.id)
+            log.exception("publishing to request %d failed; cancelling it", handle.id, extra=_tags(handle))
             handle.cancel()
+
+
+def _tags(handle: RequestHandle) -> dict[str, str | None]:
+    """Log `extra` that ties a line to the request's id (logging_setup's filter keeps it)."""
+    return {"request_id": handle.request_id}

@@ -47,6 +47,11 @@ class GenerationSpec:
         if outside:
             raise ValueError(f"pinned positions {outside} lie outside {len(self.prefix)}..{self.length - 1}")
 
+    @property
+    def written(self) -> int:
+        """Positions the sampler writes: neither the prefix nor pinned (what tokens per forward counts)."""
+        return self.length - len(self.prefix) - len({pos for pos, _ in self.pinned})
+
 
 @dataclass(frozen=True)
 class Reveal:
@@ -111,6 +116,7 @@ class RequestHandle:
     publish: Publish
     deadline: float  # time.monotonic() after which the request fails with a timeout
     id: int = field(default_factory=lambda: next(_request_ids))
+    request_id: str | None = None  # the caller's id for it (X-Request-ID), carried into the engine's logs
     submitted: float = field(default_factory=time.monotonic)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
     _on_cancel: Callable[[], None] = field(default=lambda: None, repr=False)

@@ -1,10 +1,11 @@
 // The page: loads /info, builds one panel per settings group in the URL, runs them side by side.
 
-import { ApiError, fetchInfo } from "./api.js";
+import { ApiError, KEY_NEEDED, fetchInfo, setApiKey } from "./api.js";
 import { FIELDS, Panel, settingsUrl } from "./panel.js";
 
 const MAX_PANELS = 4; // browsers open at most 6 connections per host; keep some for /info
 const LOAD_RETRY_MS = 1000;
+const ENGINE_POLL_MS = 1500; // the engine line's refresh while the page is visible
 
 const panels = [];
 const els = {
@@ -15,7 +16,11 @@ const els = {
   add: document.getElementById("add"),
   runAll: document.getElementById("run-all"),
   share: document.getElementById("share"),
+  keyForm: document.getElementById("key-form"),
+  keyInput: document.getElementById("api-key"),
+  keyMessage: document.getElementById("key-message"),
 };
+const KEY_GIVEN = "storydiff:key-given";
 
 /**
  * Settings groups from the query string: `steps=64&seed=3` is one panel, `1.remasking=random&
@@ -49,18 +54,30 @@ function describeEngine(engine) {
   els.engine.dataset.active = String(engine.active);
 }
 
-/** Show the engine's counters; while it still holds more requests than this page runs, look again. */
-async function refreshEngine(tries = 5) {
+const enginePoll = { timer: 0, busy: false };
+
+/**
+ * Show the engine's counters now, then every ENGINE_POLL_MS while the page is visible: other tabs'
+ * and other clients' requests count too, and a stopped one leaves the engine a step later.
+ */
+async function refreshEngine() {
+  clearTimeout(enginePoll.timer);
+  if (enginePoll.busy) return; // the answer on its way schedules the next look
+  enginePoll.busy = true;
   try {
-    const { engine } = await fetchInfo();
-    describeEngine(engine);
-    const running = panels.filter((panel) => panel.running).length;
-    if (engine.active + engine.waiting > running && tries > 1) {
-      setTimeout(() => refreshEngine(tries - 1), 500); // a stopped request leaves on the next step
-    }
+    describeEngine((await fetchInfo()).engine);
   } catch {
     els.engine.textContent = "engine: unreachable";
+  } finally {
+    enginePoll.busy = false;
   }
+  if (document.visibilityState === "visible") enginePoll.timer = setTimeout(refreshEngine, ENGINE_POLL_MS);
+}
+
+/** A hidden tab asks nothing; it looks again as soon as it is shown. */
+function onVisibilityChange() {
+  if (document.visibilityState === "visible") refreshEngine();
+  else clearTimeout(enginePoll.timer);
 }
 
 function layout() {
@@ -105,11 +122,31 @@ function addComparison(info) {
   panel.inputs.remasking.focus();
 }
 
+/** The key form, shown while the server answers 401; a key entered is kept by api.js and sent from then on. */
+function askForKey(event) {
+  els.keyMessage.textContent = `${event.detail} The page keeps it for this tab only.`;
+  els.keyForm.hidden = false;
+  els.keyInput.focus();
+}
+
+function useKey(event) {
+  event.preventDefault();
+  setApiKey(els.keyInput.value.trim());
+  els.keyInput.value = "";
+  els.keyForm.hidden = true;
+  window.dispatchEvent(new Event(KEY_GIVEN));
+}
+
 async function loadInfo() {
   for (;;) {
     try {
       return await fetchInfo();
     } catch (err) {
+      if (err instanceof ApiError && err.status === 401) {
+        els.server.textContent = "Waiting for an API key…";
+        await new Promise((resolve) => window.addEventListener(KEY_GIVEN, resolve, { once: true }));
+        continue;
+      }
       const reason = err instanceof ApiError ? err.message : String(err);
       els.server.textContent = `Waiting for the model… (${reason})`;
       await new Promise((resolve) => setTimeout(resolve, LOAD_RETRY_MS));
@@ -124,10 +161,16 @@ async function main() {
   for (const values of groups.length ? groups : [{}]) addPanel(info, values);
   els.add.addEventListener("click", () => addComparison(info));
   els.runAll.addEventListener("click", () => panels.forEach((panel) => panel.run()));
+  // leaving cancels the stories: a dropped connection would keep them for the server's resume grace
+  window.addEventListener("pagehide", () => panels.forEach((panel) => panel.stop()));
   els.add.disabled = panels.length >= MAX_PANELS;
   els.runAll.disabled = false;
   document.body.dataset.ready = "true";
+  document.addEventListener("visibilitychange", onVisibilityChange);
+  enginePoll.timer = setTimeout(refreshEngine, ENGINE_POLL_MS);
   if (run) panels.forEach((panel) => panel.run());
 }
 
+window.addEventListener(KEY_NEEDED, askForKey);
+els.keyForm.addEventListener("submit", useKey);
 main();

@@ -76,7 +76,8 @@ export async function* readEvents(response, onComment) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   const queue = [];
-  const parser = new SSEParser((event) => queue.push(event), onComment);
+  // `retry`: the server's reconnection delay (ms) as of this event, null until it sends one
+  const parser = new SSEParser((event) => queue.push({ ...event, retry: parser.retry }), onComment);
   try {
     for (;;) {
       const { value, done } = await reader.read();

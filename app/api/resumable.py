@@ -1,0 +1,226 @@
+"""Streams that outlive their connection, so a client whose network drops can resume its story.
+
+Every `/generate` stream gets an id from `secrets.token_urlsafe` (128 bits), sent in the
+`X-Stream-ID` header. The id is a capability: whoever holds it can watch the story
+(`GET /generate/{id}`) or cancel it (`DELETE /generate/{id}`), behind the same API key as
+`/generate` where the server has keys. storydiff's own log names the engine's request number
+instead; access logs see the id in resume URLs, where it is worthless once the stream expires.
+
+- Grace: when a stream's connection drops, its request keeps running for `resume_grace` seconds; if
+  nobody resumes it by then it is cancelled and leaves the batch, as an abandoned stream did at once
+  before. A finished stream keeps its outcome `resume_grace` seconds after the end. With
+  `resume_grace = 0` a client that leaves cancels its request at once and nothing can be resumed.
+- Memory: a stream keeps its latest draft and every reveal so far, O(length), never past events
+  (a reveal is made once per position). Readers coalesce as `UpdateChannel` does: a reader is a
+  cursor into the reveals, and each event carries every reveal since the reader's previous one.
+- Event ids count a stream's events, 1, 2, 3, ..., across its connections (numbers, as before; the
+  brief's `<stream-id>:<n>` would repeat the secret in every event, and clients read them as numbers).
+- Resuming: the first event of a resumed connection brings the client up to date in one `step`
+  event. When `Last-Event-ID` names the stream's latest event, the client missed nothing already
+  sent, and it gets only the newer reveals; otherwise (an event was in flight when the connection
+  dropped, or no `Last-Event-ID`) it gets a full frame: every reveal so far. Then live steps, then
+  `done` or `error`; a stream that already ended answers its last frame and its outcome at once.
+- One connection per stream: a resume takes over and ends the previous connection, which is
+  usually dead without the server knowing (a dropped network sends no FIN).
+- SSE spec: the first event of each connection carries `retry` (how long an `EventSource` waits
+  before reconnecting), and the resume route is a GET, so an `EventSource` can use it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from app.api.request_log import log_generation
+from app.engine import Engine, Failed, Outcome, RequestHandle, Reveal, StepUpdate, Update
+from app.engine.request import Publish
+
+if TYPE_CHECKING:
+    from app.api.jobs import Job
+
+log = logging.getLogger(__name__)
+
+STREAM_ID_BYTES = 16
+STREAM_ID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
+"""What `secrets.token_urlsafe(STREAM_ID_BYTES)` writes (22 characters), with room to grow."""
+
+
+class StreamNotFound(LookupError):
+    """No stream has this id: it never existed, expired, or was cancelled."""
+
+    def __init__(self, grace_s: float) -> None:
+        super().__init__(
+            f"no such stream: it was cancelled, never existed, or ended or lost its client more than "
+            f"{grace_s:g} s ago (resume_grace)"
+        )
+
+
+class StreamReader:
+    """One connection's view of a stream: a cursor into its reveals, and whether it sent the outcome."""
+
+    def __init__(self, stream: ResumableStream, step: int, revealed: int) -> None:
+        self.stream = stream
+        self._step, self._revealed = step, revealed
+        self._ended = False
+
+    async def next(self) -> tuple[int, Update] | None:
+        """The next event's id and update: every reveal since this reader's previous event, then the
+        outcome; None when done, or when the stream was cancelled or another connection took it over."""
+        stream = self.stream
+        while not self._ended and stream.reader is self and not stream.cancelled:
+            latest = stream.latest
+            if latest is not None and latest.step > self._step:
+                changed = tuple(stream.reveals[self._revealed :])
+                self._step, self._revealed = latest.step, len(stream.reveals)
+                update = StepUpdate(latest.step, latest.num_steps, latest.t, latest.ids, changed)
+                return stream.sent(self._step, self._revealed), update
+            if stream.outcome is not None:
+                self._ended = True
+                return stream.sent(self._step, self._revealed), stream.outcome
+            await stream.changed()
+        return None
+
+    def close(self) -> None:
+        """The connection ended; idempotent. The stream waits `resume_grace` for another."""
+        self.stream.detach(self)
+
+
+class ResumableStream:
+    """One request's story for its readers: the latest draft, every reveal so far, then the outcome."""
+
+    def __init__(self, job: Job, submit: Callable[[Publish], RequestHandle], registry: StreamRegistry) -> None:
+        self.id = secrets.token_urlsafe(STREAM_ID_BYTES)
+        self.job = job
+        self.latest: StepUpdate | None = None  # its step, t and ids; `changed` is in `reveals`
+        self.reveals: list[Reveal] = []
+        self.outcome: Outcome | None = None
+        self.cancelled = False
+        self.reader: StreamReader | None = None
+        self._registry = registry
+        self._loop = asyncio.get_running_loop()
+        self._tick = asyncio.Event()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._last_sent = (0, 0, 0)  # (event id, step, reveals) of the latest event any reader sent
+        self.handle = submit(self.publish)  # last: the engine may publish at once (onto the loop)
+
+    def publish(self, update: Update) -> None:
+        """The engine's callback: hand `update` to the loop; any thread, never blocks."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to read
+            self._loop.call_soon_threadsafe(self._put, update)
+
+    def _put(self, update: Update) -> None:
+        if self.outcome is not None:
+            return  # the request already ended; later updates are stale
+        if isinstance(update, StepUpdate):
+            self.reveals += update.changed
+            self.latest = update
+        else:
+            self.outcome = update
+            log_generation(self.handle, update, request_id=self.job.request_id)
+            self._arm()  # its outcome is kept `resume_grace`, whoever is reading
+        self._notify()
+
+    def fail(self, failure: Failed) -> None:
+        """End the request from the loop side (e.g. shutdown) unless it already ended."""
+        self._put(failure)
+        self.handle.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the request now (its batch slot is free before the next step) and forget the stream."""
+        if self.outcome is None and not self.cancelled:
+            log_generation(self.handle, "cancelled", request_id=self.job.request_id)
+        self.cancelled = True
+        self.handle.cancel()
+        self._forget()
+        self._notify()
+
+    def attach(self, last_event_id: int | None) -> StreamReader:
+        """A reader for a new connection, which takes the stream over from any previous one."""
+        event_id, step, revealed = self._last_sent
+        in_sync = last_event_id is not None and last_event_id == event_id > 0
+        if self.reader is not None:
+            log.info("request %d: a new connection takes its stream over", self.handle.id)
+        self.reader = StreamReader(self, step, revealed) if in_sync else StreamReader(self, 0, 0)
+        if self.outcome is None and self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._notify()  # the previous reader sees it was taken over and ends its connection
+        return self.reader
+
+    def detach(self, reader: StreamReader) -> None:
+        """`reader`'s connection ended: if it was the stream's, wait `resume_grace` for another."""
+        if reader is self.reader:
+            self.reader = None
+            if self.outcome is None and not self.cancelled:
+                self._arm()
+
+    def sent(self, step: int, revealed: int) -> int:
+        """The id of the next event, which brings its reader to `step` and `revealed` reveals."""
+        event_id = self._last_sent[0] + 1
+        self._last_sent = (event_id, step, revealed)
+        return event_id
+
+    async def changed(self) -> None:
+        """Wait until the stream changes: a step, the outcome, a cancel or a new reader."""
+        await self._tick.wait()
+
+    def _notify(self) -> None:
+        self._tick.set()
+        self._tick = asyncio.Event()
+
+    def _arm(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        grace_s = self._registry.grace_s
+        if grace_s > 0:
+            self._expiry = self._loop.call_later(grace_s, self._expire)
+        else:
+            self._expire()
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self.outcome is None and self.reader is not None:
+            return  # a client came back
+        if self.outcome is None:
+            log.info("request %d: nobody resumed its stream; cancelling it", self.handle.id)
+            log_generation(self.handle, "cancelled", request_id=self.job.request_id)
+        self.handle.cancel()  # no-op once finished: frees the slot of an abandoned stream
+        self._forget()
+
+    def _forget(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._registry.forget(self)
+
+
+class StreamRegistry:
+    """The live and recently ended streams by id; lives as long as the engine that runs them."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._streams: dict[str, ResumableStream] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def open(self, job: Job, engine: Engine, timeout_s: float) -> StreamReader:
+        """Submit `job` (QueueFull: nothing is kept) as a new stream; returns its first reader."""
+        stream = ResumableStream(job, lambda publish: engine.submit(job.spec, publish, timeout_s, job.request_id), self)
+        self._streams[stream.id] = stream
+        return stream.attach(None)
+
+    def get(self, stream_id: str) -> ResumableStream:
+        """The stream with this id; raises StreamNotFound (404)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise StreamNotFound(self.grace_s)
+        return stream
+
+    def forget(self, stream: ResumableStream) -> None:
+        if self._streams.get(stream.id) is stream:
+            del self._streams[stream.id]
