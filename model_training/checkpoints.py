@@ -12,7 +12,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import id_tensor_storage
 
 from model_training.errors import TrainingInputError
 
@@ -69,7 +71,11 @@ def save_state(accelerator: Accelerator, output: Path, progress: Progress, keep_
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    hook = accelerator.register_save_state_pre_hook(keep_one_name_per_tensor)
+    try:
+        accelerator.save_state(str(tmp))
+    finally:
+        hook.remove()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(asdict(progress), indent=2) + "\n")
@@ -79,6 +85,23 @@ def save_state(accelerator: Accelerator, output: Path, progress: Progress, keep_
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def keep_one_name_per_tensor(models: list, weights: list[dict], output_dir: str) -> None:
+    """Store each shared tensor once (tied input and output embeddings): safetensors cannot hold
+    aliases, and `load_state` (safetensors' `load_model`) ties them again from the model itself.
+
+    accelerate drops the aliases the same way, but warns "Removed shared tensor" on every save.
+    """
+    for state in weights:
+        kept: set[tuple] = set()
+        for name, tensor in list(state.items()):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = id_tensor_storage(tensor)
+            if storage in kept:
+                del state[name]
+            kept.add(storage)
 
 
 def load_state(accelerator: Accelerator, state_dir: Path) -> Progress:

@@ -60,7 +60,11 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = parse_config(argv, prog)
+        from huggingface_hub.utils import logging as hub_logging
+
         from model_training.loop import train  # heavy imports only once the options are valid
+
+        hub_logging.disable_propagation()  # huggingface_hub prints its own warnings: through the root too, twice
 
         summary = train(cfg)
     except TrainingInputError as err:

@@ -14,10 +14,12 @@ import datasets
 from datasets import Dataset
 from huggingface_hub import constants as hub_constants
 
+from app.diffusion.hub_access import hub_unavailable, offline_hint
 from model_training.config import TrainConfig
 from model_training.errors import TrainingInputError
 
 STORY_SEPARATOR = "<|endoftext|>"
+LOCAL_FILES_HINT = "give local files instead: --dataset FILE... --valid FILE... (.txt[.gz], .jsonl or .parquet)"
 
 LOCAL_BUILDERS: dict[str, str] = {
     ".txt": "text",
@@ -91,14 +93,28 @@ def load_local(files: list[str], text_field: str) -> Dataset:
 
 
 def load_hub(dataset_id: str, config_name: str | None, split: str, text_field: str) -> Dataset:
-    """One split of a hub dataset, reduced to a `text` column."""
+    """One split of a hub dataset, reduced to a `text` column.
+
+    An unreachable hub fails at once (datasets would retry for a minute); with HF_HUB_OFFLINE set,
+    datasets reads its cache.
+    """
+    problem = hub_unavailable()
+    if problem is not None and not hub_constants.HF_HUB_OFFLINE:
+        raise TrainingInputError(
+            f"dataset {dataset_id!r} is not a local file, and {problem}; {LOCAL_FILES_HINT} "
+            "(a copy already in the Hugging Face cache loads with HF_HUB_OFFLINE=1)"
+        )
     try:
         ds = datasets.load_dataset(dataset_id, config_name, split=split)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
-        why = "hub access is off (HF_HUB_OFFLINE)" if hub_constants.HF_HUB_OFFLINE else "it could not be loaded"
+        if problem is not None:
+            raise TrainingInputError(
+                f"dataset {dataset_id!r} (split {split!r}) is neither a local file nor in the Hugging Face "
+                f"cache, and {problem}; {offline_hint(LOCAL_FILES_HINT)}"
+            ) from None
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise TrainingInputError(
-            f"dataset {dataset_id!r} (split {split!r}) is not a local file and {why}: {first[:200]}"
+            f"dataset {dataset_id!r} (split {split!r}) could not be loaded: {first[:200]}"
         ) from None
     return _text_column(ds, text_field, f"dataset {dataset_id!r}")
 

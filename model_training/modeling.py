@@ -7,7 +7,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from huggingface_hub import constants as hub_constants
 from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
@@ -20,6 +19,7 @@ from transformers import (
 )
 
 from app.diffusion.checkpoint import CheckpointError, looks_like_local_path, max_positions, require_mask_token
+from app.diffusion.hub_access import hub_unavailable, offline_hint
 from model_training.config import TrainConfig
 from model_training.errors import TrainingInputError
 from model_training.vocab import load_or_train_wordpiece
@@ -62,12 +62,16 @@ FRESH_CONFIGS: dict[str, Callable[[TrainConfig, int, int], PretrainedConfig]] = 
 }
 
 
-def _load_error(kind: str, source: str, err: Exception, local: bool) -> TrainingInputError:
+def _load_error(kind: str, source: str, err: Exception, local: bool, hub_problem: str | None) -> TrainingInputError:
     first = (str(err).splitlines() or [type(err).__name__])[0][:200]
     if local:
         return TrainingInputError(f"{kind} {source!r} could not be loaded: {first}")
-    why = "hub access is off (HF_HUB_OFFLINE)" if hub_constants.HF_HUB_OFFLINE else "it could not be fetched"
-    return TrainingInputError(f"{kind} {source!r} is not a local directory and {why}: {first}")
+    if hub_problem is not None:  # the library's own message would blame HF_HUB_OFFLINE either way
+        hint = offline_hint(f"give a local directory with --{kind}")
+        return TrainingInputError(
+            f"{kind} {source!r} is neither a local directory nor in the Hugging Face cache, and {hub_problem}; {hint}"
+        )
+    return TrainingInputError(f"{kind} {source!r} is not a local directory and could not be fetched: {first}")
 
 
 def _check_source(kind: str, source: str) -> bool:
@@ -79,15 +83,21 @@ def _check_source(kind: str, source: str) -> bool:
     return True
 
 
+def _hub_problem(local: bool) -> str | None:
+    """Why the hub cannot be asked (then only its cache is read, without a minute of retries), or None."""
+    return None if local else hub_unavailable()
+
+
 def load_pretrained_tokenizer(source: str, kind: str = "tokenizer") -> PreTrainedTokenizerBase:
     """A tokenizer from a hub id or directory; it must have [MASK] and [PAD] tokens."""
     local = _check_source(kind, source)
+    hub_problem = _hub_problem(local)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            str(Path(source).expanduser()) if local else source, local_files_only=local
+            str(Path(source).expanduser()) if local else source, local_files_only=local or hub_problem is not None
         )
     except (OSError, ValueError) as err:
-        raise _load_error(kind, source, err, local) from None
+        raise _load_error(kind, source, err, local, hub_problem) from None
     try:
         require_mask_token(tokenizer, source)
     except CheckpointError as err:
@@ -110,14 +120,16 @@ def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrai
     if cfg.model:
         local = _check_source("model", cfg.model)
         source = str(Path(cfg.model).expanduser()) if local else cfg.model
+        hub_problem = _hub_problem(local)
+        files_only = local or hub_problem is not None
         try:
-            config = AutoConfig.from_pretrained(source, local_files_only=local)
+            config = AutoConfig.from_pretrained(source, local_files_only=files_only)
             _check_seq_len(cfg.seq_len, SimpleNamespace(config=config))  # before loading any weights
-            model = AutoModelForMaskedLM.from_pretrained(source, local_files_only=local, dtype="float32")
+            model = AutoModelForMaskedLM.from_pretrained(source, local_files_only=files_only, dtype="float32")
         except TrainingInputError:
             raise
         except (OSError, ValueError) as err:
-            raise _load_error("model", cfg.model, err, local) from None
+            raise _load_error("model", cfg.model, err, local, hub_problem) from None
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
     else:

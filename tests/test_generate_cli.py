@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,12 +16,15 @@ from app.flags import flag_name
 from app.terminal_view import sequence_text
 
 
-def generate(*args: str) -> subprocess.CompletedProcess:
+def generate(*args: str, terminal: bool = False) -> subprocess.CompletedProcess:
+    """`storydiff generate ARGS`, its stdout a pipe, or a terminal as far as rich can tell (TTY_COMPATIBLE)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TTY_COMPATIBLE", "FORCE_COLOR")}
     return subprocess.run(
         [sys.executable, "-m", "app.cli", "generate", *args],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env | ({"TTY_COMPATIBLE": "1", "TERM": "dumb"} if terminal else {}),  # dumb: no colour codes
     )
 
 
@@ -35,11 +39,21 @@ def test_json_output_is_reproducible_across_processes(tiny_checkpoint_dir, capsy
 
 
 def test_live_run_ends_with_the_story(tiny_checkpoint_dir):
-    done = generate("--model", str(tiny_checkpoint_dir), "--steps", "8", "--seed", "1", "--prompt", "Once upon a time")
+    args = ("--model", str(tiny_checkpoint_dir), "--steps", "8", "--seed", "1", "--prompt", "Once upon a time")
+    done = generate(*args, terminal=True)
     assert done.returncode == 0, done.stderr
     assert "step 8/8" in done.stdout
     assert "Once upon a time" in done.stdout
     assert "seed 1" in done.stdout
+
+
+def test_a_pipe_gets_the_story_as_plain_text(tiny_checkpoint_dir):
+    args = ("--model", str(tiny_checkpoint_dir), "--steps", "8", "--seed", "1", "--prompt", "Once upon a time")
+    piped = generate(*args)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.startswith("Once upon a time") and len(piped.stdout.splitlines()) == 1
+    assert not any(ch in piped.stdout for ch in "╭│╰━") and "\x1b[" not in piped.stdout  # no panel, no colour
+    assert "seed 1 · 8 steps" in piped.stderr
 
 
 def test_no_live_prints_only_the_story_and_the_seed_to_stderr(tiny_checkpoint_dir, capsys):
@@ -100,9 +114,9 @@ def test_help_lists_every_sampler_setting_once_without_noise(capsys):
     with pytest.raises(SystemExit) as done:
         main(["generate", "--help"])
     assert done.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # unwrapped (argparse breaks at hyphens)
     for name, info in SamplerSettings.model_fields.items():
-        assert flag_name(name) in text and " ".join(str(info.description).split()) in text
+        assert flag_name(name) in text and " ".join(str(info.description).split()).replace("- ", "-") in text
     assert text.count("diffusion_config.json") == 1 and "default: None" not in text
 
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import constants as hub_constants
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from app.diffusion.devices import select_device, select_dtype
 from app.diffusion.diffusion_config import DIFFUSION_CONFIG_NAME, DiffusionConfig
+from app.diffusion.hub_access import hub_unavailable, offline_hint
 from app.paths import DEFAULT_MODEL_DIR as DEFAULT_MODEL_DIR  # re-exported: the checkpoint loaded by default
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-OFFLINE_HINT = (
-    "point --model (or the STORYDIFF_MODEL environment variable) at a local checkpoint directory, "
-    "or allow hub access (unset HF_HUB_OFFLINE)"
-)
+OFFLINE_HINT = "point --model (or the STORYDIFF_MODEL environment variable) at a local checkpoint directory"
 
 
 class CheckpointError(ValueError):
@@ -109,13 +106,13 @@ def _load_tokenizer(source: str, local_only: bool) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _diffusion_config(source: str, local_dir: Path | None, model: PreTrainedModel) -> DiffusionConfig:
+def _diffusion_config(source: str, local_dir: Path | None, model: PreTrainedModel, cache_only: bool) -> DiffusionConfig:
     path: Path | None = local_dir / DIFFUSION_CONFIG_NAME if local_dir else None
     if local_dir is None:
         try:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(source, DIFFUSION_CONFIG_NAME))
+            path = Path(hf_hub_download(source, DIFFUSION_CONFIG_NAME, local_files_only=cache_only))
         except Exception:  # a plain hub masked LM has none: fall back like a reference dir
             path = None
     if path is not None and path.is_file():
@@ -149,22 +146,28 @@ def load_checkpoint(
         source = str(local_dir)
     torch_device = device if isinstance(device, torch.device) else select_device(device)
     torch_dtype = select_dtype(torch_device, dtype)
+    hub_problem = None if local_dir is not None else hub_unavailable()
+    cache_only = hub_problem is not None  # off or unreachable: the local HF cache, at once, without retries
     try:
-        tokenizer = _load_tokenizer(source, local_only=local_dir is not None)
-        model = AutoModelForMaskedLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_dir is not None)
+        tokenizer = _load_tokenizer(source, local_only=local_dir is not None or cache_only)
+        model = AutoModelForMaskedLM.from_pretrained(
+            source, dtype=torch_dtype, local_files_only=local_dir is not None or cache_only
+        )
     except CheckpointError:
         raise
     except OSError as err:
         if local_dir is not None:
             raise CheckpointError(f"could not load {source!r}: {err}") from err
-        offline = hub_constants.HF_HUB_OFFLINE  # huggingface_hub's own reading of the variable, as it obeys it
-        why = "hub access is switched off (HF_HUB_OFFLINE)" if offline else "it could not be fetched"
+        if hub_problem is not None:  # the library's own message would blame HF_HUB_OFFLINE either way
+            where = "is neither a local directory nor in the Hugging Face cache, and"
+            raise CheckpointError(
+                f"{source!r} {where} {hub_problem}. To run offline, {offline_hint(OFFLINE_HINT)}."
+            ) from None
         raise CheckpointError(
-            f"{source!r} is not a local directory and {why}: {str(err).splitlines()[0]}. "
-            f"To run offline, {OFFLINE_HINT}."
+            f"{source!r} is not a local directory and could not be fetched from the hub: {str(err).splitlines()[0]}"
         ) from err
     model.to(torch_device).eval()
-    config = _diffusion_config(source, local_dir, model)
+    config = _diffusion_config(source, local_dir, model, cache_only)
     log.info(
         "loaded %s: %s, %.1fM parameters, %s %s, seq_len %d",
         source,

@@ -4,7 +4,8 @@ Everything else derives from `SamplerSettings`:
 - `SamplerOverrides` has the same fields, each optional: what a request body, a checkpoint's
   `diffusion_config.json` and the CLI may set. A field left out is not set at that layer; an explicit
   `null` means "off" (no top-k limit, no nucleus, no blocks) and is allowed only where off exists.
-- One merge rule, `SamplerSettings.override`: request over checkpoint over the built-in defaults.
+- One merge rule, `SamplerSettings.override`, applied layer by layer: the built-in defaults, then the
+  checkpoint's, then a preset's (`PRESETS`: the checkpoint's, else `BUILTIN_PRESETS`), then the request's.
 - One seed rule, `new_seed`.
 The API's request schema and `/info`, the checkpoint file, `storydiff generate`'s flags and the
 batched sampler all read these fields; none restates them.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 from enum import Enum
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
@@ -78,6 +79,12 @@ class SamplerSettings(BaseModel):
         le=MAX_ENTROPY_BUDGET,
         description="entropy_bound remasking: the summed entropy (nats) of the predictions one step may reveal.",
     )
+    guard_endings: bool = Field(
+        False,
+        description="Reveal an end token (PAD, SEP) only as part of a run of end tokens reaching the end of the "
+        "sequence, so that a story ends only where the model is sure of everything after it (random remasking "
+        "keeps a guarded end token masked for a later step; the ranked rules rank it last).",
+    )
 
     def override(self, overrides: BaseModel) -> SamplerSettings:
         """These settings with every sampler field that `overrides` sets (an explicit null turns it off).
@@ -117,6 +124,19 @@ SamplerOverrides: type[BaseModel] = create_model(  # type: ignore[call-overload]
     __doc__="Sampler settings that one layer (request, checkpoint, CLI) sets; the rest come from below.",
     **{name: _optional(info) for name, info in SamplerSettings.model_fields.items()},
 )
+
+Preset = Literal["quality", "balanced", "fast"]
+"""Named trade-offs between forwards per story and quality: a layer between the checkpoint's defaults
+and a request's own fields."""
+PRESETS: tuple[Preset, ...] = get_args(Preset)
+
+BUILTIN_PRESETS: dict[Preset, BaseModel] = {
+    "quality": SamplerOverrides(),
+    "balanced": SamplerOverrides(),
+    "fast": SamplerOverrides(),
+}
+"""Each preset's fields for a checkpoint whose `diffusion_config.json` names none (chosen on the shipped
+model's measured frontier, docs/fast-decoding.md); a checkpoint's own `presets` replace them by name."""
 
 
 def new_seed() -> int:

@@ -43,11 +43,13 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | None) -> list[i
 
     The tokenizer's own special tokens are kept at the start (a [CLS] where training had one) and
     dropped at the end (the story goes on after the prompt, so no [SEP] yet). No prompt: no prefix,
-    the sequence starts all-masked as in the reference sampler.
+    the sequence starts all-masked as in the reference sampler. Typed text is text: "[MASK]" or
+    "[PAD]" in a prompt are split like any other word (`split_special_tokens`), never a mask the
+    model would fill or an end that cuts the story.
     """
     if not prompt or not prompt.strip():
         return []
-    ids = tokenizer(prompt.strip(), add_special_tokens=True)["input_ids"]
+    ids = tokenizer(prompt.strip(), add_special_tokens=True, split_special_tokens=True)["input_ids"]
     closing = {tokenizer.sep_token_id, tokenizer.eos_token_id} - {None}
     while ids and ids[-1] in closing:
         ids = ids[:-1]
