@@ -9,10 +9,12 @@ the number of forwards and no mask is left at the end:
   (EB-sampler, arXiv 2505.24857).
 
 The end of a story. A trained model is most sure of the padding after a story, so a rule that
-reveals whatever is confident fills the tail first and ends every story early. Under `threshold`
-and `entropy_bound` an end token (PAD, SEP, EOS) may therefore only be revealed as part of a
-contiguous run of end tokens reaching the end of the sequence, and a run is revealed from its right
-end: the story's end moves left only as far as the model is sure of every position after it.
+reveals whatever is confident fills the tail first and ends every story early; and a random reveal
+of PAD far from the text, made on a guess at high t, ends the story there. With `guard_endings` an
+end token (PAD, SEP, EOS) may only be revealed as part of a contiguous run of end tokens reaching
+the end of the sequence, and a run is revealed from its right end: the story's end moves left only
+as far as the model is sure of every position after it. Ranked rules rank an unguarded end token
+last; random remasking keeps it masked for a later step (`deferred_endings`), except at the last.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def keep_reveals(
     query: torch.Tensor,  # (B, L) bool: the step's candidates
     counts: torch.Tensor,  # (B,) long: the schedule's k
     rule: torch.Tensor,  # (B,) long: RULE_CODES of each row
+    guard: torch.Tensor,  # (B,) bool: the row guards its endings
     block_length: torch.Tensor,  # (B,) long
     threshold: torch.Tensor,  # (B,) float64
     entropy_budget: torch.Tensor,  # (B,) float64
@@ -57,7 +60,7 @@ def keep_reveals(
     confidence[query] = probs.float()
     ineligible = torch.zeros_like(query)
     if end_run is not None and end_candidate is not None:
-        guarded = (rule == RULE_CODES[Remasking.THRESHOLD]) | (rule == RULE_CODES[Remasking.ENTROPY_BOUND])  # (B,)
+        guarded = guard  # (B,)
         in_run = end_candidate & end_run
         # inside a run, the right end first: a kept part of the run is always a suffix of it
         positions = torch.arange(query.shape[1], device=query.device) * 1e-7
@@ -79,3 +82,15 @@ def keep_reveals(
         affordable = within.cumprod(dim=1).sum(dim=1)  # (B,) the longest prefix within budget
         n = torch.where(rule == RULE_CODES[Remasking.ENTROPY_BOUND], torch.maximum(counts, affordable), n)
     return (rank < n[:, None])[query]
+
+
+def deferred_endings(
+    query: torch.Tensor,  # (B, L) bool
+    guard: torch.Tensor,  # (B,) bool
+    last_step: torch.Tensor,  # (B,) bool: the row's final step, when everything must be revealed
+    end_run: torch.Tensor,  # (B, L)
+    end_candidate: torch.Tensor,  # (B, L)
+) -> torch.Tensor:
+    """(N,) bool over the candidates: end tokens a guarding random row keeps masked for now."""
+    deferred = end_candidate & ~end_run & (guard & ~last_step)[:, None]  # (B, L)
+    return deferred[query]

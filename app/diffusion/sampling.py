@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from app.diffusion.randomness import Purpose, uniform
-from app.diffusion.reveal_rules import RULE_CODES, block_index, contiguous_end_run, keep_reveals
+from app.diffusion.reveal_rules import RULE_CODES, block_index, contiguous_end_run, deferred_endings, keep_reveals
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 
 Pinned = tuple[tuple[int, int], ...]
@@ -53,6 +53,7 @@ class SamplerRows:
     block_length: torch.Tensor  # (B,) long; 0: no blocks (confidence-ranked rows only)
     threshold: torch.Tensor  # (B,) float64: threshold rows' confidence_threshold
     entropy_budget: torch.Tensor  # (B,) float64: entropy_bound rows' budget
+    guard_endings: torch.Tensor  # (B,) bool
     seed: torch.Tensor  # (B,) long
 
     @property
@@ -74,6 +75,7 @@ class SamplerRows:
             "block_length": ([s.block_length or 0 for s in settings], torch.long),
             "threshold": ([s.confidence_threshold for s in settings], torch.float64),
             "entropy_budget": ([s.entropy_budget for s in settings], torch.float64),
+            "guard_endings": ([s.guard_endings for s in settings], torch.bool),
             "seed": (list(seeds), torch.long),
         }
         return cls(
@@ -247,10 +249,14 @@ def apply_step(
         end_candidate[plan.query] = torch.isin(ids, end_ids)
         end_run = contiguous_end_run(x, end_candidate, end_ids)  # (B, L)
     kept = keep_reveals(
-        plan.query, plan.reveal_counts, rows.rule, rows.block_length, rows.threshold, rows.entropy_budget,
-        probs, entropy, end_run, end_candidate,
+        plan.query, plan.reveal_counts, rows.rule, rows.guard_endings, rows.block_length, rows.threshold,
+        rows.entropy_budget, probs, entropy, end_run, end_candidate,
     )  # fmt: skip
-    keep = kept | ~rows.ranked[row]  # (N,) random rows keep every candidate
+    unranked = ~rows.ranked[row]  # (N,) random rows keep every candidate but the endings they defer
+    if end_run is not None and end_candidate is not None:
+        last_step = index + 1 >= rows.steps  # (B,)
+        unranked &= ~deferred_endings(plan.query, rows.guard_endings, last_step, end_run, end_candidate)
+    keep = torch.where(rows.ranked[row], kept, unranked)  # (N,)
     row, position, ids, probs = row[keep], position[keep], ids[keep], probs[keep]
     x = x.clone()
     x[row, position] = ids
