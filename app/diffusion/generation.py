@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import PreTrainedModel
 
+from app.diffusion.canvas import Canvas
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.logits import logits_at
 from app.diffusion.sampler_settings import SamplerSettings
@@ -60,3 +61,9 @@ def story_steps(
     prefix = prompt_ids(ckpt.tokenizer, prompt)
     ends = sorted(end_token_ids(ckpt.tokenizer))
     yield from sample(ckpt.model, ckpt.mask_id, settings, [seed], length, [prefix], end_ids=ends)
+
+
+def canvas_steps(ckpt: Checkpoint, settings: SamplerSettings, seed: int, canvas: Canvas) -> Iterator[tuple[int, Step]]:
+    """One story written around the fixed text of `canvas` (`app.diffusion.canvas`), step by step."""
+    ends = sorted(end_token_ids(ckpt.tokenizer))
+    yield from sample(ckpt.model, ckpt.mask_id, settings, [seed], canvas.length, [canvas.prefix], [canvas.pinned], ends)

@@ -1,0 +1,43 @@
+"""POST /canvas: the sequence a request starts from, without writing it.
+
+A stream's events carry only what the model reveals, never the fixed tokens. A client that draws
+every position (the page) asks here first where the fixed text of an `ending`, `segments` or `edit`
+lies and how the tokenizer cut it; the same checks as POST /generate give the same 422s.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from app.api.jobs import build_job
+from app.api.schemas import GenerateRequest
+from app.diffusion.canvas import Canvas
+from app.diffusion.checkpoint import Checkpoint
+
+
+class FixedToken(BaseModel):
+    """A position the model never writes."""
+
+    pos: int
+    id: int
+    text: str = Field(description="The token as the tokenizer spells it (WordPiece: '##' continues a word).")
+
+
+class CanvasLayout(BaseModel):
+    """The sequence before the first step: its length, its fixed tokens, and the blanks between them."""
+
+    length: int
+    fixed: list[FixedToken] = Field(description="Prompt, texts, ending and special tokens, in order.")
+    blanks: list[tuple[int, int]] = Field(description="The [start, end) runs of positions the model writes.")
+
+
+def canvas_layout(body: GenerateRequest, checkpoint: Checkpoint) -> CanvasLayout:
+    """Where `body`'s fixed tokens lie; raises RequestValidationError (422) as POST /generate would."""
+    spec = build_job(body, checkpoint, None).spec
+    fixed = dict(sorted((dict(enumerate(spec.prefix)) | dict(spec.pinned)).items()))
+    pieces = checkpoint.tokenizer.convert_ids_to_tokens(list(fixed.values()))
+    canvas = Canvas(tuple(fixed.get(pos, checkpoint.mask_id) for pos in range(spec.length)), checkpoint.mask_id)
+    tokens = [
+        FixedToken(pos=pos, id=token, text=piece) for (pos, token), piece in zip(fixed.items(), pieces, strict=True)
+    ]
+    return CanvasLayout(length=spec.length, fixed=tokens, blanks=canvas.blanks)

@@ -1,0 +1,41 @@
+"""A request that writes around fixed text (`ending`, `segments`, `edit`) as a canvas for the engine.
+
+The layout rules live in `app.diffusion.canvas`; this maps the request's fields onto them and names the
+field a 422 is about.
+"""
+
+from __future__ import annotations
+
+from app.api.schemas import BlankSegment, GenerateRequest
+from app.diffusion.canvas import Blank, Canvas, CanvasError, Segment, Text, build_canvas, edit_canvas, ending_canvas
+from app.diffusion.checkpoint import Checkpoint
+
+
+class InvalidCanvas(CanvasError):
+    """A canvas the model cannot write, and the request field that asked for it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def request_canvas(body: GenerateRequest, checkpoint: Checkpoint) -> Canvas | None:
+    """The canvas `body` asks for; None for a plain request (a prompt or nothing, then the model's story)."""
+    tokenizer, max_length = checkpoint.tokenizer, checkpoint.max_positions
+    try:
+        if body.edit is not None:
+            spans = [(span.start, span.end) for span in body.edit.spans]
+            vocab_size = int(checkpoint.model.config.vocab_size)
+            return edit_canvas(body.edit.tokens, spans, checkpoint.mask_id, vocab_size, max_length)
+        if body.segments is not None:
+            segments: list[Segment] = [
+                Blank(s.blank, s.flexible) if isinstance(s, BlankSegment) else Text(s.text) for s in body.segments
+            ]
+            return build_canvas(tokenizer, segments, max_length)
+        if body.ending is not None:
+            length = checkpoint.config.seq_len if body.length is None else body.length
+            return ending_canvas(tokenizer, body.prompt, body.ending, length, max_length)
+    except CanvasError as err:
+        field = "edit" if body.edit is not None else "segments" if body.segments is not None else "ending"
+        raise InvalidCanvas(field, str(err)) from err
+    return None

@@ -1,0 +1,219 @@
+"""Stories written around fixed text: a canvas of texts and blanks as the sampler's prefix, pinned tokens
+and length, and the story text read back from it.
+
+A masked diffusion model fills any masked position from context on both sides, so a story can start,
+end or pause anywhere the user likes. The canvas is laid out as training encodes a story
+(`model_training.tokenization.encode_batch`): the tokenizer's leading special tokens ([CLS] for BERT,
+none for the shipped model), the story, then its end: the tokenizer's closing tokens ([SEP]) or, for a
+tokenizer that adds none, one [PAD] (training pads every story, and the first PAD ends it).
+
+- A text is pinned: encoded with `split_special_tokens`, so typed "[MASK]" or "[SEP]" stays words.
+- A blank is masked positions. Between texts it is filled in full: the model writes end tokens only as a
+  story's tail, never between two texts (benchmarks/infill_quality.py counts them).
+- A canvas that ends with a text, or with a fixed blank, gets the story's end pinned after it: the
+  story ends exactly there, as in training. A flexible blank may only come last: no end is pinned, and
+  the model ends the story inside it where it likes (its end token and the PAD after it are no text).
+- An edit is a finished story's tokens with some spans masked again; everything else stays.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from transformers import PreTrainedTokenizerBase
+
+from app.diffusion.sampling import Pinned
+
+
+class CanvasError(ValueError):
+    """A canvas the model cannot write; the message says why and is safe to show to the client."""
+
+
+@dataclass(frozen=True)
+class Text:
+    """Fixed text, kept exactly."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Blank:
+    """`size` positions for the model to fill; None: whatever `length` leaves (one blank at most)."""
+
+    size: int | None
+    flexible: bool = False  # last segment only: the story may end inside it
+
+
+Segment = Text | Blank
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """The sequence before the first step: fixed tokens, and `mask_id` at every position to fill."""
+
+    ids: tuple[int, ...]
+    mask_id: int
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    @property
+    def prefix(self) -> tuple[int, ...]:
+        """The fixed tokens before the first blank."""
+        first = self.ids.index(self.mask_id) if self.mask_id in self.ids else len(self.ids)
+        return self.ids[:first]
+
+    @property
+    def pinned(self) -> Pinned:
+        """Every fixed token after the prefix, as (position, token id)."""
+        start = len(self.prefix)
+        return tuple((pos, token) for pos, token in enumerate(self.ids) if pos >= start and token != self.mask_id)
+
+    @property
+    def blanks(self) -> list[tuple[int, int]]:
+        """The [start, end) runs of positions to fill, in order."""
+        runs: list[tuple[int, int]] = []
+        for pos, token in enumerate(self.ids):
+            if token != self.mask_id:
+                continue
+            if runs and runs[-1][1] == pos:
+                runs[-1] = (runs[-1][0], pos + 1)
+            else:
+                runs.append((pos, pos + 1))
+        return runs
+
+    def visible(self, ids: Sequence[int], end_ids: set[int]) -> list[int]:
+        """`ids` without the end tokens written in a blank that fixed story text follows: they cannot be
+        read, and left in they would cut the story (`text.decode_story`) before its fixed text."""
+        words = [pos for pos, token in enumerate(self.ids) if token != self.mask_id and token not in end_ids]
+        last_word = max(words, default=-1)
+        return [
+            token
+            for pos, token in enumerate(ids)
+            if not (pos < last_word and self.ids[pos] == self.mask_id and token in end_ids)
+        ]
+
+
+def story_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """(lead, end): the tokens training puts before a story, and those that end it."""
+    ids = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    special = set(tokenizer.all_special_ids)
+    lead = 0
+    while lead < len(ids) and ids[lead] in special:
+        lead += 1
+    close = len(ids)
+    while close > lead and ids[close - 1] in special:
+        close -= 1
+    end = ids[close:] or ([] if tokenizer.pad_token_id is None else [int(tokenizer.pad_token_id)])
+    return ids[:lead], end
+
+
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Typed text as token ids, without special tokens: "[MASK]" in it is split like any other word."""
+    return list(tokenizer(text.strip(), add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def build_canvas(
+    tokenizer: PreTrainedTokenizerBase, segments: Sequence[Segment], max_length: int, length: int | None = None
+) -> Canvas:
+    """The canvas of `segments`, laid out as training lays out a story; `length` sizes a Blank(None)."""
+    mask_id = int(tokenizer.mask_token_id)
+    lead, end = story_marks(tokenizer)
+    if not any(isinstance(segment, Blank) for segment in segments):
+        raise CanvasError("nothing to write: add a blank")
+    ids: list[int] = list(lead)
+    rest_at: int | None = None
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if isinstance(segment, Text):
+            tokens = encode_text(tokenizer, segment.text)
+            if not tokens:
+                raise CanvasError(f"segment {i} is empty text: write something or leave it out")
+            ids += tokens
+        elif segment.flexible and not last:
+            raise CanvasError(
+                f"segment {i}: only the last blank can be flexible: the model ends a story with end tokens, and "
+                "writes them only at its end, never between two texts"
+            )
+        elif segment.size is None:
+            if rest_at is not None:
+                raise CanvasError("at most one blank may take the rest of the length")
+            rest_at = len(ids)
+        else:
+            if segment.size < 1:
+                raise CanvasError(f"segment {i} is a blank of {segment.size} tokens: give it at least 1")
+            ids += [mask_id] * segment.size
+    if not (isinstance(segments[-1], Blank) and segments[-1].flexible):
+        ids += end
+    if rest_at is not None:
+        if length is None:
+            raise CanvasError("a blank that takes the rest needs a length")
+        if length - len(ids) < 1:
+            raise CanvasError(
+                f"the fixed text takes {len(ids)} tokens, which leaves no blank in a length of {length}; "
+                "shorten it or ask for a longer length"
+            )
+        ids[rest_at:rest_at] = [mask_id] * (length - len(ids))
+    if len(ids) > max_length:
+        raise CanvasError(f"the story takes {len(ids)} tokens, more than the model's {max_length} positions")
+    return Canvas(tuple(ids), mask_id)
+
+
+def ending_canvas(
+    tokenizer: PreTrainedTokenizerBase, prompt: str | None, ending: str, length: int, max_length: int
+) -> Canvas:
+    """`prompt`, a blank, and `ending` closing the story at position `length`: the blank takes the rest."""
+    if not ending.strip():
+        raise CanvasError("the ending is empty: write the story's last words, or leave it out")
+    beginning: list[Segment] = [Text(prompt)] if prompt and prompt.strip() else []
+    return build_canvas(tokenizer, [*beginning, Blank(None), Text(ending)], max_length, length)
+
+
+def edit_canvas(
+    tokens: Sequence[int], spans: Sequence[tuple[int, int]], mask_id: int, vocab_size: int, max_length: int
+) -> Canvas:
+    """A finished story's `tokens` with the [start, end) `spans` masked again, to be written anew."""
+    if not tokens:
+        raise CanvasError("no tokens: give a finished story's `tokens`")
+    if len(tokens) > max_length:
+        raise CanvasError(f"the story takes {len(tokens)} tokens, more than the model's {max_length} positions")
+    for pos, token in enumerate(tokens):
+        if token == mask_id:
+            raise CanvasError(f"position {pos} holds the mask token: give a finished story's tokens")
+        if not 0 <= token < vocab_size:
+            raise CanvasError(f"position {pos} holds {token}, not a token of this model (0..{vocab_size - 1})")
+    if not spans:
+        raise CanvasError("no spans: name at least one [start, end) span to rewrite")
+    ordered = sorted(spans)
+    for start, end in ordered:
+        if not 0 <= start < end <= len(tokens):
+            raise CanvasError(f"span [{start}, {end}) is not a non-empty span of the {len(tokens)} tokens")
+    for (a, b), (c, d) in pairwise(ordered):
+        if c < b:
+            raise CanvasError(f"spans [{a}, {b}) and [{c}, {d}) overlap")
+    ids = list(tokens)
+    for start, end in ordered:
+        ids[start:end] = [mask_id] * (end - start)
+    return Canvas(tuple(ids), mask_id)
+
+
+BLANK_SYNTAX = re.compile(r"\[_+:(~?)(\d+)\]")
+"""A blank in a template: `[___:40]` is 40 tokens, `[___:~40]` at most 40 (flexible, last only)."""
+
+
+def parse_template(template: str) -> list[Segment]:
+    """`"Once upon a time [___:40] The end."` as segments: texts between `[___:N]` blanks."""
+    segments: list[Segment] = []
+    at = 0
+    for match in BLANK_SYNTAX.finditer(template):
+        if template[at : match.start()].strip():
+            segments.append(Text(template[at : match.start()]))
+        segments.append(Blank(int(match.group(2)), flexible=bool(match.group(1))))
+        at = match.end()
+    if template[at:].strip():
+        segments.append(Text(template[at:]))
+    return segments
