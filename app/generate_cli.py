@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from app.diffusion.sampler_settings import MAX_SEED, NULLABLE_FIELDS, SamplerOverrides, SamplerSettings, new_seed
+from app.diffusion.sampler_settings import (
+    MAX_SEED,
+    NULLABLE_FIELDS,
+    PRESETS,
+    SamplerOverrides,
+    SamplerSettings,
+    new_seed,
+)
 from app.flags import add_field_flags, error_line, flag_name, given_fields
 from app.paths import DEFAULT_MODEL_DIR
 
@@ -23,6 +30,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from transformers import PreTrainedTokenizerBase
 
+    from app.diffusion.canvas import Canvas, Segment
+    from app.diffusion.checkpoint import Checkpoint
     from app.diffusion.sampling import Step
 
 SAMPLER_DEFAULTS = (
@@ -41,10 +50,28 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPUs, fp32 on CPU)"
     )
     parser.add_argument("--prompt", help="story beginning; kept, never masked")
+    parser.add_argument(
+        "--ending", help="the story's last words, kept: the story ends with them at --length (docs/infilling.md)"
+    )
+    parser.add_argument(
+        "--template",
+        help="the whole story as text with blanks: [___:N] is N tokens for the model to write, [___:~N] at most N "
+        "(last blank only: the model may end the story sooner), e.g. 'Once upon a time [___:40] The end.'; "
+        "takes no --prompt, --ending or --length",
+    )
     parser.add_argument("--length", type=_length, help="tokens, prompt included (default: the checkpoint's)")
     parser.add_argument("--seed", type=_seed, help="same seed and settings, same story (default: random, printed)")
-    parser.add_argument("--no-live", action="store_true", help="print only the story (the seed goes to stderr)")
+    parser.add_argument(
+        "--no-live",
+        action="store_true",
+        help="print only the story, the seed going to stderr (what happens anyway when stdout is not a terminal)",
+    )
     parser.add_argument("--json", action="store_true", help="print the story and its settings as one JSON object")
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="a speed/quality trade-off over the checkpoint's defaults; sampler flags override it",
+    )
     add_field_flags(parser.add_argument_group("sampler settings", SAMPLER_DEFAULTS), SamplerSettings.model_fields)
 
 
@@ -54,35 +81,48 @@ def run_generate(args: argparse.Namespace) -> int:
         overrides = SamplerOverrides.model_validate(given_fields(args, SamplerSettings.model_fields))
     except ValidationError as err:
         return _fail(error_line(err))
+    if args.template is not None and (given := [f"--{n}" for n in ("prompt", "ending", "length") if getattr(args, n)]):
+        return _fail(f"--template is the whole story: it takes no {', '.join(given)}")
     # Imported here, once the flags are valid: torch and transformers take seconds to import.
+    from huggingface_hub.utils import logging as hub_logging
     from rich.console import Console
     from transformers.utils import logging as transformers_logging
 
+    from app.diffusion.canvas import Blank, parse_template
     from app.diffusion.checkpoint import CheckpointError, load_checkpoint
-    from app.diffusion.generation import story_steps
-    from app.diffusion.text import decode_story
+    from app.diffusion.generation import canvas_steps, story_steps
+    from app.diffusion.text import decode_story, end_token_ids
 
+    segments = None if args.template is None else parse_template(args.template)
+    if segments is not None and not any(isinstance(segment, Blank) for segment in segments):
+        return _fail("--template has no blank: write one as [___:N], N tokens for the model to write")
     logging.basicConfig(level=logging.WARNING)
+    hub_logging.disable_propagation()  # huggingface_hub prints its own warnings: through the root too, twice
     transformers_logging.disable_progress_bar()
-    live = not (args.no_live or args.json)
+    live = not (args.no_live or args.json) and Console().is_terminal  # a pipe or a file gets plain text
     seed = new_seed() if args.seed is None else args.seed
     try:
         ckpt = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
-        settings = ckpt.config.sampler_settings.override(overrides)
-        steps = story_steps(ckpt, settings, seed, args.prompt, args.length)
+        settings = ckpt.config.settings_for(args.preset).override(overrides)
+        canvas = _canvas(ckpt, segments, args)
+        if canvas is None:
+            steps = story_steps(ckpt, settings, seed, args.prompt, args.length)
+        else:
+            steps = canvas_steps(ckpt, settings, seed, canvas)
         start = time.perf_counter()
         console = Console() if live else None
-        x = _follow(steps, ckpt.tokenizer, settings.steps, console)
+        x, forwards = _follow(steps, ckpt.tokenizer, settings.steps, console)
     except (CheckpointError, ValueError) as err:  # CheckpointError is a ValueError: named for the reader
         return _fail(str(err))
     elapsed = time.perf_counter() - start
-    story = decode_story(x, ckpt.tokenizer)
+    story = decode_story(x if canvas is None else canvas.visible(x, end_token_ids(ckpt.tokenizer)), ckpt.tokenizer)
     if args.json:
-        result = {"text": story, "seed": seed, "length": len(x), **settings.model_dump(mode="json")}
+        result = {"text": story, "seed": seed, "length": len(x), "forwards": forwards}
+        result |= {"preset": args.preset, **settings.model_dump(mode="json")}
         print(json.dumps(result | {"elapsed_s": round(elapsed, 3), "model": ckpt.source}))
         return 0
     print(story)
-    summary = f"seed {seed} · {settings.steps} steps · {elapsed:.1f}s"
+    summary = f"seed {seed} · {settings.steps} steps · {forwards} forwards · {elapsed:.1f}s"
     if console is not None:
         console.print(f"[dim]{summary}[/dim]")
     else:
@@ -90,17 +130,31 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _canvas(ckpt: Checkpoint, segments: list[Segment] | None, args: argparse.Namespace) -> Canvas | None:
+    """The story around fixed text that --template or --ending asks for; None for a plain story."""
+    from app.diffusion.canvas import build_canvas, ending_canvas
+
+    if segments is not None:
+        return build_canvas(ckpt.tokenizer, segments, ckpt.max_positions)
+    if args.ending is not None:
+        length = args.length or ckpt.config.seq_len
+        return ending_canvas(ckpt.tokenizer, args.prompt, args.ending, length, ckpt.max_positions)
+    return None
+
+
 def _follow(
     steps: Iterable[tuple[int, Step]],
     tokenizer: PreTrainedTokenizerBase,
     num_steps: int,
     console: Console | None,
-) -> list[int]:
-    """Consume the steps, drawing each one on `console` if given; return the final token ids."""
+) -> tuple[list[int], int]:
+    """Consume the steps, drawing each one on `console` if given; return the final token ids and the
+    number of model forwards."""
+    forwards = 0
     if console is None:
         for _, step in steps:
-            last = step
-        return list(last.x[0].tolist())
+            last, forwards = step, forwards + step.model_called
+        return list(last.x[0].tolist()), forwards
     from rich.live import Live
 
     from app.terminal_view import step_view
@@ -108,11 +162,12 @@ def _follow(
     start = time.perf_counter()
     with Live(console=console, refresh_per_second=20, transient=False) as view:
         for done, step in steps:
+            forwards += step.model_called
             fresh = dict(zip(step.positions.tolist(), step.probs.tolist(), strict=True))
             ids = step.x[0].tolist()
             t = 1 - done / num_steps
             view.update(step_view(ids, tokenizer, fresh, done, num_steps, t, time.perf_counter() - start))
-    return list(ids)
+    return list(ids), forwards
 
 
 def _fail(message: str) -> int:

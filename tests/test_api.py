@@ -78,7 +78,10 @@ async def test_generate_json_with_defaults(client):
     response = await client.post("/generate", json={})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"text", "seed", "steps", "length", "tokens", "elapsed_s", "model", "request_id"}
+    assert set(body) == {
+        "text", "seed", "steps", "length", "tokens", "elapsed_s", "forwards", "tokens_per_forward", "model",
+        "request_id",
+    }  # fmt: skip
     assert body["request_id"] == response.headers["X-Request-ID"]
     assert body["length"] == TINY_SEQ_LEN >= len(body["tokens"])  # the PAD tail is left out
     assert body["steps"] == TINY_SEQ_LEN  # no sampler.num_steps in the checkpoint: one step per token
@@ -204,6 +207,7 @@ def test_the_request_schema_has_the_declared_sampler_fields_and_bounds():
     request = create_app(Settings(model="unused")).openapi()["components"]["schemas"]["GenerateRequest"]
     declared = SamplerSettings.model_json_schema(ref_template="#/components/schemas/{model}")["properties"]
     assert set(request["properties"]) == set(declared) | {
+        "preset",
         "prompt",
         "ending",
         "segments",

@@ -3,16 +3,30 @@ updates as response bodies."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from app.api.schemas import GenerateRequest, GenerateResponse, Revealed, SamplerInfo, StepEvent
+from app.api.infill import InvalidCanvas, request_canvas
+from app.api.schemas import (
+    ErrorEvent,
+    GenerateRequest,
+    GenerateResponse,
+    Revealed,
+    SamplerInfo,
+    StepDelta,
+    StepEvent,
+    StreamFormat,
+)
+from app.api.security import model_name
+from app.diffusion.canvas import Canvas
 from app.diffusion.checkpoint import Checkpoint
-from app.diffusion.sampler_settings import new_seed
-from app.diffusion.text import decode_story, prompt_ids, render_draft
-from app.engine import Finished, GenerationSpec, StepUpdate
+from app.diffusion.sampler_settings import PRESETS, Preset, SamplerSettings, new_seed
+from app.diffusion.text import decode_story, end_token_ids, prompt_ids, render_draft
+from app.engine import Failed, Finished, GenerationSpec, StepUpdate
+from app.logging_setup import current_request_id
 
 
 @dataclass(frozen=True)
@@ -21,12 +35,20 @@ class Job:
 
     spec: GenerationSpec
     model: str
+    request_id: str | None = field(default_factory=current_request_id)  # the HTTP request that asked for it
+    stream_format: StreamFormat = "json"  # what its stream's `step` events carry
+    canvas: Canvas | None = None  # the text fixed around its blanks, if it asked for any
 
 
 def sampler_defaults(checkpoint: Checkpoint) -> SamplerInfo:
     """What a request gets for every field it leaves out."""
     config = checkpoint.config
     return SamplerInfo(length=config.seq_len, **dict(config.sampler_settings))
+
+
+def preset_settings(checkpoint: Checkpoint) -> dict[Preset, SamplerSettings]:
+    """What a request that names each preset gets for every sampler field it leaves out."""
+    return {name: checkpoint.config.settings_for(name) for name in PRESETS}
 
 
 def _invalid(field: str, message: str, value: Any, kind: str = "value_error") -> RequestValidationError:
@@ -44,24 +66,30 @@ def build_job(body: GenerateRequest, checkpoint: Checkpoint, stream_every: int |
             length,
             "less_than_equal",
         )
+    try:
+        canvas = request_canvas(body, checkpoint)  # ending, segments or edit: text fixed anywhere
+    except InvalidCanvas as err:
+        raise _invalid(err.field, str(err), body.model_dump(include={err.field})[err.field]) from err
     prefix = prompt_ids(checkpoint.tokenizer, body.prompt)
-    if len(prefix) > length:
+    if canvas is None and len(prefix) > length:
         raise _invalid(
             "prompt",
             f"The prompt takes {len(prefix)} tokens, more than the length {length}; "
             "shorten it or ask for a longer length",
             body.prompt,
         )
-    sampler = checkpoint.config.sampler_settings.override(body)
+    sampler = checkpoint.config.settings_for(body.preset).override(body)
     seed = new_seed() if body.seed is None else body.seed
-    return Job(GenerationSpec(tuple(prefix), length, sampler, seed, stream_every), checkpoint.source)
+    spec = GenerationSpec(tuple(prefix), length, sampler, seed, stream_every)
+    if canvas is not None:
+        spec = GenerationSpec(canvas.prefix, canvas.length, sampler, seed, stream_every, canvas.pinned)
+    return Job(spec, model_name(checkpoint.source), stream_format=body.stream_format, canvas=canvas)
 
 
-def step_event(update: StepUpdate, checkpoint: Checkpoint) -> StepEvent:
-    """The `step` event for an update: the draft with visible masks and the tokens revealed."""
-    tokenizer = checkpoint.tokenizer
-    pieces = tokenizer.convert_ids_to_tokens([reveal.id for reveal in update.changed])
-    return StepEvent(
+def step_delta(update: StepUpdate, checkpoint: Checkpoint) -> StepDelta:
+    """What an update revealed: each position's token, as the tokenizer spells it, and its probability."""
+    pieces = checkpoint.tokenizer.convert_ids_to_tokens([reveal.id for reveal in update.changed])
+    return StepDelta(
         step=update.step,
         steps=update.num_steps,
         t=update.t,
@@ -70,18 +98,52 @@ def step_event(update: StepUpdate, checkpoint: Checkpoint) -> StepEvent:
             Revealed(pos=reveal.pos, id=reveal.id, text=piece, p=reveal.p)
             for reveal, piece in zip(update.changed, pieces, strict=True)
         ],
-        text=render_draft(update.ids, tokenizer),
     )
+
+
+def step_event(update: StepUpdate, checkpoint: Checkpoint) -> StepEvent:
+    """The `step` event for an update: the tokens revealed and the draft with visible masks."""
+    return StepEvent(**dict(step_delta(update, checkpoint)), text=render_draft(update.ids, checkpoint.tokenizer))
+
+
+STEP_DATA: dict[StreamFormat, Callable[[StepUpdate, Checkpoint], str]] = {
+    "json": lambda update, checkpoint: step_event(update, checkpoint).model_dump_json(),
+    "deltas": lambda update, checkpoint: step_delta(update, checkpoint).model_dump_json(),
+    "text": lambda update, checkpoint: render_draft(update.ids, checkpoint.tokenizer),
+}
+"""The data of a `step` event in each `stream_format`."""
+
+
+def without_pad_tail(ids: Sequence[int], pad_id: int | None) -> list[int]:
+    """`ids` less the run of PAD that fills the sequence after the story's end."""
+    end = len(ids)
+    while end and ids[end - 1] == pad_id:
+        end -= 1
+    return list(ids[:end])
 
 
 def result(job: Job, finished: Finished, checkpoint: Checkpoint) -> GenerateResponse:
     """The finished story: the JSON response and the `done` event."""
     return GenerateResponse(
-        text=decode_story(finished.ids, checkpoint.tokenizer),
+        text=decode_story(_story_ids(job, finished.ids, checkpoint), checkpoint.tokenizer),
         seed=job.spec.seed,
         steps=finished.num_steps,
         length=job.spec.length,
-        tokens=list(finished.ids),
+        tokens=without_pad_tail(finished.ids, checkpoint.tokenizer.pad_token_id),
         elapsed_s=round(finished.elapsed_s, 4),
+        forwards=finished.forwards,
+        tokens_per_forward=job.spec.written / finished.forwards if finished.forwards else 0.0,
         model=job.model,
+        request_id=job.request_id,
     )
+
+
+def _story_ids(job: Job, ids: Sequence[int], checkpoint: Checkpoint) -> Sequence[int]:
+    """The ids whose text is the story: a canvas's whole story, with every fixed text and fill."""
+    return ids if job.canvas is None else job.canvas.visible(ids, end_token_ids(checkpoint.tokenizer))
+
+
+def error_event(failed: Failed, checkpoint: Checkpoint) -> ErrorEvent:
+    """Why the request ended early, with its draft so far: a timeout need not throw the work away."""
+    draft = None if failed.draft is None else render_draft(failed.draft, checkpoint.tokenizer)
+    return ErrorEvent(error=failed.reason, detail=failed.message, draft=draft)

@@ -7,19 +7,77 @@ counters from `StatsSnapshot`, failure reasons and model states from the engine 
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model, model_validator
 
 from app.api.runtime import ModelState
 from app.config import Settings
-from app.diffusion.sampler_settings import MAX_SEED, MAX_STEPS, SamplerOverrides, SamplerSettings
+from app.diffusion.sampler_settings import MAX_SEED, MAX_STEPS, Preset, SamplerOverrides, SamplerSettings
 from app.engine import StatsSnapshot
 from app.engine.request import FailureReason
 from app.engine.stats import FIELD_DOCS
 
 MAX_LENGTH = 8192  # a static ceiling; the model's own max positions is checked per request
 MAX_PROMPT_CHARS = 20_000
+CANVAS_CONFLICTS = ("prompt", "ending", "segments", "length")
+"""The fields an `edit` cannot go with: it is a whole story already."""
+
+StreamFormat = Literal["json", "deltas", "text"]
+"""How a stream's `step` events read: a StepEvent, a StepDelta, or the draft as plain text."""
+
+
+class TextSegment(BaseModel):
+    """Fixed text in a story with blanks: kept exactly, never masked."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class BlankSegment(BaseModel):
+    """Positions for the model to write."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    blank: int = Field(ge=1, le=MAX_LENGTH, description="Tokens to write.")
+    flexible: bool = Field(
+        False,
+        description="Last segment only: at most `blank` tokens, the story may end inside it where the model "
+        "ends it; a fixed last blank ends the story right after it.",
+    )
+
+
+def _segment_kind(value: Any) -> str | None:
+    """Which segment `value` is: an object with `text` or one with `blank`."""
+    for kind, model in (("text", TextSegment), ("blank", BlankSegment)):
+        if isinstance(value, model) or (isinstance(value, dict) and kind in value):
+            return kind
+    return None
+
+
+Segment = Annotated[
+    Annotated[TextSegment, Tag("text")] | Annotated[BlankSegment, Tag("blank")],
+    Discriminator(
+        _segment_kind,
+        custom_error_type="segment",
+        custom_error_message='A segment is {"text": "..."} or {"blank": N}',
+    ),
+]
+
+
+class TokenSpan(BaseModel):
+    """Token positions [start, end) of a story."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    start: int = Field(ge=0, le=MAX_LENGTH)
+    end: int = Field(ge=1, le=MAX_LENGTH)
+
+
+class Edit(BaseModel):
+    """A finished story to rewrite in part: the spans are written anew, every other token stays."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    tokens: list[int] = Field(min_length=1, max_length=MAX_LENGTH, description="A finished story's `tokens`.")
+    spans: list[TokenSpan] = Field(min_length=1, max_length=MAX_LENGTH, description="What to rewrite.")
 
 
 class GenerateRequest(SamplerOverrides):
@@ -32,11 +90,29 @@ class GenerateRequest(SamplerOverrides):
         json_schema_extra={"examples": [{"prompt": "Once upon a time", "steps": 64, "stream": True}]},
     )
 
+    preset: Preset | None = Field(
+        None,
+        description="A named trade-off between speed and quality (GET /info lists each one's values): its "
+        "fields go over the checkpoint's defaults, and the request's own sampler fields over it.",
+    )
     prompt: str | None = Field(
         None,
         max_length=MAX_PROMPT_CHARS,
         description="The story's beginning; kept fixed while the rest is denoised.",
     )
+    ending: str | None = Field(
+        None,
+        max_length=MAX_PROMPT_CHARS,
+        description="The story's last words, kept fixed: the story ends with them at `length` (docs/infilling.md).",
+    )
+    segments: list[Segment] | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description='The whole story as fixed texts and blanks, e.g. [{"text": "Once upon a time"}, '
+        '{"blank": 60}, {"text": "The end."}]; the blanks\' sizes set the length.',
+    )
+    edit: Edit | None = Field(None, description="Rewrite spans of a finished story; nothing else changes.")
     length: int | None = Field(
         None,
         ge=1,
@@ -59,6 +135,22 @@ class GenerateRequest(SamplerOverrides):
         le=MAX_STEPS,
         description="Send every k-th step (and always the last); skipped steps' reveals are carried forward.",
     )
+    stream_format: StreamFormat = Field(
+        "json",
+        description="What a stream's `step` events carry (streams only; `done` and `error` are JSON in every "
+        "format). json: a StepEvent, the reveals and the whole draft; deltas: a StepDelta, the reveals alone, "
+        "for a client that keeps its own draft; text: the draft alone, as plain text with each masked "
+        "position as the placeholder, for a person watching `curl -N`.",
+    )
+
+    @model_validator(mode="after")
+    def _one_canvas(self) -> GenerateRequest:
+        """segments and edit each describe the whole story: they take no prompt, ending, length or each other."""
+        for field, conflicts in (("segments", ("prompt", "ending", "length")), ("edit", CANVAS_CONFLICTS)):
+            given = [name for name in conflicts if getattr(self, name) is not None]
+            if getattr(self, field) is not None and given:
+                raise ValueError(f"`{field}` is the whole story, so it takes no `{'`, `'.join(given)}`")
+        return self
 
 
 class GenerateResponse(BaseModel):
@@ -68,9 +160,19 @@ class GenerateResponse(BaseModel):
     seed: int
     steps: int
     length: int
-    tokens: list[int] = Field(description="All token ids of the final sequence, prompt included.")
+    tokens: list[int] = Field(
+        description="The final sequence's token ids, prompt included, without the run of PAD that fills the "
+        "sequence after the story's end (so often shorter than `length`)."
+    )
     elapsed_s: float = Field(description="Seconds from submission to the last step, queueing included.")
+    forwards: int = Field(description="Model forwards this story took (steps that reveal nothing skip the model).")
+    tokens_per_forward: float = Field(
+        description="Tokens written (positions neither prompt nor pinned) per forward; 0 when none ran."
+    )
     model: str
+    request_id: str | None = Field(
+        None, description="The id of the request that asked for it (its X-Request-ID), as in the server's logs."
+    )
 
 
 class Revealed(BaseModel):
@@ -82,14 +184,19 @@ class Revealed(BaseModel):
     p: float = Field(description="The model's probability of this token.")
 
 
-class StepEvent(BaseModel):
-    """The data of an SSE `step` event: the draft after one denoising step."""
+class StepDelta(BaseModel):
+    """The data of an SSE `step` event with `stream_format: deltas`: what one denoising step revealed."""
 
     step: int = Field(description="Steps done, 1-based.")
     steps: int
     t: float = Field(description="Diffusion time after this step: 1 - step / steps.")
     masked: int = Field(description="Positions still masked.")
     changed: list[Revealed] = Field(description="Everything revealed since the previous event sent.")
+
+
+class StepEvent(StepDelta):
+    """The data of an SSE `step` event (`stream_format: json`): the reveals and the draft after the step."""
+
     text: str = Field(description="The draft, with each masked position shown as a placeholder.")
 
 
@@ -99,6 +206,9 @@ class ErrorEvent(BaseModel):
 
     error: FailureReason
     detail: str
+    draft: str | None = Field(
+        None, description="The story as far as it got (masked positions as the placeholder), when it got anywhere."
+    )
 
 
 class Health(BaseModel):
@@ -141,5 +251,8 @@ class Info(BaseModel):
     max_length: int = Field(description="The longest `length` a request may ask for: the model's positions.")
     mask_placeholder: str
     defaults: SamplerInfo
+    presets: dict[Preset, SamplerSettings] = Field(
+        description="What a request that names each preset gets for every sampler field it leaves out."
+    )
     engine: EngineInfo
     version: str

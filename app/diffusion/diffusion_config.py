@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
-from app.diffusion.sampler_settings import SamplerOverrides, SamplerSettings
+from app.diffusion.sampler_settings import BUILTIN_PRESETS, Preset, SamplerOverrides, SamplerSettings
 
 DIFFUSION_CONFIG_NAME = "diffusion_config.json"
 
@@ -23,6 +23,10 @@ class DiffusionConfig(BaseModel):
     sampler: SamplerOverrides = Field(
         default_factory=SamplerOverrides,
         description="The checkpoint's recommended sampler settings; fields left out take the built-in defaults.",
+    )
+    presets: dict[Preset, SamplerOverrides] = Field(
+        default_factory=dict,
+        description="Fields each preset sets over `sampler`; a preset left out takes its built-in fields.",
     )
     trained_on: str | None = None
     training: dict[str, Any] = Field(default_factory=dict)
@@ -44,11 +48,22 @@ class DiffusionConfig(BaseModel):
     def _only_what_is_set(self, sampler: BaseModel) -> dict[str, Any]:
         return sampler.model_dump(mode="json", exclude_unset=True)
 
+    @field_serializer("presets")
+    def _presets_as_set(self, presets: dict[Preset, BaseModel]) -> dict[str, Any]:
+        return {name: self._only_what_is_set(fields) for name, fields in presets.items()}
+
     @property
     def sampler_settings(self) -> SamplerSettings:
         """The settings a request gets for every field it leaves out: the checkpoint's over the built-in
         defaults, with one step per token unless the checkpoint names a number."""
         return SamplerSettings(steps=self.seq_len).override(self.sampler)
+
+    def settings_for(self, preset: Preset | None) -> SamplerSettings:
+        """The settings under a request that names `preset` (None: none): the preset's fields, the
+        checkpoint's own or else the built-in ones, over `sampler_settings`."""
+        if preset is None:
+            return self.sampler_settings
+        return self.sampler_settings.override(self.presets.get(preset, BUILTIN_PRESETS[preset]))
 
     def save(self, directory: str | Path) -> Path:
         """Write `diffusion_config.json` into `directory` and return its path."""

@@ -14,6 +14,10 @@ from typing import Any, Literal
 
 DURATION_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 """Upper bounds (seconds) of the request-duration histogram: a GPU story to a slow CPU one."""
+FORWARD_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0)
+"""Upper bounds of the forwards-per-request histogram: one forward to the most steps a request may ask."""
+TOKENS_PER_FORWARD_BUCKETS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0)
+"""Upper bounds of the tokens-per-forward histogram: 1 is one token a step, far above it the fast rules."""
 
 CounterKind = Literal["work", "outcome"]
 
@@ -60,6 +64,42 @@ class DurationHistogram:
     sum_s: float
 
 
+@dataclass(frozen=True)
+class Histogram:
+    """Observations by upper bound, cumulative as Prometheus expects, with their count and sum."""
+
+    buckets: dict[float, int]  # upper bound -> observations at most that large
+    count: int
+    sum: float
+
+
+@dataclass
+class _Observations:
+    """One histogram's running counts per bucket (not cumulative); guarded by the stats' lock."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)
+    count: int = 0
+    sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.bounds)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        bucket = bisect.bisect_left(self.bounds, value)  # the first bound >= value
+        if bucket < len(self.bounds):  # above the last bound: counted under +Inf only
+            self.counts[bucket] += 1
+
+    def cumulative(self) -> Histogram:
+        running, buckets = 0, {}
+        for bound, n in zip(self.bounds, self.counts, strict=True):
+            running += n
+            buckets[bound] = running
+        return Histogram(buckets, self.count, self.sum)
+
+
 @dataclass
 class EngineStats:
     """Thread-safe counters: the engine thread writes, request handlers and tests read."""
@@ -71,15 +111,22 @@ class EngineStats:
     _waiting: int = 0
     _duration_counts: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS_S))
     _duration_sum_s: float = 0.0
+    _forwards: _Observations = field(default_factory=lambda: _Observations(FORWARD_BUCKETS))
+    _tokens_per_forward: _Observations = field(default_factory=lambda: _Observations(TOKENS_PER_FORWARD_BUCKETS))
 
     def count(self, name: str, n: int = 1) -> None:
         """Add `n` to the counter `name`, one of `COUNTERS` (any other name is a KeyError)."""
         with self._lock:
             self._counts[name] += n
 
-    def completed(self, elapsed_s: float) -> None:
-        """A request finished after `elapsed_s` seconds (queueing included)."""
+    def completed(self, elapsed_s: float, forwards: int | None = None, written: int = 0) -> None:
+        """A request finished after `elapsed_s` seconds (queueing included), having run the model
+        `forwards` times (None: not counted) to write `written` tokens."""
         with self._lock:
+            if forwards is not None:
+                self._forwards.add(forwards)
+                if forwards:  # a request with nothing to write runs no forward: no ratio to count
+                    self._tokens_per_forward.add(written / forwards)
             self._counts["completed"] += 1
             self._duration_sum_s += elapsed_s
             bucket = bisect.bisect_left(DURATION_BUCKETS_S, elapsed_s)  # the first bound >= elapsed_s
@@ -94,6 +141,16 @@ class EngineStats:
                 running += n
                 cumulative[bound] = running
             return DurationHistogram(cumulative, self._counts["completed"], self._duration_sum_s)
+
+    def forwards_per_request(self) -> Histogram:
+        """Completed requests by the model forwards each took."""
+        with self._lock:
+            return self._forwards.cumulative()
+
+    def tokens_per_forward(self) -> Histogram:
+        """Completed requests by tokens written per forward: how much each forward bought."""
+        with self._lock:
+            return self._tokens_per_forward.cumulative()
 
     def forward(self, batch_size: int) -> None:
         with self._lock:

@@ -1,16 +1,26 @@
 // One generation: its settings form, its own stream, the live view, and the history to scrub.
 
-import { ApiError, generateStream, seedOf } from "./api.js";
+import { ApiError, cancelStream, seedOf } from "./api.js";
+import { StoryEditor, canvasBody, parseEdit } from "./editor.js";
+import { storyStream } from "./resume.js";
 import { SequenceView } from "./view.js";
 
 /** The request fields, in the order the form shows them and URLs list them. */
 export const FIELDS = [
-  "prompt", "length", "steps", "remasking", "temperature", "top_k", "top_p", "block_length", "seed",
-  "stream_every",
+  "prompt", "ending", "edit", "preset", "length", "steps", "remasking", "temperature", "top_k", "top_p",
+  "block_length", "confidence_threshold", "entropy_budget", "seed", "stream_every",
 ];
-const NUMERIC = new Set(["length", "steps", "temperature", "top_k", "top_p", "block_length", "stream_every"]);
+const NUMERIC = new Set([
+  "length", "steps", "temperature", "top_k", "top_p", "block_length", "confidence_threshold", "entropy_budget",
+  "stream_every",
+]);
 // blank means "no limit" (or "no blocks"): sent as null, where absent would mean the default
 const NULL_MEANS_NO_LIMIT = new Set(["top_k", "top_p", "block_length"]);
+const BLOCKS_HINT = "confidence rules: left to right";
+const NO_BLOCKS_HINT = "not for random remasking";
+const NO_BLOCKS_WHY =
+  "Random remasking reveals each masked position by chance, not by the model's confidence: there is no " +
+  "ranking for blocks to order left to right, so it ignores block length. Choose a confidence rule to use it.";
 
 let panelsMade = 0;
 
@@ -49,6 +59,7 @@ export class Panel {
     this.errors = {};
     for (const field of this.root.querySelectorAll("[data-field]")) this.wireField(field);
     this.view = new SequenceView(this.ref.cells);
+    this.editor = new StoryEditor(this); // blanks, an ending, rewriting a selection
     this.history = [];
     this.controller = null;
     this.seed = null;
@@ -64,6 +75,12 @@ export class Panel {
     this.ref.scrubber.id = `${this.key}-scrubber`;
     this.ref.scrubLabel.htmlFor = this.ref.scrubber.id;
     this.applyDefaults(info);
+    // a preset fills the sampler fields with its values (GET /info); a field changed afterwards overrides it
+    this.inputs.preset.addEventListener("change", () => {
+      const preset = this.inputs.preset.value;
+      this.applySampler(preset ? info.presets[preset] : info.defaults);
+    });
+    this.inputs.remasking.addEventListener("change", () => this.showBlockLengthUse());
     this.view.reset(Number(this.inputs.length.value) || info.defaults.length);
   }
 
@@ -89,17 +106,35 @@ export class Panel {
 
   applyDefaults(info) {
     const d = info.defaults;
-    const { length, steps, remasking, temperature, top_k: topK, top_p: topP, block_length: blocks } = this.inputs;
+    const { length, steps } = this.inputs;
     length.max = String(info.max_length);
     length.value = String(d.length);
+    this.applySampler(d);
+    length.placeholder = String(d.length);
+    steps.placeholder = String(d.steps);
+  }
+
+  /** Show sampler settings (the defaults, or a preset's values) in the form. */
+  applySampler(d) {
+    const { steps, remasking, temperature, top_k: topK, top_p: topP, block_length: blocks } = this.inputs;
     steps.value = String(d.steps);
     remasking.value = d.remasking;
     temperature.value = String(d.temperature);
     topK.value = d.top_k == null ? "" : String(d.top_k);
     topP.value = d.top_p == null ? "" : String(d.top_p);
     blocks.value = d.block_length == null ? "" : String(d.block_length);
-    length.placeholder = String(d.length);
-    steps.placeholder = String(d.steps);
+    this.inputs.confidence_threshold.value = String(d.confidence_threshold);
+    this.inputs.entropy_budget.value = String(d.entropy_budget);
+    this.showBlockLengthUse();
+  }
+
+  /** Block length orders the confidence-ranked reveals; under random remasking it does nothing, so it is off. */
+  showBlockLengthUse() {
+    const unused = this.inputs.remasking.value === "random";
+    const blocks = this.inputs.block_length;
+    blocks.disabled = unused;
+    blocks.title = unused ? NO_BLOCKS_WHY : "";
+    blocks.closest(".field").querySelector(".hint").textContent = unused ? NO_BLOCKS_HINT : BLOCKS_HINT;
   }
 
   /** The form as strings, field by field (what a URL carries). */
@@ -108,9 +143,14 @@ export class Panel {
   }
 
   setValues(values) {
+    // a preset first, as its select would fill the form; the fields given override it
+    const preset = this.info.presets?.[values.preset];
+    if (preset) this.applySampler(preset);
     for (const [field, value] of Object.entries(values)) {
       if (this.inputs[field]) this.inputs[field].value = value;
     }
+    this.showBlockLengthUse();
+    this.editor.sync();
   }
 
   setNumber(n, removable) {
@@ -125,18 +165,23 @@ export class Panel {
     const unreadable = [];
     for (const [field, text] of Object.entries(this.values())) {
       const input = this.inputs[field];
+      if (input.disabled) continue; // not used by these settings (block length under random remasking)
       if (input.validity?.badInput) unreadable.push(field);
       else if (field === "prompt") {
         if (text) body.prompt = text;
       } else if (field === "seed") {
         if (text) body.seed = text; // digits, sent as a bare JSON number (see encodeRequest)
+      } else if (field === "preset") {
+        if (text) body.preset = text;
+      } else if (field === "ending" || field === "edit") {
+        if (text) body[field] = field === "edit" ? parseEdit(text) : text;
       } else if (field === "remasking") body.remasking = text;
       else if (NUMERIC.has(field)) {
         if (text !== "") body[field] = Number(text); // 1.5 steps: sent as is, the server says why not
         else if (NULL_MEANS_NO_LIMIT.has(field)) body[field] = null;
       }
     }
-    return { body, unreadable };
+    return { body: canvasBody(body), unreadable };
   }
 
   setFieldError(field, message) {
@@ -181,10 +226,17 @@ export class Panel {
       this.say("Some settings are not numbers.", "error");
       return;
     }
+    const outOfLimits = this.limitErrors(body);
+    if (Object.keys(outOfLimits).length) {
+      this.showFieldErrors(outOfLimits);
+      this.say("Some settings are beyond this server's limits (GET /info); nothing was sent.", "error");
+      return;
+    }
     this.begin(body);
     let ended = false;
     try {
-      for await (const event of generateStream(body, this.controller.signal)) {
+      this.length = (await this.editor.prepare(body, this.controller.signal))?.length ?? this.length;
+      for await (const event of storyStream(body, this.controller.signal, this.connectionHooks())) {
         if (event.type === "step") this.onStep(event.data);
         else if (event.type === "done") ended = this.onDone(event.data, event.raw);
         else if (event.type === "error") {
@@ -211,12 +263,41 @@ export class Panel {
     }
   }
 
+  /** Fields beyond the limits /info gives, with why: checked before sending, so the message names the model's. */
+  limitErrors(body) {
+    const max = this.info.max_length;
+    const length = body.length;
+    if (length === undefined || (Number.isInteger(length) && length >= 1 && length <= max)) return {};
+    return { length: `Enter a whole number of tokens from 1 to ${max}, this model's maximum length.` };
+  }
+
+  /** Stop for real: the server cancels the story at once (a dropped connection only pauses it). */
   stop() {
+    if (this.running && this.streamId) cancelStream(this.streamId);
     this.controller?.abort();
+  }
+
+  connectionHooks() {
+    return {
+      onOpen: (streamId) => {
+        this.streamId = streamId;
+        this.view.reset(this.length); // drawn once the server accepted the request, never for a refusal
+        this.editor.drawFixed(this.view);
+      },
+      onReconnecting: (attempt) => {
+        this.say(`Connection lost at step ${this.lastStep()}; reconnecting… (attempt ${attempt})`);
+        this.root.dataset.connection = "reconnecting";
+      },
+      onResumed: () => {
+        this.say("Reconnected. Denoising…");
+        delete this.root.dataset.connection;
+      },
+    };
   }
 
   begin(body) {
     this.controller = new AbortController();
+    this.streamId = null;
     this.body = body;
     this.length = body.length ?? this.info.defaults.length;
     this.history = [];
@@ -225,9 +306,10 @@ export class Panel {
     this.promptCount = null;
     this.seed = null;
     this.started = performance.now();
-    this.view.reset(this.length);
     this.ref.final.hidden = true;
     this.ref.scrub.hidden = true;
+    this.ref.forwards.textContent = "–";
+    this.ref.tokensPerForward.textContent = "–";
     this.ref.generate.disabled = true;
     this.ref.stop.disabled = false;
     this.root.dataset.state = "running";
@@ -241,6 +323,7 @@ export class Panel {
     this.flush();
     this.showTime();
     this.controller = null;
+    delete this.root.dataset.connection;
     this.ref.generate.disabled = false;
     this.ref.stop.disabled = true;
     this.root.dataset.state = "idle";
@@ -257,7 +340,8 @@ export class Panel {
   onStep(event) {
     if (this.promptCount === null) {
       // the prompt is whatever was neither masked nor revealed by the first event
-      this.promptCount = Math.max(0, this.length - event.masked - event.changed.length);
+      // fixed text around blanks has cells of its own (editor.js); a prompt alone is one cell
+      this.promptCount = this.editor.layout ? 0 : Math.max(0, this.length - event.masked - event.changed.length);
       this.view.setPrompt(this.promptCount, this.body.prompt ?? "");
       this.say("Denoising…");
     }
@@ -302,9 +386,14 @@ export class Panel {
     this.seed = seedOf(raw) ?? String(done.seed);
     this.ref.story.textContent = done.text || "(the model ended the story at once)";
     this.ref.seed.textContent = this.seed;
+    const perForward = done.tokens_per_forward.toFixed(2);
+    this.ref.forwards.textContent = String(done.forwards);
+    this.ref.tokensPerForward.textContent = perForward;
     this.ref.summary.textContent =
-      `${done.steps} steps · ${done.length} tokens · ${formatSeconds(done.elapsed_s)} on the server`;
+      `${done.steps} steps · ${done.forwards} forwards (${perForward} tokens each) · ${done.length} tokens · ` +
+      `${formatSeconds(done.elapsed_s)} on the server`;
     this.ref.replay.href = settingsUrl([this.replayValues()]);
+    this.editor.onDone(done);
     this.ref.final.hidden = false;
     this.say(`Done: ${done.steps} steps in ${formatSeconds(done.elapsed_s)}.`, "done");
     return true;
@@ -319,6 +408,7 @@ export class Panel {
   scrubTo(upto) {
     if (this.running) return;
     this.view.replay(this.history, upto);
+    this.editor.drawFixed(this.view);
     this.showScrubPosition(upto);
   }
 
