@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +24,9 @@ from app.diffusion.checkpoint import save_checkpoint
 from app.diffusion.diffusion_config import DiffusionConfig
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from app.config import Settings
     from model_training.config import TrainConfig
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -103,3 +110,48 @@ def copy_of(tmp_path):
         return target
 
     return _copy
+
+
+@contextlib.contextmanager
+def running_server(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
+    """The service for `settings` under `storydiff serve`'s uvicorn config, in a thread, once /ready is 200;
+    yields its base URL and app, and stops it afterwards."""
+    import httpx
+    import uvicorn
+
+    from app.api import create_app
+    from app.serve_cli import uvicorn_config
+
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn_config(app, settings))
+    thread = threading.Thread(target=server.run, name="uvicorn-under-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    while httpx.get(f"{url}/ready").status_code != 200:
+        assert time.monotonic() < deadline, "the model did not load"
+        time.sleep(0.05)
+    try:
+        yield url, app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def slowed_forward(delay_s: float) -> Iterator[None]:
+    """The engine's model forward made `delay_s` slower: requests stay in the batch long enough to watch."""
+    from app.engine import model_forward
+
+    original = model_forward.logits_at
+
+    def slow_logits_at(model, x, query, attention_mask=None):  # type: ignore[no-untyped-def]
+        time.sleep(delay_s)
+        return original(model, x, query, attention_mask)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_forward, "logits_at", slow_logits_at)
+        yield

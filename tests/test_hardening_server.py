@@ -12,13 +12,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 import app.engine.model_forward as model_forward
-from app.api import create_app
 from app.config import Settings
-from app.serve_cli import serve, uvicorn_config
-from tests.conftest import free_port
+from app.serve_cli import serve
+from tests.conftest import free_port, running_server
 
 HEADER_TIMEOUT_S = 1.0
 CLOSED_WITHIN_S = 10.0  # generous: a shared CI machine; the property is that it closes at all
@@ -31,23 +29,8 @@ def settings_for(model_dir, **overrides) -> Settings:
 @contextlib.contextmanager
 def running(settings: Settings) -> Iterator[tuple[str, int]]:
     """The service under `storydiff serve`'s uvicorn config, in a thread; yields its URL and port."""
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
-    thread = threading.Thread(target=server.run, name="uvicorn-hardened", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    while httpx.get(f"{url}/ready").status_code != 200:
-        assert time.monotonic() < deadline, "the model did not load"
-        time.sleep(0.05)
-    try:
-        yield url, port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with running_server(settings) as (url, _):
+        yield url, int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")

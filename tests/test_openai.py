@@ -4,21 +4,17 @@ the stable-prefix rule that makes a diffusion draft's stream deltas final."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 
 import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 
-import app.engine.model_forward as model_forward
-from app.api import create_app
 from app.api.openai_text import CompletionText, completion_of
 from app.config import Settings
 from app.diffusion.text import decode_story, prompt_ids
-from tests.conftest import STORIES_DIR
+from tests.conftest import STORIES_DIR, running_server, slowed_forward
 
 API_KEY = "test-key"
 FORWARD_DELAY_S = 0.005  # a story of many steps lasts long enough to leave it midway
@@ -33,31 +29,10 @@ def server(tiny_checkpoint_dir):
     """uvicorn in a thread serving the tiny checkpoint behind an API key; yields the base URL."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    original = model_forward.logits_at
-
-    def slow_logits_at(model, x, query, attention_mask=None):
-        time.sleep(FORWARD_DELAY_S)
-        return original(model, x, query, attention_mask)
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(model_forward, "logits_at", slow_logits_at)
     settings = Settings(model=str(tiny_checkpoint_dir), device="cpu", port=0, log_level="warning", api_keys=[API_KEY])
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, name="uvicorn-openai-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{uv.servers[0].sockets[0].getsockname()[1]}"
-    while httpx.get(f"{url}/ready").status_code != 200:
-        assert time.monotonic() < deadline, "the model did not load"
-        time.sleep(0.05)
-    yield url
-    uv.should_exit = True
-    thread.join(timeout=30)
-    patch.undo()
+    with slowed_forward(FORWARD_DELAY_S), running_server(settings) as (url, _):
+        yield url
+    torch.set_num_threads(threads)
     torch.set_num_threads(threads)
 
 

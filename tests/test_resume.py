@@ -5,22 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
 from asgi_lifespan import LifespanManager
 from httpx_sse import aconnect_sse
 
-import app.engine.model_forward as model_forward
 from app.api import create_app
 from app.api.jobs import Job
 from app.api.resumable import STREAM_ID_PATTERN, StreamNotFound, StreamRegistry
 from app.config import Settings
 from app.diffusion.sampler_settings import SamplerSettings
 from app.engine import Finished, GenerationSpec, RequestHandle, Reveal, StepUpdate
+from tests.conftest import running_server, slowed_forward
 
 pytestmark = pytest.mark.anyio
 
@@ -143,32 +141,11 @@ async def test_without_a_grace_a_client_that_leaves_cancels_at_once():
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint_dir):
     """uvicorn in a thread, serving the tiny checkpoint slowed down; yields the base URL and the app."""
-    original = model_forward.logits_at
-
-    def slow_logits_at(model, x, query, attention_mask=None):
-        time.sleep(FORWARD_DELAY_S)
-        return original(model, x, query, attention_mask)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model_forward, "logits_at", slow_logits_at)
-        settings = Settings(
-            model=str(tiny_checkpoint_dir), device="cpu", ping_interval=0, resume_grace=GRACE_S, log_level="warning"
-        )
-        app = create_app(settings)
-        uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        thread = threading.Thread(target=uv.run, name="uvicorn-resume", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not uv.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        url = f"http://127.0.0.1:{uv.servers[0].sockets[0].getsockname()[1]}"
-        while httpx.get(f"{url}/ready").status_code != 200:
-            assert time.monotonic() < deadline, "the model did not load"
-            time.sleep(0.05)
+    settings = Settings(
+        model=str(tiny_checkpoint_dir), device="cpu", port=0, ping_interval=0, resume_grace=GRACE_S, log_level="warning"
+    )
+    with slowed_forward(FORWARD_DELAY_S), running_server(settings) as (url, app):
         yield url, app
-        uv.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
 import httpx
 import pytest
 import torch
-import uvicorn
 from httpx_sse import aconnect_sse
 
-import app.engine.model_forward as model_forward
-from app.api import create_app
 from app.config import Settings
+from tests.conftest import running_server, slowed_forward
 
 pytestmark = pytest.mark.anyio
 
@@ -29,43 +26,20 @@ def anyio_backend():
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint_dir):
-    """uvicorn in a thread, serving the tiny checkpoint; yields the base URL and the app."""
+    """uvicorn in a thread, serving the tiny checkpoint slowed down; yields the base URL and the app."""
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    original = model_forward.logits_at
-
-    def slow_logits_at(model, x, query, attention_mask=None):
-        time.sleep(FORWARD_DELAY_S)
-        return original(model, x, query, attention_mask)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model_forward, "logits_at", slow_logits_at)
-        settings = Settings(
-            model=str(tiny_checkpoint_dir),
-            device="cpu",
-            port=0,
-            max_batch=16,
-            ping_interval=0.1,
-            resume_grace=0,  # a client that leaves cancels at once; tests/test_resume.py has the grace
-            log_level="warning",
-        )
-        app = create_app(settings)
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=5)
-        uv = uvicorn.Server(config)
-        thread = threading.Thread(target=uv.run, name="uvicorn-under-test", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not uv.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        port = uv.servers[0].sockets[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        while httpx.get(f"{url}/ready").status_code != 200:
-            assert time.monotonic() < deadline, "the model did not load"
-            time.sleep(0.05)
+    settings = Settings(
+        model=str(tiny_checkpoint_dir),
+        device="cpu",
+        port=0,
+        max_batch=16,
+        ping_interval=0.1,
+        resume_grace=0,  # a client that leaves cancels at once; tests/test_resume.py has the grace
+        log_level="warning",
+    )
+    with slowed_forward(FORWARD_DELAY_S), running_server(settings) as (url, app):
         yield url, app
-        uv.should_exit = True
-        thread.join(timeout=30)
     torch.set_num_threads(torch_threads)
 
 
