@@ -1,20 +1,21 @@
 """Infilling on held-out stories: blank the middle third, let the model write it back, judge the result.
 
-Each of the tests' 60 held-out stories (tests/data/tinystories/valid.txt, validation-split stories the
+Each of the tests' held-out stories (tests/data/tinystories/valid.txt, 60 validation-split stories the
 shipped model never trained on) is encoded as training encodes it, with its end token, cut to the
 model's positions. Its middle third (in tokens) is masked again, as an `edit` request masks it
 (`app.diffusion.canvas.edit_canvas`), and denoised at the checkpoint's default sampler settings, seed =
-the story's index. The judge (default: the reference probe) scores, in bits per character (its ELBO
-bound, `model_training.evaluation.text_bound`; lower: more plausible):
+the story's index. The judge (default: the reference probe) scores each row, in bits per character
+(its ELBO bound, `model_training.evaluation.text_bound`; lower: more plausible):
 - `original`: the stories as written;
 - `infilled`: first and last thirds as written, the middle by the model;
-- `unconstrained`: the whole story masked (the same positions, the same end): the model alone at that length;
-- `infilled, end not pinned` (the first `--ablation` stories): the same infill without the end token
-  after the story, which is how an `ending` would read without one.
-Also reported: end tokens the model wrote inside a middle blank (they would make a blank "flexible"),
-forwards, and wall time. On a CPU each story is denoised alone by default (`--batch 1`): a step that
-reveals nothing skips the model only when it reveals nothing in every row of the batch, so batching
-stories with a third of their positions masked multiplies a CPU's forwards (`--batch 60` for one batch).
+- `infilled, end not pinned`: the same without the end token after the story: how an `ending` would
+  read without one, and what an `edit` of the shipped model's `tokens` (returned without PAD) is;
+- `unconstrained`: the whole story masked (the same positions, the same end): the model alone.
+Also: end tokens the model wrote inside a blank that text follows (they would make it "flexible"),
+forwards per story and sampling time. On a CPU each story is denoised alone by default (`--batch 1`):
+a step skips the model only when no row of the batch reveals anything, so a batch of stories with a
+third of their positions masked runs the model at almost every step, for every row. The JSON is
+written after each row, and `--resume` keeps the rows it has.
 
     python benchmarks/infill_quality.py --json docs/infill_quality.json
 """
@@ -119,6 +120,44 @@ def judge_bpc(judge: Checkpoint, texts: list[str], t_samples: int) -> float:
     return text_bound(judge.model, judge.tokenizer, texts, judge.config.seq_len, num_t_samples=t_samples).bits_per_char
 
 
+def measure(ckpt: Checkpoint, judge: Checkpoint, name: str, group: list[Canvas], args: argparse.Namespace) -> dict:
+    """Write one group of canvases and score it: a row of the table, with its stories."""
+    print(f"{name}: {len(group)} stories", file=sys.stderr, flush=True)
+    written = write(ckpt, group, range(len(group)), args.batch)
+    texts = texts_of(ckpt, group, written)
+    found, total = ends_in_blanks(ckpt, group, written)
+    stories = [
+        {
+            "seed": seed,
+            "text": text,
+            "fill": decode_story([t for p, t in enumerate(ids) if group[seed].ids[p] == ckpt.mask_id], ckpt.tokenizer),
+            "tokens": ids,
+        }
+        for seed, (text, ids) in enumerate(zip(texts, written.ids, strict=True))
+    ]
+    return {
+        "name": name,
+        "stories": len(group),
+        "judge_bpc": judge_bpc(judge, texts, args.t_samples),
+        "words": sum(len(t.split()) for t in texts) / len(texts),
+        "ends_in_middle_blanks": found,
+        "middle_blank_positions": total,
+        "forwards_per_story": written.forwards / len(group),
+        "seconds": round(written.seconds, 1),
+        "written": stories,
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'':<26}{'stories':>8}{'judge bits/char':>17}{'words':>7}{'end tokens in blanks':>22}{'fwd/story':>10}")
+    for row in rows:
+        line = f"{row['name']:<26}{row['stories']:>8}{row['judge_bpc']:>17.3f}"
+        if "seconds" in row:
+            ends = f"{row['ends_in_middle_blanks']}/{row['middle_blank_positions']}"
+            line += f"{row['words']:>7.0f}{ends:>22}{row['forwards_per_story']:>10.0f}  ({row['seconds']:.0f} s)"
+        print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="checkpoint that writes the stories")
@@ -126,73 +165,41 @@ def main() -> None:
     parser.add_argument("--stories", type=Path, default=HELD_OUT)
     parser.add_argument("--limit", type=int, default=None, help="only the first N stories")
     parser.add_argument("--batch", type=int, default=1, help="stories per sample() call")
-    parser.add_argument("--ablation", type=int, default=20, help="stories for the end-not-pinned row (0: none)")
     parser.add_argument("--t-samples", type=int, default=4, help="judge's t samples per story")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here, after each row")
+    parser.add_argument("--resume", action="store_true", help="keep the rows --json has already, write the rest")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    wall = time.perf_counter()
     ckpt, judge = load_checkpoint(args.model, device="cpu"), load_checkpoint(args.judge, device="cpu")
     stories = [encode(ckpt, text) for text in held_out_stories(args.stories)[: args.limit]]
-    seeds = list(range(len(stories)))
-    canvases = {
-        "infilled": [edit_canvas(s.tokens, [s.middle], ckpt.mask_id, len(ckpt.tokenizer), 10**6) for s in stories],
-        "unconstrained": [edit_canvas(s.tokens, [s.body], ckpt.mask_id, len(ckpt.tokenizer), 10**6) for s in stories],
+    vocab, mask_id = len(ckpt.tokenizer), ckpt.mask_id
+    groups = {
+        "infilled": [edit_canvas(s.tokens, [s.middle], mask_id, vocab, 10**6) for s in stories],
+        "infilled, end not pinned": [
+            edit_canvas(s.tokens[: s.body[1]], [s.middle], mask_id, vocab, 10**6) for s in stories
+        ],
+        "unconstrained": [edit_canvas(s.tokens, [s.body], mask_id, vocab, 10**6) for s in stories],
     }
-    ablated = stories[: args.ablation]
-    canvases["infilled, end not pinned"] = [
-        edit_canvas(s.tokens[: s.body[1]], [s.middle], ckpt.mask_id, len(ckpt.tokenizer), 10**6) for s in ablated
-    ]
-    rows = [{"name": "original", "stories": len(stories)}]
-    rows[0]["judge_bpc"] = judge_bpc(judge, [s.text for s in stories], args.t_samples)
-    examples = []
-    for name, group in canvases.items():
-        if not group:
-            continue
-        print(f"{name}: {len(group)} stories", file=sys.stderr, flush=True)
-        written = write(ckpt, group, seeds, args.batch)
-        texts = texts_of(ckpt, group, written)
-        found, total = ends_in_blanks(ckpt, group, written)
-        rows.append(
-            {
-                "name": name,
-                "stories": len(group),
-                "judge_bpc": judge_bpc(judge, texts, args.t_samples),
-                "words": sum(len(t.split()) for t in texts) / len(texts),
-                "ends_in_middle_blanks": found,
-                "middle_blank_positions": total,
-                "forwards_per_story": written.forwards / len(group),
-                "seconds": round(written.seconds, 1),
-            }
+    settings = ckpt.config.sampler_settings.model_dump(mode="json")
+    report = {"model": ckpt.source, "judge": judge.source, "settings": settings, "batch": args.batch}
+    report |= {"threads": args.threads, "t_samples": args.t_samples, "rows": []}
+    if args.resume and args.json and args.json.exists():
+        report = json.loads(args.json.read_text())
+    done = {row["name"] for row in report["rows"]}
+    if "original" not in done:
+        texts = [s.text for s in stories]
+        report["rows"].append(
+            {"name": "original", "stories": len(stories), "judge_bpc": judge_bpc(judge, texts, args.t_samples)}
         )
-        if name == "infilled" and ablated:
-            subset = texts[: len(ablated)]
-            rows.append({"name": "original, first stories", "stories": len(ablated)})
-            rows[-1]["judge_bpc"] = judge_bpc(judge, [s.text for s in ablated], args.t_samples)
-            rows.append({"name": "infilled, first stories", "stories": len(ablated)})
-            rows[-1]["judge_bpc"] = judge_bpc(judge, subset, args.t_samples)
-        for i, (text, ids) in enumerate(zip(texts, written.ids, strict=True)):
-            a, b = stories[i].middle if name.startswith("infilled") else stories[i].body
-            fill = decode_story(ids[a:b], ckpt.tokenizer)
-            examples.append({"name": name, "seed": seeds[i], "text": text, "fill": fill, "tokens": ids})
-    print(
-        f"{'':<28}{'stories':>8}{'judge bits/char':>17}{'words':>7}{'end tokens in blanks':>22}"
-        f"{'fwd/story':>10}{'s':>7}"
-    )
-    for row in rows:
-        ends = f"{row['ends_in_middle_blanks']}/{row['middle_blank_positions']}" if "seconds" in row else ""
-        extra = (
-            f"{row['words']:>7.0f}{ends:>22}{row['forwards_per_story']:>10.0f}{row['seconds']:>7.0f}" if ends else ""
-        )
-        print(f"{row['name']:<28}{row['stories']:>8}{row['judge_bpc']:>17.3f}{extra}")
-    total_s = time.perf_counter() - wall
-    print(f"wall time {total_s:.0f} s ({torch.get_num_threads()} threads, batch {args.batch})")
-    if args.json:
-        settings = ckpt.config.sampler_settings.model_dump(mode="json")
-        report = {"model": ckpt.source, "judge": judge.source, "settings": settings, "batch": args.batch}
-        report |= {"t_samples": args.t_samples, "wall_s": round(total_s, 1), "rows": rows, "stories": examples}
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    for name, group in groups.items():
+        if name not in done:
+            report["rows"].append(measure(ckpt, judge, name, group, args))
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=1) + "\n")
+    print_table(report["rows"])
+    seconds = sum(row.get("seconds", 0) for row in report["rows"])
+    print(f"sampling took {seconds:.0f} s ({args.threads} threads, batch {args.batch})")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,24 @@
-"""Measure sampler settings on a checkpoint: do stories end, repeat themselves, read as plausible?
+"""Measure sampler settings on a checkpoint: what each costs in forwards and what its stories are worth.
 
-For each setting, write a batch of unprompted stories and report:
+For each setting, write a batch of unprompted stories with the batched `sample` (end tokens guarded
+as the server guards them) and report, per setting:
+- `fwd`: model forwards per story (steps in which the model ran for that story);
+- `tok/fwd`: tokens written (the positions not fixed) per forward;
+- `judge`: the ELBO bound, in bits per character, of the stories under a *judge* model (default: the
+  reference probe), an independent estimate of how plausible the text is (lower: more plausible);
+- `rep4`: the share of repeated word 4-grams within a story (argmax collapse and loops show up here);
+- `dist2`: distinct word bigrams over all bigrams of the setting's stories (diversity across stories);
+- `words` and `<60w`: mean words per story and the share under 60 words, against the held-out
+  stories' own distribution (the first row);
 - `ended`: the share of stories that reach PAD/SEP before the last position;
-- `rep4`: the share of repeated word 4-grams within a story (argmax collapse shows up here);
-- `judge_bpc`: the ELBO bound, in bits per character, of the stories under a *judge* model
-  (default: the reference probe), an independent estimate of how plausible the text is;
-- `s/story`: wall time per story when the whole batch is denoised together.
-Low judge_bpc alone rewards repetition, high rep4 alone rewards noise: read them together.
+- `s/story`: wall time per story with the whole batch denoised together; with `--alone K`, also
+  `alone`: the mean of K stories denoised one at a time (what a single request waits on a CPU).
+Low judge scores alone reward repetition, high rep4 alone rewards noise: read them together.
 
-    python benchmarks/sampler_quality.py --model app/models/tinystories-default --stories 8
+    python benchmarks/sampler_quality.py --model app/models/tinystories-default --stories 16 \
+        --json docs/fast-decoding.json --table docs/fast-decoding-table.md --plot docs/fast-decoding.png
+    python benchmarks/sampler_quality.py --presets --alone 3     # the checkpoint's default and presets
+    python benchmarks/sampler_quality.py --only threshold --stories 4   # settings whose label matches
 """
 
 from __future__ import annotations
@@ -16,28 +26,59 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import statistics
 import time
+from pathlib import Path
+from typing import Any
+
+import torch
 
 from app.diffusion.checkpoint import Checkpoint, load_checkpoint
 from app.diffusion.generation import sample
-from app.diffusion.sampler_settings import Remasking, SamplerSettings
-from app.diffusion.text import decode_story, story_end
+from app.diffusion.sampler_settings import PRESETS, SamplerOverrides, SamplerSettings
+from app.diffusion.text import decode_story, end_token_ids, story_end
+from app.paths import DEFAULT_MODEL_DIR
 from model_training.evaluation import text_bound
 
-SETTINGS = [
-    SamplerSettings(steps=256, remasking=Remasking.RANDOM, temperature=0.0),
-    SamplerSettings(steps=256, remasking=Remasking.RANDOM, temperature=1.0),
-    SamplerSettings(steps=256, remasking=Remasking.RANDOM, temperature=0.8),
-    SamplerSettings(steps=256, remasking=Remasking.RANDOM, temperature=1.0, top_p=0.9),
-    SamplerSettings(steps=256, remasking=Remasking.RANDOM, temperature=0.8, top_p=0.9),
-    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0),
-    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8),
-    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=1.0, top_p=0.9),
-    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.0, block_length=32),
-    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=32),
-    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=16),
-    SamplerSettings(steps=256, remasking=Remasking.LOW_CONFIDENCE, temperature=0.8, top_p=0.9, block_length=64),
-]
+HELD_OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "tinystories" / "valid.txt"
+SHORT_WORDS = 60
+
+
+def _rule(remasking: str, steps: int, blocks: int | None = 32, **fields: Any) -> dict[str, Any]:
+    """A confidence-ranked rule's fields, end tokens guarded (without, the tail's PAD ends every story)."""
+    return {"remasking": remasking, "steps": steps, "block_length": blocks, "guard_endings": True} | fields
+
+
+GRID: list[tuple[str, dict[str, Any]]] = [
+    ("random T=256 (default)", {"remasking": "random", "steps": 256}),
+    ("threshold τ=0.9 b32 T=256", _rule("threshold", 256, confidence_threshold=0.9)),
+    ("threshold τ=0.9 b32 T=64", _rule("threshold", 64, confidence_threshold=0.9)),
+    ("random T=64", {"remasking": "random", "steps": 64}),
+    ("random T=32", {"remasking": "random", "steps": 32}),
+    ("threshold τ=0.9 b32 T=32", _rule("threshold", 32, confidence_threshold=0.9)),
+    ("threshold τ=0.7 b32 T=64", _rule("threshold", 64, confidence_threshold=0.7)),
+    ("low_confidence b32 T=64", {"remasking": "low_confidence", "steps": 64, "block_length": 32}),
+    ("threshold τ=0.9 T=64 (no blocks)", _rule("threshold", 64, None, confidence_threshold=0.9)),
+    *((f"random T={steps}", {"remasking": "random", "steps": steps}) for steps in (40, 24, 16)),
+    ("random T=32 guarded", {"remasking": "random", "steps": 32, "guard_endings": True}),
+    ("random T=128", {"remasking": "random", "steps": 128}),
+    ("threshold τ=0.9 T=64 unguarded", _rule("threshold", 64, None, confidence_threshold=0.9, guard_endings=False)),
+    *((f"entropy_bound γ={g} b32 T=256", _rule("entropy_bound", 256, entropy_budget=g)) for g in (3.0, 1.0, 0.3)),
+    ("entropy_bound γ=1 T=256 (no blocks)", _rule("entropy_bound", 256, None, entropy_budget=1.0)),
+    *((f"threshold τ={tau} b32 T=256", _rule("threshold", 256, confidence_threshold=tau)) for tau in (0.7, 0.8, 0.95)),
+    ("entropy_bound γ=0.1 b32 T=256", _rule("entropy_bound", 256, entropy_budget=0.1)),
+    ("random T=256 guarded", {"remasking": "random", "steps": 256, "guard_endings": True}),
+    ("low_confidence b32 T=256", {"remasking": "low_confidence", "steps": 256, "block_length": 32}),
+]  # fmt: skip
+"""Label -> fields over the checkpoint's defaults (its temperature and top-p apply to every rule), the
+settings that decide the presets first: a run stopped early keeps them (`--json` is written as it goes)."""
+
+
+def held_out_stories(path: Path = HELD_OUT) -> list[str]:
+    """The held-out stories, one per `<|endoftext|>`-terminated block."""
+    blocks = path.read_text().split("<|endoftext|>")
+    return [" ".join(block.split()) for block in blocks if block.strip()]
 
 
 def repeated_4grams(text: str) -> float:
@@ -47,68 +88,210 @@ def repeated_4grams(text: str) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def measure(ckpt: Checkpoint, judge: Checkpoint, cfg: SamplerSettings, stories: int, seed: int) -> dict:
-    """Write `stories` stories with `cfg` in one batch and score them."""
-    length = ckpt.config.seq_len
-    start = time.perf_counter()
-    *_, (_, last) = sample(ckpt.model, ckpt.mask_id, cfg, [seed + i for i in range(stories)], length)
-    x = last.x
-    elapsed = time.perf_counter() - start
-    rows = [row.tolist() for row in x]
-    texts = [decode_story(row, ckpt.tokenizer) for row in rows]
+def distinct_2(texts: list[str]) -> float:
+    """Distinct word bigrams over all bigrams of `texts` (Li et al. 2016's distinct-2)."""
+    grams = [tuple(w[i : i + 2]) for w in (t.split() for t in texts) for i in range(len(w) - 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def text_scores(texts: list[str], judge: Checkpoint) -> dict[str, Any]:
+    """What every row reports about its texts, the held-out stories' included."""
+    words = [len(t.split()) for t in texts]
+    q1, median, q3 = statistics.quantiles(words, n=4) if len(words) > 1 else (words[0],) * 3
     return {
-        "remasking": cfg.remasking.value,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-        "steps": cfg.steps,
-        "block_length": cfg.block_length,
-        "ended": sum(story_end(r, ckpt.tokenizer) < length for r in rows) / stories,
-        "rep4": sum(map(repeated_4grams, texts)) / stories,
         "judge_bpc": (
             text_bound(judge.model, judge.tokenizer, texts, judge.config.seq_len).bits_per_char
             if any(texts)
             else math.nan
         ),  # nothing written: nothing to judge
-        "words": sum(len(t.split()) for t in texts) / stories,
-        "s_per_story": elapsed / stories,
-        "example": texts[0],
+        "rep4": sum(map(repeated_4grams, texts)) / len(texts),
+        "distinct2": distinct_2(texts),
+        "words": statistics.fmean(words),
+        "words_quartiles": [q1, median, q3],
+        "short": sum(w < SHORT_WORDS for w in words) / len(words),
     }
+
+
+def write_stories(ckpt: Checkpoint, cfg: SamplerSettings, seeds: list[int]) -> tuple[list[list[int]], list[int], float]:
+    """Denoise one story per seed in one batch: (token ids, forwards per story, seconds)."""
+    ends = sorted(end_token_ids(ckpt.tokenizer))
+    forwards = torch.zeros(len(seeds), dtype=torch.long)
+    start = time.perf_counter()
+    for _, step in sample(ckpt.model, ckpt.mask_id, cfg, seeds, ckpt.config.seq_len, end_ids=ends):
+        if step.model_called:
+            forwards[step.rows.unique()] += 1  # a row the model ran for reveals at least one token
+        last = step
+    elapsed = time.perf_counter() - start
+    return [row.tolist() for row in last.x], forwards.tolist(), elapsed
+
+
+def measure(
+    ckpt: Checkpoint, judge: Checkpoint, label: str, cfg: SamplerSettings, stories: int, seed: int, alone: int
+) -> dict[str, Any]:
+    """Write `stories` stories with `cfg` in one batch (and `alone` more one at a time) and score them."""
+    length = ckpt.config.seq_len
+    rows, forwards, elapsed = write_stories(ckpt, cfg, [seed + i for i in range(stories)])
+    texts = [decode_story(row, ckpt.tokenizer) for row in rows]
+    alone_s = [write_stories(ckpt, cfg, [seed + i])[2] for i in range(alone)]
+    return {
+        "label": label,
+        "settings": cfg.model_dump(mode="json"),
+        "forwards": statistics.fmean(forwards),
+        "tokens_per_forward": statistics.fmean(length / f for f in forwards),
+        **text_scores(texts, judge),
+        "ended": sum(story_end(r, ckpt.tokenizer) < length for r in rows) / stories,
+        "s_per_story": elapsed / stories,
+        "load": os.getloadavg()[0],  # the machine's 1-minute load when the setting ended: times are shared
+        "alone_s": statistics.fmean(alone_s) if alone_s else None,
+        "examples": texts[:3],
+    }
+
+
+def settings_to_measure(ckpt: Checkpoint, presets: bool, only: str | None) -> list[tuple[str, SamplerSettings]]:
+    """The grid over the checkpoint's defaults, or its defaults and presets; `only`: labels containing it."""
+    if presets:
+        chosen = [("default", ckpt.config.sampler_settings)]
+        chosen += [(f"preset {name}", ckpt.config.settings_for(name)) for name in PRESETS]
+    else:
+        base = ckpt.config.sampler_settings
+        chosen = [(label, base.override(SamplerOverrides(**fields))) for label, fields in GRID]
+    return [(label, cfg) for label, cfg in chosen if only is None or only in label]
+
+
+HEADER = (
+    f"{'setting':<28}{'fwd':>6}{'tok/fwd':>8}{'judge':>7}{'rep4':>7}{'dist2':>7}{'words':>7}{'<60w':>6}"
+    f"{'ended':>7}{'s/story':>8}{'alone':>7}"
+)
+
+
+def line(row: dict[str, Any]) -> str:
+    def num(key: str, spec: str) -> str:
+        return "-" if row.get(key) is None else format(row[key], spec)
+
+    return (
+        f"{row['label']:<28}{num('forwards', '.1f'):>6}{num('tokens_per_forward', '.2f'):>8}"
+        f"{row['judge_bpc']:>7.3f}{row['rep4']:>7.3f}{row['distinct2']:>7.3f}{row['words']:>7.0f}"
+        f"{row['short']:>6.2f}{num('ended', '.2f'):>7}{num('s_per_story', '.2f'):>8}{num('alone_s', '.2f'):>7}"
+    )
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as a markdown table (the held-out stories first, for reference)."""
+
+    def cell(row: dict[str, Any], key: str, spec: str) -> str:
+        value = row.get(key)
+        return "-" if value is None else format(value, spec)
+
+    head = (
+        "| setting | forwards / story | tokens / forward | judge bits/char | repeated 4-grams | distinct-2 | "
+        "words: mean (quartiles) | under 60 words | ended | s/story (batch) | s/story alone |"
+    )
+    out = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
+    for row in rows:
+        q1, median, q3 = row["words_quartiles"]
+        out.append(
+            f"| {row['label']} | {cell(row, 'forwards', '.1f')} | {cell(row, 'tokens_per_forward', '.2f')} | "
+            f"{'-' if math.isnan(row['judge_bpc']) else format(row['judge_bpc'], '.3f')} | {row['rep4']:.1%} | "
+            f"{row['distinct2']:.3f} | "
+            f"{row['words']:.0f} ({q1:.0f} / {median:.0f} / {q3:.0f}) | {row['short']:.0%} | "
+            f"{cell(row, 'ended', '.0%')} | {cell(row, 's_per_story', '.2f')} | {cell(row, 'alone_s', '.2f')} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: str) -> None:
+    """Judge score and words per story against forwards per story, one point per setting; hollow points
+    loop (over 2% repeated 4-grams), and the shaded corner is the `fast` preset's target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    reference, measured = rows[0], [row for row in rows[1:] if not math.isnan(row["judge_bpc"])]  # empty: unscored
+    default = next(row for row in measured if "default" in row["label"])
+    fig, (quality, words) = plt.subplots(1, 2, figsize=(14, 7))
+    colours = {"random": "tab:blue", "low_confidence": "tab:orange", "threshold": "tab:green",
+               "entropy_bound": "tab:red"}  # fmt: skip
+    for row in measured:
+        colour = colours[row["settings"]["remasking"]]
+        loops = row["rep4"] > 0.02
+        for axis, key in ((quality, "judge_bpc"), (words, "words")):
+            axis.scatter(row["forwards"], row[key], s=40, edgecolors=colour, facecolors="none" if loops else colour)
+            axis.annotate(row["label"], (row["forwards"], row[key]), fontsize=6.5, xytext=(4, 3),
+                          textcoords="offset points")  # fmt: skip
+    quality.axhline(reference["judge_bpc"], color="grey", linestyle=":", label="held-out stories")
+    quality.fill_between([10, default["forwards"] / 4], 0, default["judge_bpc"] * 1.1, color="gold", alpha=0.15,
+                         label="fast target: ≤ 1/4 of the default's forwards, judge within 10%")  # fmt: skip
+    words.axhline(reference["words"], color="grey", linestyle=":", label="held-out stories (mean)")
+    words.axhspan(reference["words"] * 0.8, reference["words"] * 1.2, color="gold", alpha=0.15,
+                  label="within 20% of the held-out mean")  # fmt: skip
+    for axis, ylabel in ((quality, "judge bits per character (lower: more plausible)"), (words, "words per story")):
+        axis.set_xscale("log")
+        axis.set_xticks([16, 24, 32, 64, 128, 256])
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.set_xlim(12, 320)
+        axis.set_xlabel("model forwards per story (log)")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+    quality.set_ylim(min(row["judge_bpc"] for row in measured) - 0.05, max(row["judge_bpc"] for row in measured) + 0.05)
+    for rule, colour in colours.items():
+        quality.scatter([], [], color=colour, label=rule)
+    quality.scatter([], [], edgecolors="grey", facecolors="none", label="loops: over 2% repeated 4-grams")
+    for axis in (quality, words):  # below the axes: every corner of them holds a point
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    fig.suptitle("Fewer forwards per story: quality and length against cost (256-token stories, 16 per setting)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint to measure")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="checkpoint to measure")
     parser.add_argument("--judge", default="../shared/checkpoints/reference-probe", help="scoring model")
-    parser.add_argument("--stories", type=int, default=8, help="stories per setting")
+    parser.add_argument("--stories", type=int, default=16, help="stories per setting, denoised as one batch")
+    parser.add_argument("--alone", type=int, default=0, help="also time this many stories one at a time")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--presets", action="store_true", help="the checkpoint's default and presets, not the grid")
+    parser.add_argument("--only", default=None, help="measure only the settings whose label contains this")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
-    parser.add_argument(
-        "--remasking",
-        choices=[r.value for r in Remasking],
-        default=None,
-        help="measure only the settings with this remasking",
-    )
+    parser.add_argument("--resume", action="store_true", help="keep --json's rows and measure only the others")
+    parser.add_argument("--table", default=None, help="also write the rows as a markdown table to this file")
+    parser.add_argument("--plot", default=None, help="also plot quality against forwards to this PNG")
+    parser.add_argument("--render", default=None, help="measure nothing: write --table and --plot from this JSON")
     args = parser.parse_args()
+    if args.render:
+        rows = json.loads(Path(args.render).read_text())
+        write_outputs(rows, args.table, args.plot)
+        return
+    torch.set_num_threads(args.threads)
     ckpt, judge = load_checkpoint(args.model, device="cpu"), load_checkpoint(args.judge, device="cpu")
-    rows = []
-    print(
-        f"{'remasking':<15}{'temp':>5}{'top_p':>6}{'block':>6}{'ended':>7}{'rep4':>7}{'judge_bpc':>10}{'words':>7}"
-        f"{'s/story':>8}"
-    )
-    for cfg in SETTINGS:
-        if args.remasking and cfg.remasking.value != args.remasking:
+    if args.resume and args.json and Path(args.json).exists():
+        rows = json.loads(Path(args.json).read_text())
+    else:
+        held_out = held_out_stories()
+        rows = [{"label": f"held-out stories ({len(held_out)})", **text_scores(held_out, judge)}]
+    print(HEADER)
+    for row in rows:
+        print(line(row), flush=True)
+    done = {row["label"] for row in rows}
+    for label, cfg in settings_to_measure(ckpt, args.presets, args.only):
+        if label in done:
             continue
-        row = measure(ckpt, judge, cfg, args.stories, args.seed)
-        rows.append(row)
-        print(
-            f"{row['remasking']:<15}{row['temperature']:>5}{row['top_p']!s:>6}{row['block_length']!s:>6}"
-            f"{row['ended']:>7.2f}"
-            f"{row['rep4']:>7.3f}{row['judge_bpc']:>10.3f}{row['words']:>7.0f}{row['s_per_story']:>8.2f}",
-            flush=True,
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        rows.append(measure(ckpt, judge, label, cfg, args.stories, args.seed, args.alone))
+        print(line(rows[-1]), flush=True)
+        if args.json:  # after every setting: a long run that is stopped keeps what it measured
+            Path(args.json).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+    write_outputs(rows, args.table, args.plot)
+
+
+def write_outputs(rows: list[dict[str, Any]], table: str | None, plot_path: str | None) -> None:
+    if table:
+        Path(table).write_text(markdown(rows))
+    if plot_path:
+        plot(rows, plot_path)
 
 
 if __name__ == "__main__":

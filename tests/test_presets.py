@@ -13,7 +13,7 @@ from app.cli import main
 from app.diffusion.checkpoint import load_checkpoint
 from app.diffusion.diffusion_config import DIFFUSION_CONFIG_NAME, DiffusionConfig
 from app.diffusion.logits import logits_at
-from app.diffusion.sampler_settings import BUILTIN_PRESETS, PRESETS, SamplerOverrides, SamplerSettings
+from app.diffusion.sampler_settings import BUILTIN_PRESETS, PRESETS, Remasking, SamplerOverrides, SamplerSettings
 from app.diffusion.text import end_token_ids, prompt_ids
 from app.engine import Engine, Finished, GenerationSpec
 from tests.conftest import TINY_SEQ_LEN
@@ -132,12 +132,12 @@ async def test_metrics_histograms_count_forwards_and_tokens_per_forward(preset_c
 def test_a_seeded_fast_story_is_the_same_alone_and_in_a_mixed_batch(tiny_checkpoint_dir):
     """Two requests with one seed and the `fast` preset, among requests with other rules and lengths."""
     ckpt = load_checkpoint(tiny_checkpoint_dir, device="cpu")
-    fast = ckpt.config.settings_for("fast").model_copy(update={"steps": 16, "temperature": 1.0})
+    fast = ckpt.config.settings_for("fast").model_copy(update={"temperature": 1.0})  # built-in: no presets here
     mine = GenerationSpec((), TINY_SEQ_LEN, fast, 11)
     others = [
         GenerationSpec((), 40, SamplerSettings(steps=16, temperature=1.0), 1),
-        GenerationSpec((), 36, SamplerSettings(steps=12, remasking="low_confidence", block_length=8), 2),
-        GenerationSpec((), 44, fast.model_copy(update={"remasking": "entropy_bound"}), 3),
+        GenerationSpec((), 36, SamplerSettings(steps=12, remasking=Remasking.LOW_CONFIDENCE, block_length=8), 2),
+        GenerationSpec((), 44, SamplerSettings(steps=20, remasking=Remasking.THRESHOLD, temperature=0.5), 3),
     ]
 
     def slow_forward(x, query, attention_mask):
