@@ -8,6 +8,8 @@ as the server guards them) and report, per setting:
   reference probe), an independent estimate of how plausible the text is (lower: more plausible);
 - `rep4`: the share of repeated word 4-grams within a story (argmax collapse and loops show up here);
 - `dist2`: distinct word bigrams over all bigrams of the setting's stories (diversity across stories);
+- `H` and `d2/st`: per story, the entropy (bits) of its word distribution and its distinct-2, averaged
+  over the stories: word choice within a story, comparable with the held-out stories' own values;
 - `words` and `<60w`: mean words per story and the share under 60 words, against the held-out
   stories' own distribution (the first row);
 - `ended`: the share of stories that reach PAD/SEP before the last position;
@@ -19,6 +21,8 @@ Low judge scores alone reward repetition, high rep4 alone rewards noise: read th
         --json docs/fast-decoding.json --table docs/fast-decoding-table.md --plot docs/fast-decoding.png
     python benchmarks/sampler_quality.py --presets --alone 3     # the checkpoint's default and presets
     python benchmarks/sampler_quality.py --only threshold --stories 4   # settings whose label matches
+    python benchmarks/sampler_quality.py --grid length --stories 32 --json docs/story-quality.json \
+        --table docs/story-quality-table.md     # the story-quality grid: length first, temperature, top-p
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +80,22 @@ GRID: list[tuple[str, dict[str, Any]]] = [
 """Label -> fields over the checkpoint's defaults (its temperature and top-p apply to every rule), the
 settings that decide the presets first: a run stopped early keeps them (`--json` is written as it goes)."""
 
+LENGTH_GRID: list[tuple[str, dict[str, Any]]] = [
+    ("random T=64 length-first", {"remasking": "random", "steps": 64, "length_first": True}),
+    ("random T=24 length-first", {"remasking": "random", "steps": 24, "length_first": True}),
+    ("random T=64 LF temp 1 top-p 0.95", {"steps": 64, "length_first": True, "temperature": 1.0, "top_p": 0.95}),
+    ("random T=64 LF temp 0.9 top-p 0.95", {"steps": 64, "length_first": True, "temperature": 0.9, "top_p": 0.95}),
+    ("random T=64 LF temp 1 top-p 1", {"steps": 64, "length_first": True, "temperature": 1.0, "top_p": None}),
+    ("random T=256 (default)", {"remasking": "random", "steps": 256}),
+    ("random T=256 length-first", {"remasking": "random", "steps": 256, "length_first": True}),
+    ("threshold τ=0.9 T=256 LF", {"remasking": "threshold", "steps": 256, "length_first": True}),
+    ("entropy_bound γ=1 T=256 LF", {"remasking": "entropy_bound", "steps": 256, "length_first": True}),
+]  # fmt: skip
+"""The story-quality grid (`--grid length`): where stories end (`length_first`), and the temperature and
+top-p that keep a story's word choice as varied as real stories' without losing the judge's score."""
+
+GRIDS = {"speed": GRID, "length": LENGTH_GRID}
+
 
 def held_out_stories(path: Path = HELD_OUT) -> list[str]:
     """The held-out stories, one per `<|endoftext|>`-terminated block."""
@@ -94,6 +116,25 @@ def distinct_2(texts: list[str]) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def story_words(text: str) -> list[str]:
+    """A story's words, lower case, punctuation dropped."""
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def word_entropy(text: str) -> float:
+    """Entropy in bits of the distribution of a story's words (0 for an empty story)."""
+    words = story_words(text)
+    counts = [words.count(w) for w in set(words)]
+    return -sum(c / len(words) * math.log2(c / len(words)) for c in counts) if words else 0.0
+
+
+def story_distinct_2(text: str) -> float:
+    """Distinct word bigrams over all bigrams of one story."""
+    words = story_words(text)
+    grams = list(pairwise(words))
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
 def text_scores(texts: list[str], judge: Checkpoint) -> dict[str, Any]:
     """What every row reports about its texts, the held-out stories' included."""
     words = [len(t.split()) for t in texts]
@@ -106,6 +147,8 @@ def text_scores(texts: list[str], judge: Checkpoint) -> dict[str, Any]:
         ),  # nothing written: nothing to judge
         "rep4": sum(map(repeated_4grams, texts)) / len(texts),
         "distinct2": distinct_2(texts),
+        "word_entropy": statistics.fmean(map(word_entropy, texts)),
+        "distinct2_story": statistics.fmean(map(story_distinct_2, texts)),
         "words": statistics.fmean(words),
         "words_quartiles": [q1, median, q3],
         "short": sum(w < SHORT_WORDS for w in words) / len(words),
@@ -147,19 +190,21 @@ def measure(
     }
 
 
-def settings_to_measure(ckpt: Checkpoint, presets: bool, only: str | None) -> list[tuple[str, SamplerSettings]]:
-    """The grid over the checkpoint's defaults, or its defaults and presets; `only`: labels containing it."""
+def settings_to_measure(
+    ckpt: Checkpoint, presets: bool, only: str | None, grid: str = "speed"
+) -> list[tuple[str, SamplerSettings]]:
+    """A grid over the checkpoint's defaults, or its defaults and presets; `only`: labels containing it."""
     if presets:
         chosen = [("default", ckpt.config.sampler_settings)]
         chosen += [(f"preset {name}", ckpt.config.settings_for(name)) for name in PRESETS]
     else:
         base = ckpt.config.sampler_settings
-        chosen = [(label, base.override(SamplerOverrides(**fields))) for label, fields in GRID]
+        chosen = [(label, base.override(SamplerOverrides(**fields))) for label, fields in GRIDS[grid]]
     return [(label, cfg) for label, cfg in chosen if only is None or only in label]
 
 
 HEADER = (
-    f"{'setting':<28}{'fwd':>6}{'tok/fwd':>8}{'judge':>7}{'rep4':>7}{'dist2':>7}{'words':>7}{'<60w':>6}"
+    f"{'setting':<28}{'fwd':>6}{'tok/fwd':>8}{'judge':>7}{'rep4':>7}{'dist2':>7}{'H':>6}{'d2/st':>6}{'words':>7}{'<60w':>6}"
     f"{'ended':>7}{'s/story':>8}{'alone':>7}"
 )
 
@@ -170,7 +215,8 @@ def line(row: dict[str, Any]) -> str:
 
     return (
         f"{row['label']:<28}{num('forwards', '.1f'):>6}{num('tokens_per_forward', '.2f'):>8}"
-        f"{row['judge_bpc']:>7.3f}{row['rep4']:>7.3f}{row['distinct2']:>7.3f}{row['words']:>7.0f}"
+        f"{row['judge_bpc']:>7.3f}{row['rep4']:>7.3f}{row['distinct2']:>7.3f}{num('word_entropy', '.2f'):>6}"
+        f"{num('distinct2_story', '.3f'):>6}{row['words']:>7.0f}"
         f"{row['short']:>6.2f}{num('ended', '.2f'):>7}{num('s_per_story', '.2f'):>8}{num('alone_s', '.2f'):>7}"
     )
 
@@ -184,7 +230,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
     head = (
         "| setting | forwards / story | tokens / forward | judge bits/char | repeated 4-grams | distinct-2 | "
-        "words: mean (quartiles) | under 60 words | ended | s/story (batch) | s/story alone |"
+        "word entropy / story | distinct-2 / story | words: mean (quartiles) | under 60 words | ended | "
+        "s/story (batch) | s/story alone |"
     )
     out = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
     for row in rows:
@@ -192,7 +239,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         out.append(
             f"| {row['label']} | {cell(row, 'forwards', '.1f')} | {cell(row, 'tokens_per_forward', '.2f')} | "
             f"{'-' if math.isnan(row['judge_bpc']) else format(row['judge_bpc'], '.3f')} | {row['rep4']:.1%} | "
-            f"{row['distinct2']:.3f} | "
+            f"{row['distinct2']:.3f} | {cell(row, 'word_entropy', '.2f')} | {cell(row, 'distinct2_story', '.3f')} | "
             f"{row['words']:.0f} ({q1:.0f} / {median:.0f} / {q3:.0f}) | {row['short']:.0%} | "
             f"{cell(row, 'ended', '.0%')} | {cell(row, 's_per_story', '.2f')} | {cell(row, 'alone_s', '.2f')} |"
         )
@@ -254,7 +301,10 @@ def main() -> None:
     parser.add_argument("--alone", type=int, default=0, help="also time this many stories one at a time")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--presets", action="store_true", help="the checkpoint's default and presets, not the grid")
+    parser.add_argument("--presets", action="store_true", help="the checkpoint's default and presets, not a grid")
+    parser.add_argument(
+        "--grid", choices=sorted(GRIDS), default="speed", help="speed: rules and steps; length: length and word choice"
+    )
     parser.add_argument("--only", default=None, help="measure only the settings whose label contains this")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--resume", action="store_true", help="keep --json's rows and measure only the others")
@@ -277,7 +327,7 @@ def main() -> None:
     for row in rows:
         print(line(row), flush=True)
     done = {row["label"] for row in rows}
-    for label, cfg in settings_to_measure(ckpt, args.presets, args.only):
+    for label, cfg in settings_to_measure(ckpt, args.presets, args.only, args.grid):
         if label in done:
             continue
         rows.append(measure(ckpt, judge, label, cfg, args.stories, args.seed, args.alone))

@@ -253,6 +253,7 @@ async def test_info_and_openapi(client):
         "confidence_threshold": 0.9,
         "entropy_budget": 1.0,
         "guard_endings": False,
+        "length_first": False,
     }
     assert info["engine"]["forward_calls"] >= 1 and info["version"]
     schema = (await client.get("/openapi.json")).json()

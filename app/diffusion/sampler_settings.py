@@ -86,6 +86,14 @@ class SamplerSettings(BaseModel):
         "keeps a guarded end token masked for a later step; the ranked rules rank it last).",
     )
 
+    length_first: bool = Field(
+        False,
+        description="Draw the story's length at its first step from the model's own belief of where it ends "
+        "(temperature 1), write the end there and no end token anywhere else: stories as long as the model's "
+        "training stories whatever the temperature, and confidence-ranked rules that rank only the words "
+        "(without it they fill the tail with PAD first). A canvas that ends with fixed text keeps its own end.",
+    )
+
     def override(self, overrides: BaseModel) -> SamplerSettings:
         """These settings with every sampler field that `overrides` sets (an explicit null turns it off).
 

@@ -33,6 +33,7 @@ import torch
 from app.diffusion.randomness import Purpose, uniform
 from app.diffusion.reveal_rules import RULE_CODES, block_index, contiguous_end_run, deferred_endings, keep_reveals
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
+from app.diffusion.story_length import chosen_ending, end_probability, likeliest_end, without_endings
 
 Pinned = tuple[tuple[int, int], ...]
 """(position, token id) pairs fixed in a sequence besides its prefix; never masked, never changed."""
@@ -54,6 +55,7 @@ class SamplerRows:
     threshold: torch.Tensor  # (B,) float64: threshold rows' confidence_threshold
     entropy_budget: torch.Tensor  # (B,) float64: entropy_bound rows' budget
     guard_endings: torch.Tensor  # (B,) bool
+    length_first: torch.Tensor  # (B,) bool
     seed: torch.Tensor  # (B,) long
 
     @property
@@ -76,6 +78,7 @@ class SamplerRows:
             "threshold": ([s.confidence_threshold for s in settings], torch.float64),
             "entropy_budget": ([s.entropy_budget for s in settings], torch.float64),
             "guard_endings": ([s.guard_endings for s in settings], torch.bool),
+            "length_first": ([s.length_first for s in settings], torch.bool),
             "seed": (list(seeds), torch.long),
         }
         return cls(
@@ -98,6 +101,11 @@ class StepPlan:
 
     query: torch.Tensor  # (B, L) bool: positions that need logits
     reveal_counts: torch.Tensor  # (B,) long: confidence-ranked rows: the schedule's k; 0 elsewhere
+    candidates: torch.Tensor  # (B, L) bool: the positions the row's rule may reveal (within `query`)
+
+    def select(self, rows: torch.Tensor, width: int) -> StepPlan:
+        """The plan of `rows` (indices or a (B,) bool mask), cut to `width` positions."""
+        return StepPlan(self.query[rows][:, :width], self.reveal_counts[rows], self.candidates[rows][:, :width])
 
 
 @dataclass(frozen=True)
@@ -146,8 +154,10 @@ def plan_step(x: torch.Tensor, index: torch.Tensor, rows: SamplerRows, mask_id: 
     n_masked = masked.sum(dim=1)  # (B,)
     counts = n_masked - torch.div(n_masked * (remaining - 1), remaining, rounding_mode="floor")  # (B,)
     confident_query = masked & (counts > 0)[:, None] & _up_to_block_of_kth_mask(masked, counts, rows.block_length)
-    query = torch.where(rows.ranked[:, None], confident_query, random_query) & active[:, None]
-    return StepPlan(query, torch.where(rows.ranked & active, counts, 0))
+    candidates = torch.where(rows.ranked[:, None], confident_query, random_query) & active[:, None]
+    choosing_length = rows.length_first & (index == 0) & active  # (B,) the whole tail is read at the first step
+    query = candidates | (masked & choosing_length[:, None])
+    return StepPlan(query, torch.where(rows.ranked & active, counts, 0), candidates)
 
 
 def _up_to_block_of_kth_mask(masked: torch.Tensor, counts: torch.Tensor, block_length: torch.Tensor) -> torch.Tensor:
@@ -239,8 +249,18 @@ def apply_step(
     if logits is None or row.numel() == 0:
         empty = row[:0]
         return Step(x, empty, empty, empty, empty.float(), False)
+    ending = torch.zeros_like(plan.query)  # (B, L): the end tokens length-first rows write at their first step
+    raw_logits = logits
+    if end_ids is not None and bool(rows.length_first.any()):
+        choosing = rows.length_first & (index == 0)
+        ending = chosen_ending(x, plan.query, logits, choosing, rows.seed, end_ids, mask_id)
+        logits = without_endings(logits, rows.length_first[row] & ~ending[row, position], end_ids)
     u = uniform(rows.seed[row], index[row], position, Purpose.TOKEN)  # (N,)
     ids, probs = choose_tokens(logits, rows.temperature[row], rows.top_k[row], rows.top_p[row], u, mask_id)
+    if end_ids is not None and bool(ending.any()):
+        ended = ending[row, position]  # (N,)
+        ids = torch.where(ended, likeliest_end(raw_logits, end_ids), ids)
+        probs = torch.where(ended, end_probability(raw_logits, end_ids, mask_id).float(), probs)
     by_entropy = rows.rule[row] == RULE_CODES[Remasking.ENTROPY_BOUND]  # (N,)
     entropy = _entropy(logits, mask_id) if bool(by_entropy.any()) else None
     end_candidate = end_run = None
@@ -248,15 +268,18 @@ def apply_step(
         end_candidate = torch.zeros_like(plan.query)  # (B, L)
         end_candidate[plan.query] = torch.isin(ids, end_ids)
         end_run = contiguous_end_run(x, end_candidate, end_ids)  # (B, L)
-    kept = keep_reveals(
-        plan.query, plan.reveal_counts, rows.rule, rows.guard_endings, rows.block_length, rows.threshold,
-        rows.entropy_budget, probs, entropy, end_run, end_candidate,
+    ruled = plan.candidates & ~ending  # (B, L): what the rules decide on; a chosen ending is kept as it is
+    candidate = ruled[row, position]  # (N,)
+    kept = torch.zeros_like(candidate)
+    kept[candidate] = keep_reveals(
+        ruled, plan.reveal_counts, rows.rule, rows.guard_endings, rows.block_length, rows.threshold,
+        rows.entropy_budget, probs[candidate], None if entropy is None else entropy[candidate], end_run, end_candidate,
     )  # fmt: skip
-    unranked = ~rows.ranked[row]  # (N,) random rows keep every candidate but the endings they defer
+    unranked = ~rows.ranked[row] & candidate  # (N,) random rows keep every candidate but the endings they defer
     if end_run is not None and end_candidate is not None:
         last_step = index + 1 >= rows.steps  # (B,)
         unranked &= ~deferred_endings(plan.query, rows.guard_endings, last_step, end_run, end_candidate)
-    keep = torch.where(rows.ranked[row], kept, unranked)  # (N,)
+    keep = torch.where(rows.ranked[row], kept, unranked) | ending[row, position]  # (N,)
     row, position, ids, probs = row[keep], position[keep], ids[keep], probs[keep]
     x = x.clone()
     x[row, position] = ids

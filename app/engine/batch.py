@@ -96,7 +96,7 @@ class RunningBatch:
         self.x = self.x[rows][:, : max(self.lengths, default=0)]  # the longest row may have left
         self.index, self.stream_every, self.rows = self.index[rows], self.stream_every[rows], self.rows.select(rows)
         if self.plan is not None:
-            self.plan = StepPlan(self.plan.query[rows][:, : self.x.shape[1]], self.plan.reveal_counts[rows])
+            self.plan = self.plan.select(rows, self.x.shape[1])
 
     def advance(self, forward: BatchForward) -> AdvanceResult:
         """One denoising step for every row. Rows that publish this step (every `stream_every`-th and the
