@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,27 +27,9 @@ import pytest
 
 from app.config import Settings
 from tests.conftest import free_port
+from tests.support.containers import COMPOSE, COMPOSE_CPU, ROOT, clean_env, compose_config, tool
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-COMPOSE = ROOT / "docker-compose.yml"
-COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
-BIN = Path(sys.executable).parent  # the venv's console scripts: storydiff, accelerate, hadolint, ...
-
-
-def tool(name: str) -> str:
-    """Path of a dev tool (from the `dev` extra), or skip where it is not installed."""
-    found = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
-    return found
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment less any STORYDIFF_*/HF_*/COMPOSE_* settings, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STORYDIFF_", "HF_", "COMPOSE_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env | extra
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------
@@ -235,23 +214,6 @@ def test_dockerignore_keeps_the_package_and_its_models_only(path, sent):
 
 
 # --- docker-compose -------------------------------------------------------------------------------
-
-
-def compose_config(*files: Path, profile: str | None = None, **env: str) -> dict:
-    """The project as Docker Compose resolves it (validation, merging, interpolation included)."""
-    # --env-file /dev/null: a developer's own .env must not change what is checked.
-    command = [tool("docker-compose"), "--project-directory", str(ROOT), "--env-file", os.devnull]
-    command += [arg for f in files for arg in ("-f", str(f))]
-    command += ["--profile", profile] if profile else []
-    result = subprocess.run(
-        [*command, "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        env=clean_env(**env),
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def gpu_devices(service: dict) -> list[dict]:

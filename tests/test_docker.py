@@ -31,7 +31,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from tests.conftest import STORIES_DIR, free_port
-from tests.test_containers import COMPOSE, COMPOSE_CPU, ROOT, clean_env, compose_config, tool
+from tests.support.containers import COMPOSE, COMPOSE_CPU, ROOT, clean_env, compose_config, tool
 
 COMPOSE_SCALE = ROOT / "docker-compose.scale.yml"
 PROXY_DOCKERFILE = ROOT / "deploy" / "nginx" / "Dockerfile"

@@ -3,7 +3,6 @@ scripts and styles come from this server (app/api/docs_pages.py), not a CDN."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -11,19 +10,10 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from app.api.docs_pages import ASSETS_URL
-from app.config import Settings
-from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, LiveServer
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS, needs_chromium
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM}")
+pytestmark = needs_chromium
 OPERATIONS = ["/generate", "/health", "/ready", "/info", "/metrics"]
-
-
-@pytest.fixture(scope="module")
-def live(tiny_checkpoint_dir):
-    server = LiveServer(Settings(model=str(tiny_checkpoint_dir), device="cpu", ping_interval=0, shutdown_grace=1))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

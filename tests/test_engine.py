@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
 import time
 
 import pytest
@@ -27,32 +26,12 @@ from app.engine import (
 )
 from app.engine.batch import NewRow, RunningBatch
 from app.engine.forward_plan import ONE_PASS, ForwardCost
+from tests.support.engine import Collector
 
 
 @pytest.fixture(scope="module")
 def ckpt(tiny_checkpoint_dir):
     return load_checkpoint(tiny_checkpoint_dir, device="cpu")
-
-
-class Collector:
-    """A `Publish` receiver for tests: keeps every update and signals the outcome."""
-
-    def __init__(self) -> None:
-        self.updates: list = []
-        self.ended = threading.Event()
-
-    def __call__(self, update) -> None:
-        self.updates.append(update)
-        if isinstance(update, (Finished, Failed)):
-            self.ended.set()
-
-    def outcome(self, timeout: float = 20.0):
-        assert self.ended.wait(timeout), "the request never ended"
-        return self.updates[-1]
-
-    @property
-    def steps(self) -> list[StepUpdate]:
-        return [u for u in self.updates if isinstance(u, StepUpdate)]
 
 
 def slow(forward, delay_s: float):

@@ -16,7 +16,7 @@ import app.engine.model_forward as model_forward
 from app.api.errors import MAX_ERRORS, echo, validation_details
 from app.diffusion.text import MASK_PLACEHOLDER, prompt_ids
 from app.engine.forward_plan import ForwardCost
-from tests.test_api import Service, settings_for
+from tests.support.service import Service, settings_for
 
 pytestmark = pytest.mark.anyio
 

@@ -17,13 +17,10 @@ import app.engine.model_forward as model_forward
 from app.config import Settings
 from app.serve_cli import serve
 from tests.conftest import free_port, running_server
+from tests.support.service import settings_for
 
 HEADER_TIMEOUT_S = 1.0
 CLOSED_WITHIN_S = 10.0  # generous: a shared CI machine; the property is that it closes at all
-
-
-def settings_for(model_dir, **overrides) -> Settings:
-    return Settings(**{"model": str(model_dir), "device": "cpu", "port": 0, "ping_interval": 0, **overrides})
 
 
 @contextlib.contextmanager
@@ -36,7 +33,12 @@ def running(settings: Settings) -> Iterator[tuple[str, int]]:
 @pytest.fixture(scope="module")
 def hardened(tiny_checkpoint_dir):
     settings = settings_for(
-        tiny_checkpoint_dir, header_timeout=HEADER_TIMEOUT_S, body_timeout=1.0, max_body_size=4096, max_connections=8
+        tiny_checkpoint_dir,
+        port=0,
+        header_timeout=HEADER_TIMEOUT_S,
+        body_timeout=1.0,
+        max_body_size=4096,
+        max_connections=8,
     )
     with running(settings) as server:
         yield server

@@ -9,7 +9,7 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from app.diffusion.sampler_settings import Remasking
-from tests.test_api import Service, settings_for
+from tests.support.service import Service, settings_for
 
 pytestmark = pytest.mark.anyio
 

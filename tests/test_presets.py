@@ -17,9 +17,9 @@ from app.diffusion.sampler_settings import BUILTIN_PRESETS, PRESETS, Remasking, 
 from app.diffusion.text import end_token_ids, prompt_ids
 from app.engine import Engine, Finished, GenerationSpec
 from tests.conftest import TINY_SEQ_LEN
-from tests.test_api import Service, settings_for
-from tests.test_engine import Collector
-from tests.test_metrics import idle, scrape
+from tests.support.engine import Collector
+from tests.support.metrics import idle, scrape
+from tests.support.service import Service, settings_for
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,7 @@ from app.diffusion.logits import logits_at
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.sampling import SamplerRows, denoise, initial_tokens
 from app.diffusion.text import end_token_ids, prompt_ids
-
-PAD, MASK, WORD, VOCAB = 0, 1, 5, 8
+from tests.support.logits import MASK, PAD, VOCAB, WORD, fixed_model, peaked_logits
 
 
 @pytest.fixture(scope="module")
@@ -22,30 +21,10 @@ def ckpt(tiny_checkpoint_dir):
     return load_checkpoint(tiny_checkpoint_dir, device="cpu")
 
 
-def peaked_logits(top: list[int], p: list[float]) -> torch.Tensor:
-    """(L, VOCAB) logits whose distribution at position i puts p[i] on token top[i] and spreads the
-    rest evenly over the other tokens but the mask (which the sampler never chooses)."""
-    others = VOCAB - 2
-    logits = torch.empty(len(p), VOCAB)
-    for i, (token, mass) in enumerate(zip(top, p, strict=True)):
-        logits[i] = math.log((1 - mass) / others)
-        logits[i, token] = math.log(mass)
-    return logits
-
-
 def entropy_of(mass: float) -> float:
     """Entropy (nats) of a `peaked_logits` distribution with `mass` on its top token."""
     rest = (1 - mass) / (VOCAB - 2)
     return -(mass * math.log(mass) + (VOCAB - 2) * rest * math.log(rest))
-
-
-def fixed_model(logits: torch.Tensor):
-    """A logits function that answers `logits` (L, V) at every queried position, whatever x holds."""
-
-    def logits_fn(x, query):
-        return logits[query.nonzero(as_tuple=True)[1]]
-
-    return logits_fn
 
 
 def first_step(logits: torch.Tensor, cfg: SamplerSettings):

@@ -15,14 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.test_hardening_server import running, settings_for
+from tests.conftest import running_server
+from tests.support.service import settings_for
 
 EXAMPLES = int(os.environ.get("STORYDIFF_SCHEMATHESIS_EXAMPLES", "12"))
 
 
 @pytest.fixture(scope="module")
 def api_schema(tiny_checkpoint_dir):
-    with running(settings_for(tiny_checkpoint_dir)) as (url, _):
+    with running_server(settings_for(tiny_checkpoint_dir, port=0)) as (url, _):
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 

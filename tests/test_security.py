@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from app.api.security import OPEN_ROUTES, ApiKeys
 from app.config import Settings
-from tests.test_api import Service, settings_for
+from tests.support.service import Service, settings_for
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ from app.diffusion.logits import logits_at
 from app.diffusion.static_forward import StaticShapeForward, bucket_rows, bucket_width
 from app.engine import Engine, Finished, GenerationSpec
 from app.engine.model_forward import CheckpointForward
-from tests.test_engine import Collector
+from tests.support.engine import Collector
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from app.diffusion.randomness import Purpose, uniform
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.sampling import SamplerRows, denoise
-from tests.test_reveal_rules import MASK, PAD, VOCAB, WORD, fixed_model, peaked_logits
+from tests.support.logits import MASK, PAD, VOCAB, WORD, fixed_model, peaked_logits
 
 LENGTH = 24
 ENDS = torch.tensor([PAD])

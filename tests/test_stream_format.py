@@ -13,7 +13,7 @@ from app.api.jobs import without_pad_tail
 from app.diffusion.checkpoint import load_checkpoint, save_checkpoint
 from app.diffusion.text import MASK_PLACEHOLDER, prompt_ids
 from tests.conftest import TINY_SEQ_LEN
-from tests.test_api import Service, settings_for
+from tests.support.service import Service, settings_for
 
 pytestmark = pytest.mark.anyio
 REQUEST = {"stream": True, "length": 24, "steps": 12, "seed": 3, "temperature": 1.0, "prompt": "Once upon a time"}

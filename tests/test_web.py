@@ -2,140 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import threading
-import time
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import pytest
-import uvicorn
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import expect
 
-from app.api import create_app
-from app.config import Settings
 from tests.conftest import TINY_SEQ_LEN
+from tests.support.browser import fill, needs_chromium, panel
 
-CHROMIUM = os.environ.get("STORYDIFF_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).is_file(),
-    reason=f"no Chromium at {CHROMIUM} (run .ci/setup-browser.sh, or set STORYDIFF_CHROMIUM)",
-)
-
-
-class LiveServer:
-    """The real service on a free port of 127.0.0.1, in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        while httpx.get(f"{self.url}/ready").status_code != 200:
-            assert time.monotonic() < deadline, "the model never became ready"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    def engine(self) -> dict:
-        return httpx.get(f"{self.url}/info").json()["engine"]
-
-    def wait_idle(self, timeout_s: float = 10.0) -> dict:
-        """The engine's counters once no request is active or waiting."""
-        deadline = time.monotonic() + timeout_s
-        while (engine := self.engine())["active"] or engine["waiting"]:
-            assert time.monotonic() < deadline, f"the engine stayed busy: {engine}"
-            time.sleep(0.05)
-        return engine
-
-    def cut_connections(self) -> None:
-        """Reset every open TCP connection, as a network failure would: no goodbye on either side."""
-        for connection in list(self.server.server_state.connections):
-            connection.loop.call_soon_threadsafe(connection.transport.abort)
-
-
-@pytest.fixture(scope="module")
-def live(tiny_checkpoint_dir):
-    settings = Settings(model=str(tiny_checkpoint_dir), device="cpu", ping_interval=0, shutdown_grace=1)
-    server = LiveServer(settings)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser_context(tmp_path_factory):
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh user-data-dir
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        context.set_default_timeout(30_000)
-        yield context
-        context.close()
-
-
-@pytest.fixture
-def page(browser_context, live) -> Page:
-    """A fresh tab on the page, loaded with /info's defaults; fails the test on uncaught JS errors."""
-    page = browser_context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(live.url)
-    expect(page.locator("body")).to_have_attribute("data-ready", "true")
-    yield page
-    page.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
-
-
-def panel(page: Page, n: int = 1):
-    return page.locator("section.panel").nth(n - 1)
-
-
-def fill(section, **fields) -> None:
-    labels = {
-        "length": "Length",
-        "steps": "Steps",
-        "temperature": "Temperature",
-        "top_k": "Top-k",
-        "top_p": "Top-p",
-        "block_length": "Block length",
-        "seed": "Seed",
-        "stream_every": "Show every",
-        "prompt": "Prompt",
-    }
-    for name, value in fields.items():
-        if name == "remasking":
-            section.get_by_label("Remasking").select_option(value)
-        else:
-            section.get_by_label(labels[name], exact=True).fill(str(value))
+pytestmark = needs_chromium
 
 
 def record_step_counter(section) -> None:

@@ -9,12 +9,10 @@ import threading
 import httpx
 from playwright.sync_api import expect
 
-from tests import test_web as web
 from tests.conftest import TINY_SEQ_LEN
-from tests.test_web import fill, panel
+from tests.support.browser import fill, needs_chromium, panel
 
-pytestmark = web.pytestmark  # Chromium or skip
-live, browser_context, page = web.live, web.browser_context, web.page  # test_web's fixtures, this module's server
+pytestmark = needs_chromium
 
 
 def generate_posts(page) -> list[dict]:

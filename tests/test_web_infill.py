@@ -7,10 +7,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from playwright.sync_api import expect
 
-from tests import test_web
-from tests.test_web import browser_context, fill, live, page, panel  # noqa: F401  (fixtures used by name)
+from tests.support.browser import fill, needs_chromium, panel
 
-pytestmark = test_web.pytestmark
+pytestmark = needs_chromium
 
 WATCH_CELLS = """
 el => {
@@ -27,7 +26,7 @@ def cell_texts(section) -> list[str]:
     return section.locator("[data-ref=cells] > .cell").evaluate_all("cells => cells.map(c => c.textContent)")
 
 
-def test_a_template_with_a_blank_changes_only_the_blank_cells(page):  # noqa: F811
+def test_a_template_with_a_blank_changes_only_the_blank_cells(page):
     section = panel(page)
     prompt = section.get_by_label("Prompt", exact=True)
     prompt.fill("Once upon a time")
@@ -56,7 +55,7 @@ def test_a_template_with_a_blank_changes_only_the_blank_cells(page):  # noqa: F8
     assert parse_qs(urlsplit(href).query)["prompt"] == ["Once upon a time [___:6] The end."]
 
 
-def test_an_ending_closes_the_story_and_travels_in_the_replay_link(page, live):  # noqa: F811
+def test_an_ending_closes_the_story_and_travels_in_the_replay_link(page, live):
     section = panel(page)
     fill(section, prompt="Once upon a time", length=30, steps=10, seed=4)
     section.get_by_label("Ending").fill("They were friends forever.")
@@ -73,7 +72,7 @@ def test_an_ending_closes_the_story_and_travels_in_the_replay_link(page, live): 
     assert replayed.locator("[data-ref=story]").inner_text() == story
 
 
-def test_rewriting_a_selected_word_changes_it_and_nothing_else(page, live):  # noqa: F811
+def test_rewriting_a_selected_word_changes_it_and_nothing_else(page, live):
     section = panel(page)
     fill(section, steps=16, seed=5, temperature=1.0)
     section.get_by_role("button", name="Generate").click()

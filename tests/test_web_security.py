@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
-import tests.test_web as web
 from app.config import Settings
-from tests.test_web import LiveServer, fill, panel
+from tests.support.browser import LiveServer, fill, needs_chromium, panel
 
-pytestmark = web.pytestmark  # skipped without Chromium
-browser_context = web.browser_context  # the same fixture: one Chromium for this module
+pytestmark = needs_chromium
 
 RECORD_VIOLATIONS = """window.violations = [];
 document.addEventListener("securitypolicyviolation",

@@ -1,0 +1,1 @@
+"""Helpers that several test modules share; no tests here, so nothing in it is collected."""
