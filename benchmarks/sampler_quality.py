@@ -28,6 +28,7 @@ Low judge scores alone reward repetition, high rep4 alone rewards noise: read th
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from typing import Any
 
 import torch
 
+from app.diffusion.canvas import story_marks
 from app.diffusion.checkpoint import Checkpoint, load_checkpoint
 from app.diffusion.generation import sample
 from app.diffusion.sampler_settings import PRESETS, SamplerOverrides, SamplerSettings
@@ -81,15 +83,17 @@ GRID: list[tuple[str, dict[str, Any]]] = [
 settings that decide the presets first: a run stopped early keeps them (`--json` is written as it goes)."""
 
 LENGTH_GRID: list[tuple[str, dict[str, Any]]] = [
-    ("random T=64 length-first", {"remasking": "random", "steps": 64, "length_first": True}),
-    ("random T=24 length-first", {"remasking": "random", "steps": 24, "length_first": True}),
-    ("random T=64 LF temp 1 top-p 0.95", {"steps": 64, "length_first": True, "temperature": 1.0, "top_p": 0.95}),
-    ("random T=64 LF temp 0.9 top-p 0.95", {"steps": 64, "length_first": True, "temperature": 0.9, "top_p": 0.95}),
-    ("random T=64 LF temp 1 top-p 1", {"steps": 64, "length_first": True, "temperature": 1.0, "top_p": None}),
+    ("random T=64 length-first", {"remasking": "random", "steps": 64, "endings": "length_first"}),
+    ("random T=24 length-first", {"remasking": "random", "steps": 24, "endings": "length_first"}),
+    ("random T=64 calibrated", {"remasking": "random", "steps": 64, "endings": "calibrated"}),
+    ("random T=24 calibrated", {"remasking": "random", "steps": 24, "endings": "calibrated"}),
+    ("random T=64 LF temp 1 top-p 0.95", {"steps": 64, "endings": "length_first", "temperature": 1.0, "top_p": 0.95}),
+    ("random T=64 LF temp 0.9 top-p 0.95", {"steps": 64, "endings": "length_first", "temperature": 0.9, "top_p": 0.95}),
+    ("random T=64 LF temp 1 top-p 1", {"steps": 64, "endings": "length_first", "temperature": 1.0, "top_p": None}),
     ("random T=256 (default)", {"remasking": "random", "steps": 256}),
-    ("random T=256 length-first", {"remasking": "random", "steps": 256, "length_first": True}),
-    ("threshold τ=0.9 T=256 LF", {"remasking": "threshold", "steps": 256, "length_first": True}),
-    ("entropy_bound γ=1 T=256 LF", {"remasking": "entropy_bound", "steps": 256, "length_first": True}),
+    ("random T=256 length-first", {"remasking": "random", "steps": 256, "endings": "length_first"}),
+    ("threshold τ=0.9 T=256 LF", {"remasking": "threshold", "steps": 256, "endings": "length_first"}),
+    ("entropy_bound γ=1 T=256 LF", {"remasking": "entropy_bound", "steps": 256, "endings": "length_first"}),
 ]  # fmt: skip
 """The story-quality grid (`--grid length`): where stories end (`length_first`), and the temperature and
 top-p that keep a story's word choice as varied as real stories' without losing the judge's score."""
@@ -98,9 +102,21 @@ GRIDS = {"speed": GRID, "length": LENGTH_GRID}
 
 
 def held_out_stories(path: Path = HELD_OUT) -> list[str]:
-    """The held-out stories, one per `<|endoftext|>`-terminated block."""
-    blocks = path.read_text().split("<|endoftext|>")
-    return [" ".join(block.split()) for block in blocks if block.strip()]
+    """The held-out stories, one per `<|endoftext|>`-terminated block (a .gz file is read compressed)."""
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return [" ".join(block.split()) for block in text.split("<|endoftext|>") if block.strip()]
+
+
+def as_written(ckpt: Checkpoint, texts: list[str]) -> list[str]:
+    """Each story as the checkpoint could write it: cut to its sequence length with the story's end, as
+    training encodes it (a story that does not fit has no end in training either)."""
+    lead, end = story_marks(ckpt.tokenizer)
+    room = ckpt.config.seq_len - len(lead) - len(end)
+    ids = ckpt.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [
+        decode_story(story[:room], ckpt.tokenizer) if len(story) > room else text
+        for story, text in zip(ids, texts, strict=True)
+    ]
 
 
 def repeated_4grams(text: str) -> float:
@@ -300,6 +316,9 @@ def main() -> None:
     parser.add_argument("--stories", type=int, default=16, help="stories per setting, denoised as one batch")
     parser.add_argument("--alone", type=int, default=0, help="also time this many stories one at a time")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--held-out", type=Path, default=HELD_OUT, help="reference stories (.txt or .txt.gz); default: the tests' 60"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--presets", action="store_true", help="the checkpoint's default and presets, not a grid")
     parser.add_argument(
@@ -321,8 +340,9 @@ def main() -> None:
     if args.resume and args.json and Path(args.json).exists():
         rows = json.loads(Path(args.json).read_text())
     else:
-        held_out = held_out_stories()
-        rows = [{"label": f"held-out stories ({len(held_out)})", **text_scores(held_out, judge)}]
+        held_out = as_written(ckpt, held_out_stories(args.held_out))
+        label = f"held-out stories ({len(held_out)}, {args.held_out.name})"
+        rows = [{"label": label, **text_scores(held_out, judge)}]
     print(HEADER)
     for row in rows:
         print(line(row), flush=True)

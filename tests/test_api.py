@@ -220,7 +220,7 @@ async def test_info_and_openapi(client):
         "confidence_threshold": 0.9,
         "entropy_budget": 1.0,
         "guard_endings": False,
-        "length_first": False,
+        "endings": "sampled",
     }
     assert info["engine"]["forward_calls"] >= 1 and info["version"]
     schema = (await client.get("/openapi.json")).json()

@@ -1,4 +1,4 @@
-"""Length first (`length_first`): the story's end is drawn at its first step from the model's end
+"""Length first (`endings: length_first`): the story's end is drawn at its first step from the model's end
 probabilities along the masked tail, written at once, and no end token is written anywhere else."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app.diffusion.randomness import Purpose, uniform
-from app.diffusion.sampler_settings import Remasking, SamplerSettings
+from app.diffusion.sampler_settings import Endings, Remasking, SamplerSettings
 from app.diffusion.sampling import SamplerRows, denoise
 from tests.support.logits import MASK, PAD, VOCAB, WORD, fixed_model, peaked_logits
 
@@ -45,10 +45,10 @@ def run(cfg: SamplerSettings, seeds: list[int], logits: torch.Tensor, x: torch.T
 
 
 LENGTH_FIRST = [
-    SamplerSettings(steps=8, remasking=Remasking.THRESHOLD, confidence_threshold=0.9, length_first=True),
-    SamplerSettings(steps=8, remasking=Remasking.ENTROPY_BOUND, entropy_budget=2.0, length_first=True),
-    SamplerSettings(steps=8, remasking=Remasking.LOW_CONFIDENCE, length_first=True),
-    SamplerSettings(steps=8, remasking=Remasking.RANDOM, temperature=0.8, top_p=0.9, length_first=True),
+    SamplerSettings(steps=8, remasking=Remasking.THRESHOLD, confidence_threshold=0.9, endings=Endings.LENGTH_FIRST),
+    SamplerSettings(steps=8, remasking=Remasking.ENTROPY_BOUND, entropy_budget=2.0, endings=Endings.LENGTH_FIRST),
+    SamplerSettings(steps=8, remasking=Remasking.LOW_CONFIDENCE, endings=Endings.LENGTH_FIRST),
+    SamplerSettings(steps=8, remasking=Remasking.RANDOM, temperature=0.8, top_p=0.9, endings=Endings.LENGTH_FIRST),
 ]
 
 

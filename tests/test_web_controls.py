@@ -67,6 +67,17 @@ def test_block_length_is_off_under_random_remasking_and_says_why(page):
         assert not blocks.get_attribute("title")
 
 
+def test_the_endings_rule_is_sent_and_a_preset_sets_it(page, live):
+    section, sent = panel(page), generate_posts(page)
+    fill(section, endings="length_first", steps=4)
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=final]")).to_be_visible()
+    assert sent[-1]["endings"] == "length_first"
+    preset = httpx.get(f"{live.url}/info").json()["presets"]["fast"]
+    fill(section, preset="fast")
+    expect(section.get_by_label("Endings")).to_have_value(preset["endings"])
+
+
 def test_the_engine_line_follows_requests_from_elsewhere(page, live):
     live.wait_idle()
     engine = page.locator("#engine")

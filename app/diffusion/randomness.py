@@ -20,6 +20,7 @@ class Purpose(IntEnum):
     REMASK = 1  # random remasking: does a masked position stay masked this step?
     TOKEN = 2  # which token a revealed position gets
     LENGTH = 3  # where a length-first story ends (drawn once, at step 0, position 0)
+    END = 4  # calibrated endings: does a revealed position end the story?
 
 
 def _signed(value: int) -> int:

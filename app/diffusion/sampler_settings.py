@@ -39,6 +39,14 @@ class Remasking(str, Enum):
     ENTROPY_BOUND = "entropy_bound"
 
 
+class Endings(str, Enum):
+    """Where a story's end comes from (`app.diffusion.story_length`)."""
+
+    SAMPLED = "sampled"
+    CALIBRATED = "calibrated"
+    LENGTH_FIRST = "length_first"
+
+
 class SamplerSettings(BaseModel):
     """Complete settings for denoising one sequence: every field has a value."""
 
@@ -86,12 +94,16 @@ class SamplerSettings(BaseModel):
         "keeps a guarded end token masked for a later step; the ranked rules rank it last).",
     )
 
-    length_first: bool = Field(
-        False,
-        description="Draw the story's length at its first step from the model's own belief of where it ends "
-        "(temperature 1), write the end there and no end token anywhere else: stories as long as the model's "
-        "training stories whatever the temperature, and confidence-ranked rules that rank only the words "
-        "(without it they fill the tail with PAD first). A canvas that ends with fixed text keeps its own end.",
+    endings: Endings = Field(
+        Endings.SAMPLED,
+        strict=False,
+        description="Where a story ends. sampled: end tokens (PAD, SEP) are drawn like any token, at the "
+        "temperature and top-p (which sharpen PAD where it is the likeliest token: stories end early); "
+        "calibrated: whether a revealed position ends is drawn at the model's own end probability (temperature "
+        "1), the temperature and top-p choose only among words; length_first: the story's length is drawn at "
+        "its first step from the model's end probabilities along the masked tail, written at once, and no end "
+        "token is written elsewhere (the confidence-ranked rules then rank only words; without it they fill "
+        "the tail with PAD first). A canvas that ends with fixed text keeps its own end.",
     )
 
     def override(self, overrides: BaseModel) -> SamplerSettings:

@@ -32,8 +32,8 @@ import torch
 
 from app.diffusion.randomness import Purpose, uniform
 from app.diffusion.reveal_rules import RULE_CODES, block_index, contiguous_end_run, deferred_endings, keep_reveals
-from app.diffusion.sampler_settings import Remasking, SamplerSettings
-from app.diffusion.story_length import chosen_ending, end_probability, likeliest_end, without_endings
+from app.diffusion.sampler_settings import Endings, Remasking, SamplerSettings
+from app.diffusion.story_length import ENDING_CODES, chosen_ending, end_probability, likeliest_end, without_endings
 
 Pinned = tuple[tuple[int, int], ...]
 """(position, token id) pairs fixed in a sequence besides its prefix; never masked, never changed."""
@@ -55,8 +55,13 @@ class SamplerRows:
     threshold: torch.Tensor  # (B,) float64: threshold rows' confidence_threshold
     entropy_budget: torch.Tensor  # (B,) float64: entropy_bound rows' budget
     guard_endings: torch.Tensor  # (B,) bool
-    length_first: torch.Tensor  # (B,) bool
+    endings: torch.Tensor  # (B,) long: ENDING_CODES[endings]
     seed: torch.Tensor  # (B,) long
+
+    @property
+    def length_first(self) -> torch.Tensor:
+        """(B,) bool: rows that draw their story's length at their first step."""
+        return self.endings == ENDING_CODES[Endings.LENGTH_FIRST]
 
     @property
     def ranked(self) -> torch.Tensor:
@@ -78,7 +83,7 @@ class SamplerRows:
             "threshold": ([s.confidence_threshold for s in settings], torch.float64),
             "entropy_budget": ([s.entropy_budget for s in settings], torch.float64),
             "guard_endings": ([s.guard_endings for s in settings], torch.bool),
-            "length_first": ([s.length_first for s in settings], torch.bool),
+            "endings": ([ENDING_CODES[s.endings] for s in settings], torch.long),
             "seed": (list(seeds), torch.long),
         }
         return cls(
@@ -250,17 +255,19 @@ def apply_step(
         empty = row[:0]
         return Step(x, empty, empty, empty, empty.float(), False)
     ending = torch.zeros_like(plan.query)  # (B, L): the end tokens length-first rows write at their first step
-    raw_logits = logits
-    if end_ids is not None and bool(rows.length_first.any()):
-        choosing = rows.length_first & (index == 0)
-        ending = chosen_ending(x, plan.query, logits, choosing, rows.seed, end_ids, mask_id)
-        logits = without_endings(logits, rows.length_first[row] & ~ending[row, position], end_ids)
+    raw_logits, own_endings = logits, rows.endings[row] != ENDING_CODES[Endings.SAMPLED]  # (N,)
+    if end_ids is not None and bool(own_endings.any()):
+        ending = chosen_ending(x, plan.query, logits, rows.length_first & (index == 0), rows.seed, end_ids, mask_id)
+        logits = without_endings(logits, own_endings & ~ending[row, position], end_ids)  # words only
     u = uniform(rows.seed[row], index[row], position, Purpose.TOKEN)  # (N,)
     ids, probs = choose_tokens(logits, rows.temperature[row], rows.top_k[row], rows.top_p[row], u, mask_id)
-    if end_ids is not None and bool(ending.any()):
-        ended = ending[row, position]  # (N,)
+    if end_ids is not None and bool(own_endings.any()):
+        ends_here = end_probability(raw_logits, end_ids, mask_id)  # (N,)
+        calibrated = rows.endings[row] == ENDING_CODES[Endings.CALIBRATED]
+        drawn = calibrated & (uniform(rows.seed[row], index[row], position, Purpose.END) < ends_here)
+        ended = ending[row, position] | drawn  # (N,)
         ids = torch.where(ended, likeliest_end(raw_logits, end_ids), ids)
-        probs = torch.where(ended, end_probability(raw_logits, end_ids, mask_id).float(), probs)
+        probs = torch.where(ended, ends_here.float(), probs)
     by_entropy = rows.rule[row] == RULE_CODES[Remasking.ENTROPY_BOUND]  # (N,)
     entropy = _entropy(logits, mask_id) if bool(by_entropy.any()) else None
     end_candidate = end_run = None

@@ -26,6 +26,10 @@ import math
 import torch
 
 from app.diffusion.randomness import Purpose, uniform
+from app.diffusion.sampler_settings import Endings
+
+ENDING_CODES = {endings: code for code, endings in enumerate(Endings)}
+"""Each `endings` value as the integer its rows carry on the device."""
 
 
 def masked_tail(x: torch.Tensor, mask_id: int) -> torch.Tensor:

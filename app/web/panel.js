@@ -7,7 +7,7 @@ import { SequenceView } from "./view.js";
 
 /** The request fields, in the order the form shows them and URLs list them. */
 export const FIELDS = [
-  "prompt", "ending", "edit", "preset", "length", "steps", "remasking", "temperature", "top_k", "top_p",
+  "prompt", "ending", "edit", "preset", "length", "steps", "remasking", "endings", "temperature", "top_k", "top_p",
   "block_length", "confidence_threshold", "entropy_budget", "seed", "stream_every",
 ];
 const NUMERIC = new Set([
@@ -119,6 +119,7 @@ export class Panel {
     const { steps, remasking, temperature, top_k: topK, top_p: topP, block_length: blocks } = this.inputs;
     steps.value = String(d.steps);
     remasking.value = d.remasking;
+    this.inputs.endings.value = d.endings;
     temperature.value = String(d.temperature);
     topK.value = d.top_k == null ? "" : String(d.top_k);
     topP.value = d.top_p == null ? "" : String(d.top_p);
@@ -175,7 +176,7 @@ export class Panel {
         if (text) body.preset = text;
       } else if (field === "ending" || field === "edit") {
         if (text) body[field] = field === "edit" ? parseEdit(text) : text;
-      } else if (field === "remasking") body.remasking = text;
+      } else if (field === "remasking" || field === "endings") body[field] = text;
       else if (NUMERIC.has(field)) {
         if (text !== "") body[field] = Number(text); // 1.5 steps: sent as is, the server says why not
         else if (NULL_MEANS_NO_LIMIT.has(field)) body[field] = null;

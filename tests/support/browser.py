@@ -92,8 +92,9 @@ def fill(section, **fields) -> None:
         "stream_every": "Show every",
         "prompt": "Prompt",
     }
+    selects = {"remasking": "Remasking", "endings": "Endings", "preset": "Preset"}
     for name, value in fields.items():
-        if name == "remasking":
-            section.get_by_label("Remasking").select_option(value)
+        if name in selects:
+            section.get_by_label(selects[name], exact=True).select_option(value)
         else:
             section.get_by_label(labels[name], exact=True).fill(str(value))
