@@ -10,7 +10,9 @@ the story's index. The judge (default: the reference probe) scores each row, in 
 - `infilled`: first and last thirds as written, the middle by the model;
 - `infilled, end not pinned`: the same without the end token after the story: how an `ending` would
   read without one, and what an `edit` of the shipped model's `tokens` (returned without PAD) is;
-- `unconstrained`: the whole story masked (the same positions, the same end): the model alone.
+- `unconstrained`: the whole story masked (the same positions, the same end): the model alone, with
+  `endings: length_first` so that it writes words in every position (sampled, it may end the story
+  inside the blank, and shorter stories are not the same comparison).
 Also: end tokens the model wrote inside a blank that text follows (they would make it "flexible"),
 forwards per story and sampling time. On a CPU each story is denoised alone by default (`--batch 1`):
 a step skips the model only when no row of the batch reveals anything, so a batch of stories with a
@@ -35,6 +37,7 @@ import torch
 from app.diffusion.canvas import Canvas, edit_canvas, story_marks
 from app.diffusion.checkpoint import Checkpoint, load_checkpoint
 from app.diffusion.generation import sample
+from app.diffusion.sampler_settings import Endings, SamplerSettings
 from app.diffusion.text import decode_story, end_token_ids
 from app.paths import DEFAULT_MODEL_DIR
 from model_training.evaluation import text_bound
@@ -73,10 +76,12 @@ class Written:
     seconds: float
 
 
-def write(ckpt: Checkpoint, canvases: Sequence[Canvas], seeds: Sequence[int], batch: int) -> Written:
-    """Denoise every canvas at the checkpoint's default settings, `batch` at a time (similar lengths
-    together; a shorter canvas gets PAD after its end, as training pads a story)."""
-    settings, pad = ckpt.config.sampler_settings, int(ckpt.tokenizer.pad_token_id)
+def write(
+    ckpt: Checkpoint, canvases: Sequence[Canvas], seeds: Sequence[int], batch: int, settings: SamplerSettings
+) -> Written:
+    """Denoise every canvas with `settings`, `batch` at a time (similar lengths together; a shorter
+    canvas gets PAD after its end, as training pads a story)."""
+    pad = int(ckpt.tokenizer.pad_token_id)
     ends = sorted(end_token_ids(ckpt.tokenizer))
     order = sorted(range(len(canvases)), key=lambda i: canvases[i].length)
     out: list[list[int]] = [[] for _ in canvases]
@@ -120,10 +125,17 @@ def judge_bpc(judge: Checkpoint, texts: list[str], t_samples: int) -> float:
     return text_bound(judge.model, judge.tokenizer, texts, judge.config.seq_len, num_t_samples=t_samples).bits_per_char
 
 
-def measure(ckpt: Checkpoint, judge: Checkpoint, name: str, group: list[Canvas], args: argparse.Namespace) -> dict:
+def measure(
+    ckpt: Checkpoint,
+    judge: Checkpoint,
+    name: str,
+    group: list[Canvas],
+    settings: SamplerSettings,
+    args: argparse.Namespace,
+) -> dict:
     """Write one group of canvases and score it: a row of the table, with its stories."""
     print(f"{name}: {len(group)} stories", file=sys.stderr, flush=True)
-    written = write(ckpt, group, range(len(group)), args.batch)
+    written = write(ckpt, group, range(len(group)), args.batch, settings)
     texts = texts_of(ckpt, group, written)
     found, total = ends_in_blanks(ckpt, group, written)
     stories = [
@@ -144,6 +156,7 @@ def measure(ckpt: Checkpoint, judge: Checkpoint, name: str, group: list[Canvas],
         "middle_blank_positions": total,
         "forwards_per_story": written.forwards / len(group),
         "seconds": round(written.seconds, 1),
+        "settings": settings.model_dump(mode="json"),
         "written": stories,
     }
 
@@ -181,7 +194,10 @@ def main() -> None:
         ],
         "unconstrained": [edit_canvas(s.tokens, [s.body], mask_id, vocab, 10**6) for s in stories],
     }
-    settings = ckpt.config.sampler_settings.model_dump(mode="json")
+    defaults = ckpt.config.sampler_settings
+    every_position = defaults.model_copy(update={"endings": Endings.LENGTH_FIRST})  # no end inside the blank
+    settings_of = {name: every_position if name == "unconstrained" else defaults for name in groups}
+    settings = defaults.model_dump(mode="json")
     report = {"model": ckpt.source, "judge": judge.source, "settings": settings, "batch": args.batch}
     report |= {"threads": args.threads, "t_samples": args.t_samples, "rows": []}
     if args.resume and args.json and args.json.exists():
@@ -194,7 +210,7 @@ def main() -> None:
         )
     for name, group in groups.items():
         if name not in done:
-            report["rows"].append(measure(ckpt, judge, name, group, args))
+            report["rows"].append(measure(ckpt, judge, name, group, settings_of[name], args))
             if args.json:
                 args.json.write_text(json.dumps(report, indent=1) + "\n")
     print_table(report["rows"])
