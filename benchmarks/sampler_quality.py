@@ -87,6 +87,13 @@ LENGTH_GRID: list[tuple[str, dict[str, Any]]] = [
     ("random T=24 length-first", {"remasking": "random", "steps": 24, "endings": "length_first"}),
     ("random T=64 calibrated", {"remasking": "random", "steps": 64, "endings": "calibrated"}),
     ("random T=24 calibrated", {"remasking": "random", "steps": 24, "endings": "calibrated"}),
+    ("random T=128 calibrated", {"remasking": "random", "steps": 128, "endings": "calibrated"}),
+    ("random T=64 calibrated temp 0.75", {"steps": 64, "endings": "calibrated", "temperature": 0.75}),
+    ("random T=256 calibrated", {"remasking": "random", "steps": 256, "endings": "calibrated"}),
+    ("random T=64 (sampled)", {"remasking": "random", "steps": 64}),
+    ("random T=24 calibrated temp 0.7", {"steps": 24, "endings": "calibrated", "temperature": 0.7}),
+    ("random T=24 (sampled)", {"remasking": "random", "steps": 24}),
+    ("random T=32 calibrated temp 0.7", {"steps": 32, "endings": "calibrated", "temperature": 0.7}),
     ("random T=64 LF temp 1 top-p 0.95", {"steps": 64, "endings": "length_first", "temperature": 1.0, "top_p": 0.95}),
     ("random T=64 LF temp 0.9 top-p 0.95", {"steps": 64, "endings": "length_first", "temperature": 0.9, "top_p": 0.95}),
     ("random T=64 LF temp 1 top-p 1", {"steps": 64, "endings": "length_first", "temperature": 1.0, "top_p": None}),
@@ -94,6 +101,8 @@ LENGTH_GRID: list[tuple[str, dict[str, Any]]] = [
     ("random T=256 length-first", {"remasking": "random", "steps": 256, "endings": "length_first"}),
     ("threshold τ=0.9 T=256 LF", {"remasking": "threshold", "steps": 256, "endings": "length_first"}),
     ("entropy_bound γ=1 T=256 LF", {"remasking": "entropy_bound", "steps": 256, "endings": "length_first"}),
+    ("threshold τ=0.7 T=64 LF", {"remasking": "threshold", "steps": 64, "confidence_threshold": 0.7,
+                                  "endings": "length_first"}),
 ]  # fmt: skip
 """The story-quality grid (`--grid length`): where stories end (`length_first`), and the temperature and
 top-p that keep a story's word choice as varied as real stories' without losing the judge's score."""
@@ -343,6 +352,8 @@ def main() -> None:
         held_out = as_written(ckpt, held_out_stories(args.held_out))
         label = f"held-out stories ({len(held_out)}, {args.held_out.name})"
         rows = [{"label": label, **text_scores(held_out, judge)}]
+        if args.json:  # the reference alone is worth keeping (`--only` may match nothing)
+            Path(args.json).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     print(HEADER)
     for row in rows:
         print(line(row), flush=True)

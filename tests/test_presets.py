@@ -13,7 +13,14 @@ from app.cli import main
 from app.diffusion.checkpoint import load_checkpoint
 from app.diffusion.diffusion_config import DIFFUSION_CONFIG_NAME, DiffusionConfig
 from app.diffusion.logits import logits_at
-from app.diffusion.sampler_settings import BUILTIN_PRESETS, PRESETS, Remasking, SamplerOverrides, SamplerSettings
+from app.diffusion.sampler_settings import (
+    BUILTIN_PRESETS,
+    PRESETS,
+    Endings,
+    Remasking,
+    SamplerOverrides,
+    SamplerSettings,
+)
 from app.diffusion.text import end_token_ids, prompt_ids
 from app.engine import Engine, Finished, GenerationSpec
 from tests.conftest import TINY_SEQ_LEN
@@ -130,14 +137,18 @@ async def test_metrics_histograms_count_forwards_and_tokens_per_forward(preset_c
 
 
 def test_a_seeded_fast_story_is_the_same_alone_and_in_a_mixed_batch(tiny_checkpoint_dir):
-    """Two requests with one seed and the `fast` preset, among requests with other rules and lengths."""
+    """Two requests with one seed and the `fast` preset (calibrated endings, as the shipped model's), among
+    requests with other rules, endings and lengths."""
     ckpt = load_checkpoint(tiny_checkpoint_dir, device="cpu")
-    fast = ckpt.config.settings_for("fast").model_copy(update={"temperature": 1.0})  # built-in: no presets here
+    fast = ckpt.config.settings_for("fast").model_copy(update={"temperature": 1.0, "endings": Endings.CALIBRATED})
     mine = GenerationSpec((), TINY_SEQ_LEN, fast, 11)
     others = [
         GenerationSpec((), 40, SamplerSettings(steps=16, temperature=1.0), 1),
         GenerationSpec((), 36, SamplerSettings(steps=12, remasking=Remasking.LOW_CONFIDENCE, block_length=8), 2),
         GenerationSpec((), 44, SamplerSettings(steps=20, remasking=Remasking.THRESHOLD, temperature=0.5), 3),
+        GenerationSpec(
+            (), 30, SamplerSettings(steps=10, remasking=Remasking.THRESHOLD, endings=Endings.LENGTH_FIRST), 4
+        ),
     ]
 
     def slow_forward(x, query, attention_mask):
@@ -157,11 +168,11 @@ def test_a_seeded_fast_story_is_the_same_alone_and_in_a_mixed_batch(tiny_checkpo
             engine.stop()
 
     (alone,), _ = run([mine])
-    batch, stats = run([others[0], mine, others[1], mine, others[2]])
+    batch, stats = run([others[0], mine, others[1], mine, others[2], others[3]])
     assert isinstance(alone, Finished) and all(isinstance(outcome, Finished) for outcome in batch)
     assert batch[1].ids == batch[3].ids == alone.ids
     assert batch[1].forwards == batch[3].forwards == alone.forwards
-    assert stats.max_batch_size == 5
+    assert stats.max_batch_size == 6
 
 
 def test_the_cli_takes_a_preset_and_flags_override_it(preset_checkpoint, capsys):

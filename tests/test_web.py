@@ -46,7 +46,7 @@ def test_the_page_loads_with_defaults_from_info(page, live):
     assert section.get_by_label("Length", exact=True).get_attribute("max") == str(info["max_length"])
     assert section.get_by_label("Steps").input_value() == str(defaults["steps"])
     assert section.get_by_label("Remasking").input_value() == defaults["remasking"]
-    assert section.get_by_label("Endings").input_value() == defaults["endings"]
+    assert section.get_by_label("End rule").input_value() == defaults["endings"]
     assert float(section.get_by_label("Temperature").input_value()) == defaults["temperature"]
     assert section.get_by_label("Top-k").input_value() == str(defaults["top_k"] or "")
     assert section.get_by_label("Block length").input_value() == str(defaults["block_length"] or "")

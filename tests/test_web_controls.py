@@ -75,7 +75,7 @@ def test_the_endings_rule_is_sent_and_a_preset_sets_it(page, live):
     assert sent[-1]["endings"] == "length_first"
     preset = httpx.get(f"{live.url}/info").json()["presets"]["fast"]
     fill(section, preset="fast")
-    expect(section.get_by_label("Endings")).to_have_value(preset["endings"])
+    expect(section.get_by_label("End rule")).to_have_value(preset["endings"])
 
 
 def test_the_engine_line_follows_requests_from_elsewhere(page, live):

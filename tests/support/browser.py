@@ -92,7 +92,7 @@ def fill(section, **fields) -> None:
         "stream_every": "Show every",
         "prompt": "Prompt",
     }
-    selects = {"remasking": "Remasking", "endings": "Endings", "preset": "Preset"}
+    selects = {"remasking": "Remasking", "endings": "End rule", "preset": "Preset"}
     for name, value in fields.items():
         if name in selects:
             section.get_by_label(selects[name], exact=True).select_option(value)
