@@ -1,5 +1,6 @@
-"""Length first (`endings: length_first`): the story's end is drawn at its first step from the model's end
-probabilities along the masked tail, written at once, and no end token is written anywhere else."""
+"""Where a story ends (`endings`): length_first draws the end at the first step from the model's end
+probabilities along the masked tail, writes it at once and no end token elsewhere; calibrated draws each
+end at the model's own probability, whatever the temperature."""
 
 from __future__ import annotations
 
@@ -110,3 +111,17 @@ def test_a_length_first_row_is_the_same_alone_and_in_a_mixed_batch():
     for i, cfg in enumerate(mixed):
         alone = run(cfg, [3 + i], logits)[-1][1].x[0]
         assert torch.equal(alone, together[i]), cfg
+
+
+def test_calibrated_endings_end_at_the_models_probability_whatever_the_temperature():
+    """PAD 0.4 likely everywhere, the rest spread over words: at temperature 0.1 sampled endings reveal
+    PAD almost everywhere (it is the top token); calibrated ones at about the model's 0.4."""
+    length = 2000
+    logits = peaked_logits([PAD] * length, [0.4] * length)
+
+    def pad_share(endings: Endings) -> float:
+        cfg = SamplerSettings(steps=1, remasking=Remasking.RANDOM, temperature=0.1, endings=endings)
+        return float((run(cfg, [9], logits)[-1][1].x == PAD).float().mean())
+
+    assert pad_share(Endings.SAMPLED) > 0.95
+    assert abs(pad_share(Endings.CALIBRATED) - 0.4) < 0.04

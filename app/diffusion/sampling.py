@@ -256,13 +256,14 @@ def apply_step(
         return Step(x, empty, empty, empty, empty.float(), False)
     ending = torch.zeros_like(plan.query)  # (B, L): the end tokens length-first rows write at their first step
     raw_logits, own_endings = logits, rows.endings[row] != ENDING_CODES[Endings.SAMPLED]  # (N,)
-    if end_ids is not None and bool(own_endings.any()):
-        ending = chosen_ending(x, plan.query, logits, rows.length_first & (index == 0), rows.seed, end_ids, mask_id)
+    ends_here = None  # (N,) the model's end probability, for rows whose endings are not simply sampled
+    if end_ids is not None and bool(own_endings.any()):  # one host sync; sampled rows need none of this
+        ends_here = end_probability(logits, end_ids, mask_id)
+        ending = chosen_ending(x, plan.query, ends_here, rows.length_first & (index == 0), rows.seed, mask_id)
         logits = without_endings(logits, own_endings & ~ending[row, position], end_ids)  # words only
     u = uniform(rows.seed[row], index[row], position, Purpose.TOKEN)  # (N,)
     ids, probs = choose_tokens(logits, rows.temperature[row], rows.top_k[row], rows.top_p[row], u, mask_id)
-    if end_ids is not None and bool(own_endings.any()):
-        ends_here = end_probability(raw_logits, end_ids, mask_id)  # (N,)
+    if end_ids is not None and ends_here is not None:
         calibrated = rows.endings[row] == ENDING_CODES[Endings.CALIBRATED]
         drawn = calibrated & (uniform(rows.seed[row], index[row], position, Purpose.END) < ends_here)
         ended = ending[row, position] | drawn  # (N,)

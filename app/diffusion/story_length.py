@@ -1,22 +1,23 @@
-"""Length first: a story's length is drawn at its first step from the model's own belief, then written to it.
+"""Where a story ends: the `endings` rules other than `sampled` (end tokens drawn like any token).
 
-Where does a story end? A model trained on padded stories predicts, at a fully masked position p, the
-probability that the story has ended by p: the share of its training stories shorter than p. Read
-along the masked tail of the sequence at the first step (all of it queried, temperature 1), those
-probabilities are the model's distribution of lengths (a running maximum makes it a CDF). One uniform
-draw from it fixes the end: end tokens are written at once from there to the end of the sequence, and
-no end token is written anywhere else for the rest of the story.
+A model trained on padded stories predicts, at each masked position, the probability that the story
+has ended there. Sampling that end token at the row's temperature and top-p lets them decide the
+length: they sharpen PAD wherever it is the single likeliest token, so random remasking reveals PAD
+too early and stories end short (docs/story-quality.md). And confidence-ranked rules (LLaDA's
+low_confidence, threshold, entropy_bound) reveal the tail first, because PAD next to PAD is their
+surest prediction, and write near-empty stories without blocks (docs/fast-decoding.md).
 
-Why: without it, where a story ends is decided by the sampler's dynamics, not by that distribution.
-Temperature and top-p sharpen PAD wherever it is the likeliest token, so random remasking reveals
-PAD too early and stories end short; and confidence-ranked rules (LLaDA's low_confidence, threshold,
-entropy_bound) reveal the tail first, because PAD next to PAD is their surest prediction, and write
-near-empty stories without blocks. LLaDA's answer to the same failure is to fix the length by hand or
-use blocks; rainbow padding retrains with several distinct pad tokens. This needs neither: the length is the model's
-own, the rules then rank only the story's words.
-
-A row whose sequence does not end with masks (an ending or a fixed blank pinned last) has no tail to
-choose: only the ban applies, so that blanks between texts are filled with words.
+- `calibrated`: whether a revealed position ends the story is drawn at the model's own end
+  probability (temperature 1, one uniform of its own); temperature and top-p choose only among the
+  words. The length follows the model, the words keep their sampling.
+- `length_first`: at a fully masked position p the end probability is the share of training stories
+  shorter than p. Read along the masked tail at the row's first step (all of it queried), its running
+  maximum is the model's length CDF; one uniform draw fixes the end, end tokens are written at once
+  from there to the end of the sequence, and no end token is written anywhere else. The rules then
+  rank only the story's words. LLaDA's answer to the same failure is to fix the length by hand or use
+  blocks; rainbow padding retrains with several distinct pad tokens; this needs neither. A row whose
+  sequence does not end with masks (an ending or a fixed blank pinned last) has no tail to choose:
+  only the ban applies, so that blanks between texts are filled with words.
 """
 
 from __future__ import annotations
@@ -46,11 +47,10 @@ def end_probability(logits: torch.Tensor, end_ids: torch.Tensor, mask_id: int) -
 
 def chosen_ending(
     x: torch.Tensor,  # (B, L)
-    query: torch.Tensor,  # (B, L) bool: the positions `logits` are for, row-major
-    logits: torch.Tensor,  # (N, V)
+    query: torch.Tensor,  # (B, L) bool: the positions `ends_here` is for, row-major
+    ends_here: torch.Tensor,  # (N,) float64: `end_probability` at those positions
     choosing: torch.Tensor,  # (B,) bool: rows that choose their length this step (their first)
     seed: torch.Tensor,  # (B,) long
-    end_ids: torch.Tensor,  # (K,) long
     mask_id: int,
 ) -> torch.Tensor:
     """(B, L) bool: for each choosing row, its masked tail from the drawn end onwards (a suffix of the row).
@@ -61,7 +61,7 @@ def chosen_ending(
     """
     tail = masked_tail(x, mask_id) & choosing[:, None]
     ends = torch.zeros(query.shape, dtype=torch.float64, device=x.device)  # (B, L)
-    ends[query] = end_probability(logits, end_ids, mask_id)
+    ends[query] = ends_here
     cdf = (ends * tail).cummax(dim=1).values  # (B, L), 0 before the tail
     u = uniform(seed, torch.zeros_like(seed), torch.zeros_like(seed), Purpose.LENGTH)  # (B,)
     return tail & (cdf > u[:, None])
