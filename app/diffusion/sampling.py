@@ -11,7 +11,10 @@ positions to reveal, asks the model for logits at those positions only, and writ
   With `block_length`, it is LLaDA's semi-autoregressive remasking: blocks are revealed left to
   right, so the k of a step come from the leftmost block that still has masks (and the next ones,
   if k is larger). Without blocks, a model that pads its stories with confident PAD tokens fills
-  the tail first and ends the story before it starts.
+  the tail first and ends the story before it starts, unless the row's `endings` is `length_first`.
+
+Where a story ends is the `endings` setting (`story_length`): end tokens sampled like any token,
+drawn at the model's own probability (`calibrated`), or the length drawn first (`length_first`).
 
 Every row carries its own settings as (B,) tensors (`SamplerRows`), so rows with different settings
 share every kernel of a step. Random numbers come from `randomness.uniform` keyed by (seed, step,
@@ -278,11 +281,18 @@ def apply_step(
         end_run = contiguous_end_run(x, end_candidate, end_ids)  # (B, L)
     ruled = plan.candidates & ~ending  # (B, L): what the rules decide on; a chosen ending is kept as it is
     candidate = ruled[row, position]  # (N,)
-    kept = torch.zeros_like(candidate)
-    kept[candidate] = keep_reveals(
-        ruled, plan.reveal_counts, rows.rule, rows.guard_endings, rows.block_length, rows.threshold,
-        rows.entropy_budget, probs[candidate], None if entropy is None else entropy[candidate], end_run, end_candidate,
-    )  # fmt: skip
+    if ends_here is None:  # no length-first row: every queried position is a candidate (no boolean indexing)
+        kept = keep_reveals(
+            plan.query, plan.reveal_counts, rows.rule, rows.guard_endings, rows.block_length, rows.threshold,
+            rows.entropy_budget, probs, entropy, end_run, end_candidate,
+        )  # fmt: skip
+    else:
+        kept = torch.zeros_like(candidate)
+        kept[candidate] = keep_reveals(
+            ruled, plan.reveal_counts, rows.rule, rows.guard_endings, rows.block_length, rows.threshold,
+            rows.entropy_budget, probs[candidate], None if entropy is None else entropy[candidate], end_run,
+            end_candidate,
+        )  # fmt: skip
     unranked = ~rows.ranked[row] & candidate  # (N,) random rows keep every candidate but the endings they defer
     if end_run is not None and end_candidate is not None:
         last_step = index + 1 >= rows.steps  # (B,)
