@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from app.config import Settings
     from model_training.config import TrainConfig
 
-pytest_plugins = ["tests.support.browser_fixtures"]  # the page's fixtures, for every module that drives it
+pytest_plugins = [
+    "tests.support.browser_fixtures",  # the page's fixtures, for every module that drives it
+    "tests.support.service_fixtures",  # the app in process: anyio_backend, client
+]
 
 DATA_DIR = Path(__file__).parent / "data"
 CASED_VOCAB_DIR = DATA_DIR / "tokenizers" / "distilbert-base-cased"

@@ -30,17 +30,6 @@ from tests.support.service import Service, settings_for, wait_ready
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def client(tiny_checkpoint_dir):
-    async with Service(settings_for(tiny_checkpoint_dir)) as client:
-        yield client
-
-
 async def test_generate_json_with_defaults(client):
     response = await client.post("/generate", json={})
     assert response.status_code == 200

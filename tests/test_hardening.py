@@ -24,11 +24,6 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def client(tiny_checkpoint_dir):
     async with Service(settings_for(tiny_checkpoint_dir, max_body_size=16 * 2**20)) as client:
         yield client

@@ -9,20 +9,8 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from app.diffusion.sampler_settings import Remasking
-from tests.support.service import Service, settings_for
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def client(tiny_checkpoint_dir):
-    async with Service(settings_for(tiny_checkpoint_dir)) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

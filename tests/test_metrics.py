@@ -19,11 +19,6 @@ from tests.support.service import Service, settings_for
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
 async def test_metrics_count_requests_batching_and_durations(tiny_checkpoint_dir):
     service = Service(settings_for(tiny_checkpoint_dir))
     async with service as client:

@@ -35,11 +35,6 @@ FAST = {"remasking": "threshold", "steps": 12, "confidence_threshold": 1e-6, "te
 
 
 @pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def preset_checkpoint(tmp_path_factory, tiny_checkpoint_dir):
     """The tiny checkpoint with a nucleus in its defaults and its own `fast` preset (no other preset)."""
     directory = tmp_path_factory.mktemp("preset-checkpoint")

@@ -27,11 +27,6 @@ GRACE_S = 30.0  # far longer than any test waits: what frees a slot sooner is a 
 LENGTH = 8
 
 
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
 # --- the registry, driven by hand -------------------------------------------------------------
 
 

@@ -16,11 +16,6 @@ pytestmark = pytest.mark.anyio
 KEYS = "first-key,second-key"
 
 
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
 def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 

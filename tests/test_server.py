@@ -20,11 +20,6 @@ FORWARD_DELAY_S = 0.015  # slows the tiny model so that requests overlap and liv
 
 
 @pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def server(tiny_checkpoint_dir):
     """uvicorn in a thread, serving the tiny checkpoint slowed down; yields the base URL and the app."""
     torch_threads = torch.get_num_threads()

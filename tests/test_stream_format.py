@@ -19,17 +19,6 @@ pytestmark = pytest.mark.anyio
 REQUEST = {"stream": True, "length": 24, "steps": 12, "seed": 3, "temperature": 1.0, "prompt": "Once upon a time"}
 
 
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def client(tiny_checkpoint_dir):
-    async with Service(settings_for(tiny_checkpoint_dir)) as client:
-        yield client
-
-
 async def events(client, **fields) -> list[tuple[str, str]]:
     async with aconnect_sse(client, "POST", "/generate", json={**REQUEST, **fields}) as source:
         assert source.response.status_code == 200
