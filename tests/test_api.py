@@ -24,7 +24,7 @@ from app.diffusion.diffusion_config import DIFFUSION_CONFIG_NAME, DiffusionConfi
 from app.diffusion.sampler_settings import SEED_BITS, SamplerSettings
 from app.diffusion.text import MASK_PLACEHOLDER
 from app.engine.request import FailureReason
-from tests.conftest import TINY_SEQ_LEN
+from tests.conftest import TINY_SEQ_LEN, slowed_forward
 from tests.support.service import Service, settings_for, wait_ready
 
 pytestmark = pytest.mark.anyio
@@ -249,18 +249,13 @@ async def test_queue_full_is_429_with_retry_after(tiny_checkpoint_dir, monkeypat
         assert (await client.post("/generate", json=request)).status_code == 200
 
 
-async def test_timeout_is_504_json(tiny_checkpoint_dir, monkeypatch):
-    original = model_forward.logits_at
-
-    def slow_logits_at(model, x, query, attention_mask=None):
-        time.sleep(0.05)
-        return original(model, x, query, attention_mask)
-
-    monkeypatch.setattr(model_forward, "logits_at", slow_logits_at)
+async def test_timeout_is_504_json(tiny_checkpoint_dir):
     # refuse_over_timeout off: with it, the server refuses up front what cannot finish in 0.3 s
-    async with Service(settings_for(tiny_checkpoint_dir, timeout=0.3, refuse_over_timeout=False)) as client:
-        response = await client.post("/generate", json={"length": 32, "steps": 32, "remasking": "low_confidence"})
-        assert response.status_code == 504 and response.json()["error"] == "timeout"
+    settings = settings_for(tiny_checkpoint_dir, timeout=0.3, refuse_over_timeout=False)
+    with slowed_forward(0.05):
+        async with Service(settings) as client:
+            response = await client.post("/generate", json={"length": 32, "steps": 32, "remasking": "low_confidence"})
+            assert response.status_code == 504 and response.json()["error"] == "timeout"
 
 
 async def test_ready_is_503_until_the_model_is_loaded(tiny_checkpoint_dir, monkeypatch):

@@ -16,6 +16,7 @@ import app.engine.model_forward as model_forward
 from app.api.errors import MAX_ERRORS, echo, validation_details
 from app.diffusion.text import MASK_PLACEHOLDER, prompt_ids
 from app.engine.forward_plan import ForwardCost
+from tests.conftest import slowed_forward
 from tests.support.service import Service, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -169,23 +170,17 @@ async def test_work_that_cannot_finish_in_time_is_refused_up_front(tiny_checkpoi
     assert 'storydiff_refused_requests_total{reason="over_timeout"} 1.0' in metrics
 
 
-async def test_a_timed_out_request_returns_its_draft(tiny_checkpoint_dir, monkeypatch):
-    original = model_forward.logits_at
-
-    def slow_logits_at(model, x, query, attention_mask=None):
-        time.sleep(0.05)
-        return original(model, x, query, attention_mask)
-
-    monkeypatch.setattr(model_forward, "logits_at", slow_logits_at)
+async def test_a_timed_out_request_returns_its_draft(tiny_checkpoint_dir):
     settings = settings_for(tiny_checkpoint_dir, timeout=0.4, refuse_over_timeout=False)
     request = {"prompt": "Once upon a time", "length": 32, "steps": 32, "remasking": "low_confidence"}
-    async with Service(settings) as client:
-        answer = await client.post("/generate", json=request)
-        assert answer.status_code == 504
-        draft = answer.json()["draft"]
-        assert draft.startswith("Once upon a time") and MASK_PLACEHOLDER in draft
-        async with aconnect_sse(client, "POST", "/generate", json={**request, "stream": True}) as source:
-            events = [event async for event in source.aiter_sse()]
+    with slowed_forward(0.05):
+        async with Service(settings) as client:
+            answer = await client.post("/generate", json=request)
+            assert answer.status_code == 504
+            draft = answer.json()["draft"]
+            assert draft.startswith("Once upon a time") and MASK_PLACEHOLDER in draft
+            async with aconnect_sse(client, "POST", "/generate", json={**request, "stream": True}) as source:
+                events = [event async for event in source.aiter_sse()]
     error = json.loads(events[-1].data)
     assert events[-1].event == "error" and error["error"] == "timeout"
     assert error["draft"].startswith("Once upon a time") and MASK_PLACEHOLDER in error["draft"]
