@@ -82,7 +82,6 @@ def write(
     """Denoise every canvas with `settings`, `batch` at a time (similar lengths together; a shorter
     canvas gets PAD after its end, as training pads a story)."""
     pad = int(ckpt.tokenizer.pad_token_id)
-    ends = sorted(end_token_ids(ckpt.tokenizer))
     order = sorted(range(len(canvases)), key=lambda i: canvases[i].length)
     out: list[list[int]] = [[] for _ in canvases]
     forwards, start = 0, time.perf_counter()
@@ -91,8 +90,8 @@ def write(
         length = max(canvases[i].length for i in rows)
         padded = [Canvas(canvases[i].ids + (pad,) * (length - canvases[i].length), ckpt.mask_id) for i in rows]
         steps = sample(
-            ckpt.model, ckpt.mask_id, settings, [seeds[i] for i in rows], length,
-            [c.prefix for c in padded], [c.pinned for c in padded], ends,
+            ckpt.model, ckpt.tokenizer, settings, [seeds[i] for i in rows], length,
+            [c.prefix for c in padded], [c.pinned for c in padded],
         )  # fmt: skip
         for _, step in steps:
             forwards += step.model_called

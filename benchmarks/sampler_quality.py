@@ -45,7 +45,7 @@ from app.diffusion.canvas import story_marks
 from app.diffusion.checkpoint import Checkpoint, load_checkpoint
 from app.diffusion.generation import sample
 from app.diffusion.sampler_settings import PRESETS, SamplerOverrides, SamplerSettings
-from app.diffusion.text import decode_story, end_token_ids, story_end
+from app.diffusion.text import decode_story, story_end
 from app.paths import DEFAULT_MODEL_DIR
 from model_training.evaluation import text_bound
 
@@ -181,10 +181,9 @@ def text_scores(texts: list[str], judge: Checkpoint) -> dict[str, Any]:
 
 def write_stories(ckpt: Checkpoint, cfg: SamplerSettings, seeds: list[int]) -> tuple[list[list[int]], list[int], float]:
     """Denoise one story per seed in one batch: (token ids, forwards per story, seconds)."""
-    ends = sorted(end_token_ids(ckpt.tokenizer))
     forwards = torch.zeros(len(seeds), dtype=torch.long)
     start = time.perf_counter()
-    for _, step in sample(ckpt.model, ckpt.mask_id, cfg, seeds, ckpt.config.seq_len, end_ids=ends):
+    for _, step in sample(ckpt.model, ckpt.tokenizer, cfg, seeds, ckpt.config.seq_len):
         if step.model_called:
             forwards[step.rows.unique()] += 1  # a row the model ran for reveals at least one token
         last = step

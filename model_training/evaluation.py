@@ -92,7 +92,7 @@ def sample_stories(
     was_training = model.training
     model.eval()
     seeds = [seed + i for i in range(num_stories)]
-    *_, (_, last) = sample(model, int(tokenizer.mask_token_id), sampler, seeds, seq_len)
+    *_, (_, last) = sample(model, tokenizer, sampler, seeds, seq_len)
     model.train(was_training)
     return [decode_story(row.tolist(), tokenizer) for row in last.x]
 

@@ -63,7 +63,7 @@ def test_generated_stories_end_before_the_last_position(default_ckpt, temperatur
         SamplerOverrides.model_validate({k: v for k, v in given.items() if v is not None})
     )
     length = ckpt.config.seq_len
-    *_, (_, last) = sample(ckpt.model, ckpt.mask_id, cfg, seeds=[0, 1, 2, 3], length=length)  # four stories
+    *_, (_, last) = sample(ckpt.model, ckpt.tokenizer, cfg, seeds=[0, 1, 2, 3], length=length)  # four stories
     x = last.x
     ends = [story_end(row.tolist(), ckpt.tokenizer) for row in x]
     assert sum(end < length for end in ends) >= 3, ends

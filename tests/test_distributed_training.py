@@ -140,7 +140,7 @@ def test_two_processes_export_one_servable_checkpoint(two_processes) -> None:
     assert sorted(p.name for p in output.iterdir() if (p / "model.safetensors").is_file()) == ["best", "final"]
     checkpoint = load_checkpoint(output / "final", device="cpu")
     settings = SamplerSettings(steps=8, temperature=1.0)
-    *_, (_, last) = sample(checkpoint.model, checkpoint.mask_id, settings, [0], checkpoint.config.seq_len)
+    *_, (_, last) = sample(checkpoint.model, checkpoint.tokenizer, settings, [0], checkpoint.config.seq_len)
     assert not (last.x == checkpoint.mask_id).any()
     assert decode_story(last.x[0].tolist(), checkpoint.tokenizer).strip()
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from app.diffusion.checkpoint import load_checkpoint
+from app.diffusion.generation import story_ends
 from app.diffusion.logits import logits_at
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.sampling import SamplerRows, denoise, initial_tokens
-from app.diffusion.text import end_token_ids, prompt_ids
-from tests.support.logits import MASK, PAD, VOCAB, WORD, fixed_model, peaked_logits
+from app.diffusion.text import prompt_ids
+from tests.support.logits import ENDS, MASK, PAD, VOCAB, WORD, fixed_model, peaked_logits
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def entropy_of(mass: float) -> float:
 
 def first_step(logits: torch.Tensor, cfg: SamplerSettings):
     x = torch.full((1, logits.shape[0]), MASK)
-    return next(denoise(fixed_model(logits), x, SamplerRows.build([cfg], [0]), MASK, torch.tensor([PAD])))[1]
+    return next(denoise(fixed_model(logits), x, SamplerRows.build([cfg], [0]), MASK, ENDS))[1]
 
 
 P = [0.5, 0.95, 0.3, 0.91, 0.99, 0.65, 0.89, 0.2, 0.97, 0.4, 0.7, 0.8]
@@ -127,7 +128,7 @@ def test_fast_rules_keep_the_sampler_invariants(ckpt, cased_tokenizer, cfg):
     prefix = prompt_ids(cased_tokenizer, "Once upon a time, a cat")
     length, batch = 32, 2
     x = initial_tokens(prefix, length, ckpt.mask_id).repeat(batch, 1)
-    ends = torch.tensor(sorted(end_token_ids(cased_tokenizer)))
+    ends = story_ends(cased_tokenizer)
     forwards = 0
 
     def counting(x_t, query):

@@ -12,10 +12,9 @@ import torch
 from app.diffusion.randomness import Purpose, uniform
 from app.diffusion.sampler_settings import Endings, Remasking, SamplerSettings
 from app.diffusion.sampling import SamplerRows, denoise
-from tests.support.logits import MASK, PAD, VOCAB, WORD, fixed_model, peaked_logits
+from tests.support.logits import ENDS, MASK, PAD, VOCAB, WORD, fixed_model, peaked_logits
 
 LENGTH = 24
-ENDS = torch.tensor([PAD])
 
 
 def rising_end_logits(length: int = LENGTH) -> torch.Tensor:
@@ -114,14 +113,18 @@ def test_a_length_first_row_is_the_same_alone_and_in_a_mixed_batch():
 
 
 def test_calibrated_endings_end_at_the_models_probability_whatever_the_temperature():
-    """PAD 0.4 likely everywhere, the rest spread over words: at temperature 0.1 sampled endings reveal
-    PAD almost everywhere (it is the top token); calibrated ones at about the model's 0.4."""
-    length = 2000
-    logits = peaked_logits([PAD] * length, [0.4] * length)
+    """PAD 0.4 likely everywhere, the rest spread over words, one step: at temperature 0.1 sampled endings
+    start almost every story with PAD (it is the top token); calibrated ones end each position at the
+    model's 0.4, so a story's first word survives in 60% of rows and its length is geometric (mean 1.5)."""
+    logits = peaked_logits([PAD] * 16, [0.4] * 16)
+    seeds = list(range(1000))
 
-    def pad_share(endings: Endings) -> float:
+    def lengths(endings: Endings) -> torch.Tensor:
         cfg = SamplerSettings(steps=1, remasking=Remasking.RANDOM, temperature=0.1, endings=endings)
-        return float((run(cfg, [9], logits)[-1][1].x == PAD).float().mean())
+        x = run(cfg, seeds, logits)[-1][1].x  # (B, L)
+        return (x != PAD).long().cumprod(dim=1).sum(dim=1).float()  # (B,) words before the first PAD
 
-    assert pad_share(Endings.SAMPLED) > 0.95
-    assert abs(pad_share(Endings.CALIBRATED) - 0.4) < 0.04
+    assert float((lengths(Endings.SAMPLED) > 0).float().mean()) < 0.05
+    calibrated = lengths(Endings.CALIBRATED)
+    assert abs(float((calibrated > 0).float().mean()) - 0.6) < 0.04
+    assert abs(float(calibrated.mean()) - 1.5) < 0.15

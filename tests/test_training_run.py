@@ -57,7 +57,7 @@ def test_output_loads_in_the_core_loader_and_generates(tiny_run) -> None:
     training = checkpoint.config.training
     assert checkpoint.config.seq_len == 64 and training["steps"] == 50
     assert training["tokens_seen"] == 25_600 and training["val_bits_per_char"] > 0 and "hardware" in training
-    *_, (_, last) = sample(checkpoint.model, checkpoint.mask_id, SamplerSettings(steps=8, temperature=1.0), [0], 64)
+    *_, (_, last) = sample(checkpoint.model, checkpoint.tokenizer, SamplerSettings(steps=8, temperature=1.0), [0], 64)
     x = last.x
     assert not (x == checkpoint.mask_id).any()
     assert isinstance(decode_story(x[0].tolist(), checkpoint.tokenizer), str)

@@ -9,46 +9,55 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.diffusion.canvas import Canvas
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.logits import logits_at
 from app.diffusion.sampler_settings import SamplerSettings
-from app.diffusion.sampling import Pinned, SamplerRows, Step, denoise, initial_tokens
+from app.diffusion.sampling import Pinned, SamplerRows, Step, denoise, fixed_until, initial_tokens
+from app.diffusion.story_length import EndTokens
 from app.diffusion.text import end_token_ids, prompt_ids
 
 
 def sample(
     model: PreTrainedModel,
-    mask_id: int,
+    tokenizer: PreTrainedTokenizerBase,
     settings: SamplerSettings,
     seeds: Sequence[int],
     length: int,
     prefixes: Sequence[Sequence[int]] | None = None,
     pinned: Sequence[Pinned] | None = None,
-    end_ids: Sequence[int] = (),
 ) -> Iterator[tuple[int, Step]]:
-    """Denoise one sequence per seed in one batch, yielding (steps done, step) after every step.
+    """Denoise one sequence per seed in one batch, as the server's engine does, yielding (steps done,
+    step) after every step.
 
     Args:
         model: a masked LM in eval mode, on the device to run on.
-        mask_id: the tokenizer's mask token.
-        settings: the sampler settings of every row.
+        tokenizer: the model's tokenizer: its mask token, and the end tokens every `endings` rule needs.
+        settings: the sampler settings of every row (a checkpoint's: `config.sampler_settings`).
         seeds: one per sequence; a seed gives the same sequence in any batch.
         length: tokens per sequence, prefix included.
         prefixes: fixed leading token ids per sequence (prompts); None: all masked.
         pinned: (position, token) pairs fixed per sequence besides its prefix (an ending, blanks' neighbours).
-        end_ids: tokens that end a story (`text.end_token_ids`), for the rules that guard the story's end.
     """
     device = next(model.parameters()).device
+    mask_id = int(tokenizer.mask_token_id)
     prefixes = prefixes if prefixes is not None else [()] * len(seeds)
     pinned = pinned if pinned is not None else [()] * len(seeds)
     x = torch.stack([initial_tokens(p, length, mask_id, device, q) for p, q in zip(prefixes, pinned, strict=True)])
-    rows = SamplerRows.build([settings] * len(seeds), seeds, device)
-    ends = torch.tensor(sorted(end_ids), dtype=torch.long, device=device) if end_ids else None
+    fixed = [fixed_until(p, q) for p, q in zip(prefixes, pinned, strict=True)]
+    rows = SamplerRows.build([settings] * len(seeds), seeds, device, fixed)
+    ends = story_ends(tokenizer, device)
     for index, step in denoise(lambda x_t, query: logits_at(model, x_t, query), x, rows, mask_id, ends):
         yield int(index[0]), step
+
+
+def story_ends(tokenizer: PreTrainedTokenizerBase, device: torch.device | str = "cpu") -> EndTokens | None:
+    """The tokenizer's end tokens (`end_token_ids`) on `device`, PAD filling a story's tail; None without PAD."""
+    if tokenizer.pad_token_id is None:
+        return None
+    return EndTokens.build(end_token_ids(tokenizer), int(tokenizer.pad_token_id), device)
 
 
 def story_steps(
@@ -58,12 +67,9 @@ def story_steps(
     length = length or ckpt.config.seq_len
     if length > ckpt.max_positions:
         raise ValueError(f"length {length} is above the model's {ckpt.max_positions} positions")
-    prefix = prompt_ids(ckpt.tokenizer, prompt)
-    ends = sorted(end_token_ids(ckpt.tokenizer))
-    yield from sample(ckpt.model, ckpt.mask_id, settings, [seed], length, [prefix], end_ids=ends)
+    yield from sample(ckpt.model, ckpt.tokenizer, settings, [seed], length, [prompt_ids(ckpt.tokenizer, prompt)])
 
 
 def canvas_steps(ckpt: Checkpoint, settings: SamplerSettings, seed: int, canvas: Canvas) -> Iterator[tuple[int, Step]]:
     """One story written around the fixed text of `canvas` (`app.diffusion.canvas`), step by step."""
-    ends = sorted(end_token_ids(ckpt.tokenizer))
-    yield from sample(ckpt.model, ckpt.mask_id, settings, [seed], canvas.length, [canvas.prefix], [canvas.pinned], ends)
+    yield from sample(ckpt.model, ckpt.tokenizer, settings, [seed], canvas.length, [canvas.prefix], [canvas.pinned])

@@ -36,7 +36,16 @@ import torch
 from app.diffusion.randomness import Purpose, uniform
 from app.diffusion.reveal_rules import RULE_CODES, block_index, contiguous_end_run, deferred_endings, keep_reveals
 from app.diffusion.sampler_settings import Endings, Remasking, SamplerSettings
-from app.diffusion.story_length import ENDING_CODES, chosen_ending, end_probability, likeliest_end, without_endings
+from app.diffusion.story_length import (
+    ENDING_CODES,
+    EndTokens,
+    chosen_ending,
+    end_probability,
+    ended_tails,
+    likeliest_end,
+    may_end,
+    without_endings,
+)
 
 Pinned = tuple[tuple[int, int], ...]
 """(position, token id) pairs fixed in a sequence besides its prefix; never masked, never changed."""
@@ -60,6 +69,7 @@ class SamplerRows:
     guard_endings: torch.Tensor  # (B,) bool
     endings: torch.Tensor  # (B,) long: ENDING_CODES[endings]
     seed: torch.Tensor  # (B,) long
+    fixed_until: torch.Tensor  # (B,) long: `fixed_until` of the row's canvas; its story ends no earlier
 
     @property
     def length_first(self) -> torch.Tensor:
@@ -73,9 +83,14 @@ class SamplerRows:
 
     @classmethod
     def build(
-        cls, settings: Sequence[SamplerSettings], seeds: Sequence[int], device: torch.device | str = "cpu"
+        cls,
+        settings: Sequence[SamplerSettings],
+        seeds: Sequence[int],
+        device: torch.device | str = "cpu",
+        fixed: Sequence[int] | None = None,
     ) -> SamplerRows:
-        """The rows for one sequence per entry of `settings` and `seeds`."""
+        """The rows for one sequence per entry of `settings` and `seeds`; `fixed`: each row's `fixed_until`
+        (None: 0, a story that may end anywhere after its last word)."""
         columns = {
             "steps": ([s.steps for s in settings], torch.long),
             "rule": ([RULE_CODES[s.remasking] for s in settings], torch.long),
@@ -88,6 +103,7 @@ class SamplerRows:
             "guard_endings": ([s.guard_endings for s in settings], torch.bool),
             "endings": ([ENDING_CODES[s.endings] for s in settings], torch.long),
             "seed": (list(seeds), torch.long),
+            "fixed_until": (list(fixed) if fixed is not None else [0] * len(settings), torch.long),
         }
         return cls(
             **{name: torch.tensor(values, dtype=dtype, device=device) for name, (values, dtype) in columns.items()}
@@ -131,6 +147,12 @@ class Step:
 def step_times(index: int, num_steps: int) -> tuple[float, float]:
     """(t, s): the time at the start of step `index` (0-based) and the time after it."""
     return 1 - index / num_steps, 1 - (index + 1) / num_steps
+
+
+def fixed_until(prefix: Sequence[int], pinned: Pinned = ()) -> int:
+    """The position after a canvas's last fixed token, text or a pinned end (a fixed blank's): a story
+    written around them ends no earlier, so blanks before fixed text or a fixed end hold words only."""
+    return max([len(prefix), *(position + 1 for position, _ in pinned)])
 
 
 def initial_tokens(
@@ -250,35 +272,42 @@ def apply_step(
     logits: torch.Tensor | None,  # (N, V) at plan.query, row-major; None: the model did not run
     rows: SamplerRows,
     mask_id: int,
-    end_ids: torch.Tensor | None = None,  # tokens that end a story (PAD, SEP): revealed only as a final run
+    ends: EndTokens | None = None,  # tokens that end a story; None: no end rule (a model without PAD)
 ) -> Step:
-    """Write the chosen tokens into a copy of `x`."""
+    """Write the chosen tokens into a copy of `x`; with `ends`, each row stays one contiguous story."""
     row, position = plan.query.nonzero(as_tuple=True)  # (N,), (N,)
     if logits is None or row.numel() == 0:
         empty = row[:0]
         return Step(x, empty, empty, empty, empty.float(), False)
     ending = torch.zeros_like(plan.query)  # (B, L): the end tokens length-first rows write at their first step
-    raw_logits, own_endings = logits, rows.endings[row] != ENDING_CODES[Endings.SAMPLED]  # (N,)
+    raw_logits = logits
     ends_here = None  # (N,) the model's end probability, for rows whose endings are not simply sampled
-    if end_ids is not None and bool(own_endings.any()):  # one host sync; sampled rows need none of this
-        ends_here = end_probability(logits, end_ids, mask_id)
-        ending = chosen_ending(x, plan.query, ends_here, rows.length_first & (index == 0), rows.seed, mask_id)
-        logits = without_endings(logits, own_endings & ~ending[row, position], end_ids)  # words only
+    open_end = torch.ones_like(row, dtype=torch.bool)  # (N,) positions after the row's last word
+    if ends is not None:
+        open_end = may_end(x, mask_id, ends.ids, rows.fixed_until)[row, position]
+        own_endings = rows.endings[row] != ENDING_CODES[Endings.SAMPLED]  # (N,)
+        if bool(own_endings.any()):  # one host sync; sampled rows need none of this
+            ends_here = end_probability(logits, ends.ids, mask_id)
+            ending = chosen_ending(
+                x, plan.query, ends_here, rows.length_first & (index == 0), rows.seed, rows.fixed_until, mask_id, ends
+            )
+        words_only = ~open_end | (own_endings & ~ending[row, position])  # (N,)
+        logits = without_endings(logits, words_only, ends.ids)
     u = uniform(rows.seed[row], index[row], position, Purpose.TOKEN)  # (N,)
     ids, probs = choose_tokens(logits, rows.temperature[row], rows.top_k[row], rows.top_p[row], u, mask_id)
-    if end_ids is not None and ends_here is not None:
+    if ends is not None and ends_here is not None:
         calibrated = rows.endings[row] == ENDING_CODES[Endings.CALIBRATED]
-        drawn = calibrated & (uniform(rows.seed[row], index[row], position, Purpose.END) < ends_here)
+        drawn = calibrated & open_end & (uniform(rows.seed[row], index[row], position, Purpose.END) < ends_here)
         ended = ending[row, position] | drawn  # (N,)
-        ids = torch.where(ended, likeliest_end(raw_logits, end_ids), ids)
+        ids = torch.where(ended, likeliest_end(raw_logits, ends.ids), ids)
         probs = torch.where(ended, ends_here.float(), probs)
     by_entropy = rows.rule[row] == RULE_CODES[Remasking.ENTROPY_BOUND]  # (N,)
     entropy = _entropy(logits, mask_id) if bool(by_entropy.any()) else None
     end_candidate = end_run = None
-    if end_ids is not None:
+    if ends is not None:
         end_candidate = torch.zeros_like(plan.query)  # (B, L)
-        end_candidate[plan.query] = torch.isin(ids, end_ids)
-        end_run = contiguous_end_run(x, end_candidate, end_ids)  # (B, L)
+        end_candidate[plan.query] = torch.isin(ids, ends.ids)
+        end_run = contiguous_end_run(x, end_candidate, ends.ids)  # (B, L)
     ruled = plan.candidates & ~ending  # (B, L): what the rules decide on; a chosen ending is kept as it is
     candidate = ruled[row, position]  # (N,)
     if ends_here is None:  # no length-first row: every queried position is a candidate (no boolean indexing)
@@ -298,10 +327,19 @@ def apply_step(
         last_step = index + 1 >= rows.steps  # (B,)
         unranked &= ~deferred_endings(plan.query, rows.guard_endings, last_step, end_run, end_candidate)
     keep = torch.where(rows.ranked[row], kept, unranked) | ending[row, position]  # (N,)
-    row, position, ids, probs = row[keep], position[keep], ids[keep], probs[keep]
-    x = x.clone()
-    x[row, position] = ids
-    return Step(x, row, position, ids, probs, True)
+    after = x.clone()
+    after[row[keep], position[keep]] = ids[keep]
+    reveal_probs = torch.ones(x.shape, device=x.device)  # (B, L): 1 where an end before decided the token
+    reveal_probs[row[keep], position[keep]] = probs[keep].float()
+    if ends is not None:
+        after = ended_tails(x, after, mask_id, ends)
+    return _revealed(x, after, reveal_probs, mask_id)
+
+
+def _revealed(before: torch.Tensor, after: torch.Tensor, probs: torch.Tensor, mask_id: int) -> Step:
+    """The step from `before` to `after` (B, L), with `probs` (B, L) of the revealed tokens."""
+    row, position = ((before == mask_id) & (after != mask_id)).nonzero(as_tuple=True)  # (N,), (N,)
+    return Step(after, row, position, after[row, position], probs[row, position], True)
 
 
 def _entropy(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -313,7 +351,7 @@ def _entropy(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
 
 
 def denoise(
-    logits_fn: LogitsFn, x: torch.Tensor, rows: SamplerRows, mask_id: int, end_ids: torch.Tensor | None = None
+    logits_fn: LogitsFn, x: torch.Tensor, rows: SamplerRows, mask_id: int, ends: EndTokens | None = None
 ) -> Iterator[tuple[torch.Tensor, Step]]:
     """Run every row's steps from `x` (B, L), yielding (steps done per row (B,), step) after each
     step; when the longest schedule ends no mask is left."""
@@ -321,6 +359,6 @@ def denoise(
     for _ in range(int(rows.steps.max())):
         plan = plan_step(x, index, rows, mask_id)
         logits = logits_fn(x, plan.query) if plan.query.any() else None
-        step = apply_step(x, index, plan, logits, rows, mask_id, end_ids)
+        step = apply_step(x, index, plan, logits, rows, mask_id, ends)
         x, index = step.x, torch.minimum(index + 1, rows.steps)
         yield index, step

@@ -15,14 +15,25 @@ surest prediction, and write near-empty stories without blocks (docs/fast-decodi
   maximum is the model's length CDF; one uniform draw fixes the end, end tokens are written at once
   from there to the end of the sequence, and no end token is written anywhere else. The rules then
   rank only the story's words. LLaDA's answer to the same failure is to fix the length by hand or use
-  blocks; rainbow padding retrains with several distinct pad tokens; this needs neither. A row whose
-  sequence does not end with masks (an ending or a fixed blank pinned last) has no tail to choose:
-  only the ban applies, so that blanks between texts are filled with words.
+  blocks; rainbow padding retrains with several distinct pad tokens; this needs neither. A canvas
+  that ends with fixed text or a fixed blank's pinned end has no tail to choose (its `fixed_until`
+  is its length): only the ban applies, so that blanks between texts are filled with words. A
+  batch's right padding is not such an end: a row chooses the same length alone and in any batch.
+
+Under every rule a story is one contiguous text (`may_end`, `ended_tails`): an end token is possible
+only after the row's last word (prompt, pinned text and revealed words alike) and its canvas's fixed
+end (`SamplerRows.fixed_until`), and once one is
+revealed every masked position after it is the story's PAD at once, words drawn there in the same
+step included. Training data holds no word after an end, so this is the model's own support, not a
+heuristic; without it a PAD drawn early in the tail and the words revealed later around it joined
+fragments into one "story".
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -33,9 +44,32 @@ ENDING_CODES = {endings: code for code, endings in enumerate(Endings)}
 """Each `endings` value as the integer its rows carry on the device."""
 
 
-def masked_tail(x: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """(B, L) bool: the run of masked positions that reaches the end of each row (empty if the last is fixed)."""
-    return (x == mask_id).flip(1).cumprod(dim=1).flip(1).bool()
+@dataclass(frozen=True)
+class EndTokens:
+    """The tokens that end a story (PAD, SEP, EOS) and the one that fills a story's tail after its end."""
+
+    ids: torch.Tensor  # (E,) long, sorted
+    pad: int
+
+    @classmethod
+    def build(cls, ids: Iterable[int], pad: int, device: torch.device | str = "cpu") -> EndTokens:
+        """`ids` with `pad` among them, on `device`."""
+        return cls(torch.tensor(sorted({*ids, pad}), dtype=torch.long, device=device), pad)
+
+
+def may_end(x: torch.Tensor, mask_id: int, end_ids: torch.Tensor, fixed_until: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: positions after each row's last word and its fixed text (`fixed_until` (B,)), the only
+    ones where its story may end."""
+    word = (x != mask_id) & ~torch.isin(x, end_ids)  # (B, L) prompt, pinned text and revealed words
+    positions = torch.arange(x.shape[1], device=x.device)
+    return (word.flip(1).cumsum(dim=1).flip(1) == 0) & (positions[None, :] >= fixed_until[:, None])
+
+
+def ended_tails(before: torch.Tensor, after: torch.Tensor, mask_id: int, ends: EndTokens) -> torch.Tensor:
+    """`after` (B, L) with every position that was masked `before` and follows an end token set to PAD."""
+    is_end = torch.isin(after, ends.ids).long()  # (B, L)
+    past_end = (is_end.cumsum(dim=1) - is_end) > 0  # (B, L) an end token stands before the position
+    return torch.where(past_end & (before == mask_id), ends.pad, after)
 
 
 def end_probability(logits: torch.Tensor, end_ids: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -51,18 +85,22 @@ def chosen_ending(
     ends_here: torch.Tensor,  # (N,) float64: `end_probability` at those positions
     choosing: torch.Tensor,  # (B,) bool: rows that choose their length this step (their first)
     seed: torch.Tensor,  # (B,) long
+    fixed_until: torch.Tensor,  # (B,) long: see `may_end`
     mask_id: int,
+    ends: EndTokens,
 ) -> torch.Tensor:
     """(B, L) bool: for each choosing row, its masked tail from the drawn end onwards (a suffix of the row).
 
-    The row's length distribution is the running maximum of the end probability along its masked tail
-    (every tail position must be in `query`); the end is the first position where it exceeds the row's
-    uniform draw (seed, step 0), so a row ends nowhere when the model never expects an end that early.
+    The tail is the masked positions where the story may end (`may_end`: after the prompt and any fixed
+    text; a batch's right padding does not shorten it). The row's length distribution is the running
+    maximum of the end probability along it (every tail position must be in `query`); the end is the
+    first position where it exceeds the row's uniform draw (seed, step 0), so a row ends nowhere when
+    the model never expects an end that early.
     """
-    tail = masked_tail(x, mask_id) & choosing[:, None]
-    ends = torch.zeros(query.shape, dtype=torch.float64, device=x.device)  # (B, L)
-    ends[query] = ends_here
-    cdf = (ends * tail).cummax(dim=1).values  # (B, L), 0 before the tail
+    tail = may_end(x, mask_id, ends.ids, fixed_until) & (x == mask_id) & choosing[:, None]  # (B, L)
+    ends_at = torch.zeros(query.shape, dtype=torch.float64, device=x.device)  # (B, L)
+    ends_at[query] = ends_here
+    cdf = (ends_at * tail).cummax(dim=1).values  # (B, L), 0 before the tail
     u = uniform(seed, torch.zeros_like(seed), torch.zeros_like(seed), Purpose.LENGTH)  # (B,)
     return tail & (cdf > u[:, None])
 

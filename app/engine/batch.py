@@ -17,7 +17,16 @@ from dataclasses import dataclass
 import torch
 
 from app.diffusion.sampler_settings import SamplerSettings
-from app.diffusion.sampling import Pinned, SamplerRows, StepPlan, apply_step, initial_tokens, plan_step
+from app.diffusion.sampling import (
+    Pinned,
+    SamplerRows,
+    StepPlan,
+    apply_step,
+    fixed_until,
+    initial_tokens,
+    plan_step,
+)
+from app.diffusion.story_length import EndTokens
 from app.engine.forward_plan import ONE_PASS, BatchForward, group_by_length
 
 
@@ -55,7 +64,7 @@ class RunningBatch:
 
     def __init__(self, mask_id: int, pad_id: int, device: torch.device, end_ids: Sequence[int] = ()) -> None:
         self.mask_id, self.pad_id, self.device = mask_id, pad_id, device
-        self.end_ids = torch.tensor(sorted({*end_ids, pad_id}), dtype=torch.long, device=device)  # PAD, SEP, EOS
+        self.ends = EndTokens.build(end_ids, pad_id, device)  # PAD, SEP, EOS
         self.x = torch.empty((0, 0), dtype=torch.long, device=device)  # (B, W)
         self.index = torch.empty(0, dtype=torch.long, device=device)  # (B,) steps done
         self.stream_every = torch.empty(0, dtype=torch.long, device=device)  # (B,) 0: not streaming
@@ -80,7 +89,8 @@ class RunningBatch:
         self.index = torch.cat([self.index, torch.zeros(len(new), dtype=torch.long, device=self.device)])
         every = torch.tensor([row.stream_every or 0 for row in new], dtype=torch.long, device=self.device)
         self.stream_every = torch.cat([self.stream_every, every])
-        added = SamplerRows.build([row.settings for row in new], [row.seed for row in new], self.device)
+        fixed = [fixed_until(row.prefix, row.pinned) for row in new]
+        added = SamplerRows.build([row.settings for row in new], [row.seed for row in new], self.device, fixed)
         self.rows = SamplerRows.concat([self.rows, added])
         self.lengths += [row.length for row in new]
         self.needs_model += [True] * len(new)
@@ -104,7 +114,7 @@ class RunningBatch:
         the batch is as it was, so the step can be retried on fewer rows."""
         plan = self.plan if self.plan is not None else plan_step(self.x, self.index, self.rows, self.mask_id)
         logits, pass_sizes = self._logits(forward, plan)
-        step = apply_step(self.x, self.index, plan, logits, self.rows, self.mask_id, self.end_ids)
+        step = apply_step(self.x, self.index, plan, logits, self.rows, self.mask_id, self.ends)
         index = self.index + 1
         next_plan = plan_step(step.x, index, self.rows, self.mask_id)
         streamed = self.stream_every[step.rows] > 0  # (N,) reveals that someone reads
@@ -127,7 +137,7 @@ class RunningBatch:
     def subset(self, rows: Sequence[int]) -> RunningBatch:
         """A separate batch holding copies of `rows`: to try a step on them without touching this one."""
         part = RunningBatch(self.mask_id, self.pad_id, self.device)
-        part.end_ids = self.end_ids
+        part.ends = self.ends
         index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
         part.lengths = [self.lengths[i] for i in rows]
         part.needs_model = [self.needs_model[i] for i in rows]

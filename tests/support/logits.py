@@ -6,7 +6,11 @@ import math
 
 import torch
 
+from app.diffusion.story_length import EndTokens
+
 PAD, MASK, WORD, VOCAB = 0, 1, 5, 8
+ENDS = EndTokens.build([PAD], PAD)
+"""PAD ends a story and fills its tail."""
 
 
 def peaked_logits(top: list[int], p: list[float]) -> torch.Tensor:
