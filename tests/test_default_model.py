@@ -13,7 +13,7 @@ from app.diffusion.generation import sample
 from app.diffusion.sampler_settings import SamplerOverrides
 from app.diffusion.text import decode_story, story_end
 from model_training.evaluation import text_bound
-from tests.conftest import STORIES_DIR
+from tests.conftest import STORIES_DIR, free_port, running_server
 
 # Recorded from the shipped model on tests/data/tinystories/valid.txt (validation-split stories it
 # never trained on), 4 t-samples, seed 0; the gate leaves 5% for platform noise.
@@ -68,3 +68,22 @@ def test_generated_stories_end_before_the_last_position(default_ckpt, temperatur
     ends = [story_end(row.tolist(), ckpt.tokenizer) for row in x]
     assert sum(end < length for end in ends) >= 3, ends
     assert all(len(decode_story(row.tolist(), ckpt.tokenizer).split()) >= 10 for row in x)
+
+
+def test_the_server_and_sample_write_the_same_story_at_the_shipped_defaults(default_ckpt):
+    """What `POST /generate` writes at the checkpoint's defaults (calibrated endings included) is what
+    `sample` writes for the CLI, the training samples and the benchmarks, for the same seed: one default."""
+    import httpx
+
+    from app.config import Settings
+
+    defaults = default_ckpt.config.sampler_settings
+    steps = 32  # the defaults but fewer steps, to keep the test short
+    with running_server(Settings(device="cpu", port=free_port())) as (url, _):
+        answers = [httpx.post(f"{url}/generate", json={"seed": s, "steps": steps}, timeout=120).json() for s in (3, 4)]
+    cfg = defaults.model_copy(update={"steps": steps})
+    *_, (_, last) = sample(default_ckpt.model, default_ckpt.tokenizer, cfg, seeds=[3, 4], length=256)
+    assert [answer["text"] for answer in answers] == [
+        decode_story(row.tolist(), default_ckpt.tokenizer) for row in last.x
+    ]
+    assert defaults.endings.value == "calibrated"  # the rule this compares is the one the server ships
