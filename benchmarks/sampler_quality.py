@@ -5,9 +5,14 @@ as the server guards them) and report, per setting:
 - `fwd`: model forwards per story (steps in which the model ran for that story);
 - `tok/fwd`: tokens written (the positions not fixed) per forward;
 - `judge`: the ELBO bound, in bits per character, of the stories under a *judge* model (default: the
-  reference probe), an independent estimate of how plausible the text is (lower: more plausible);
+  reference probe), an estimate of how plausible the text is (lower: more plausible) by a masked-diffusion
+  model of the generator's own family, which may reward its habits;
+- `AR ppl` and `×real`: generation perplexity per token under the autoregressive judge
+  (`python -m model_training.judge`, a GPT-2 of another family and vocabulary; see docs/judge.md), and
+  its ratio to the held-out stories' (the first row);
 - `rep4`: the share of repeated word 4-grams within a story (argmax collapse and loops show up here);
 - `dist2`: distinct word bigrams over all bigrams of the setting's stories (diversity across stories);
+- `Hpool`: the entropy (bits) of the setting's words pooled over its stories: its vocabulary;
 - `H` and `d2/st`: per story, the entropy (bits) of its word distribution and its distinct-2, averaged
   over the stories: word choice within a story, comparable with the held-out stories' own values;
 - `words` and `<60w`: mean words per story and the share under 60 words, against the held-out
@@ -32,10 +37,8 @@ import gzip
 import json
 import math
 import os
-import re
 import statistics
 import time
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +51,9 @@ from app.diffusion.sampler_settings import PRESETS, SamplerOverrides, SamplerSet
 from app.diffusion.text import decode_story, story_end
 from app.paths import DEFAULT_MODEL_DIR
 from model_training.evaluation import text_bound
+from model_training.judge import DEFAULT_VALID, Judge, ensure_judge, story_statistics, surprise
 
 HELD_OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "tinystories" / "valid.txt"
-SHORT_WORDS = 60
 
 
 def _rule(remasking: str, steps: int, blocks: int | None = 32, **fields: Any) -> dict[str, Any]:
@@ -127,56 +130,30 @@ def as_written(ckpt: Checkpoint, texts: list[str]) -> list[str]:
     ]
 
 
-def repeated_4grams(text: str) -> float:
-    """Share of word 4-grams that already occurred earlier in the same text."""
-    words = text.split()
-    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def distinct_2(texts: list[str]) -> float:
-    """Distinct word bigrams over all bigrams of `texts` (Li et al. 2016's distinct-2)."""
-    grams = [tuple(w[i : i + 2]) for w in (t.split() for t in texts) for i in range(len(w) - 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def story_words(text: str) -> list[str]:
-    """A story's words, lower case, punctuation dropped."""
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
-def word_entropy(text: str) -> float:
-    """Entropy in bits of the distribution of a story's words (0 for an empty story)."""
-    words = story_words(text)
-    counts = [words.count(w) for w in set(words)]
-    return -sum(c / len(words) * math.log2(c / len(words)) for c in counts) if words else 0.0
-
-
-def story_distinct_2(text: str) -> float:
-    """Distinct word bigrams over all bigrams of one story."""
-    words = story_words(text)
-    grams = list(pairwise(words))
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def text_scores(texts: list[str], judge: Checkpoint) -> dict[str, Any]:
-    """What every row reports about its texts, the held-out stories' included."""
-    words = [len(t.split()) for t in texts]
-    q1, median, q3 = statistics.quantiles(words, n=4) if len(words) > 1 else (words[0],) * 3
+def text_scores(texts: list[str], judge: Checkpoint, ar_judge: Judge | None) -> dict[str, Any]:
+    """What every row reports about its texts, the held-out stories' included: both judges, word statistics."""
     return {
         "judge_bpc": (
             text_bound(judge.model, judge.tokenizer, texts, judge.config.seq_len).bits_per_char
             if any(texts)
             else math.nan
         ),  # nothing written: nothing to judge
-        "rep4": sum(map(repeated_4grams, texts)) / len(texts),
-        "distinct2": distinct_2(texts),
-        "word_entropy": statistics.fmean(map(word_entropy, texts)),
-        "distinct2_story": statistics.fmean(map(story_distinct_2, texts)),
-        "words": statistics.fmean(words),
-        "words_quartiles": [q1, median, q3],
-        "short": sum(w < SHORT_WORDS for w in words) / len(words),
+        "ar_ppl": surprise(ar_judge, texts).perplexity if ar_judge is not None else None,
+        **story_statistics(texts),
     }
+
+
+def against_held_out(row: dict[str, Any], held_out: dict[str, Any]) -> dict[str, Any]:
+    """`row` with its AR judge perplexity as a ratio to the held-out stories' (1.0: as plausible as them)."""
+    known = row.get("ar_ppl") is not None and held_out.get("ar_ppl") is not None
+    return row | {"ar_ppl_ratio": row["ar_ppl"] / held_out["ar_ppl"] if known else None}
+
+
+def load_ar_judge(spec: str) -> Judge | None:
+    """`auto`: the default AR judge from its cache (trained first when missing); `none`: no AR judge; else a folder."""
+    if spec == "none":
+        return None
+    return ensure_judge(valid=DEFAULT_VALID) if spec == "auto" else Judge.load(Path(spec))
 
 
 def write_stories(ckpt: Checkpoint, cfg: SamplerSettings, seeds: list[int]) -> tuple[list[list[int]], list[int], float]:
@@ -192,7 +169,13 @@ def write_stories(ckpt: Checkpoint, cfg: SamplerSettings, seeds: list[int]) -> t
 
 
 def measure(
-    ckpt: Checkpoint, judge: Checkpoint, label: str, cfg: SamplerSettings, stories: int, seed: int, alone: int
+    ckpt: Checkpoint,
+    judges: tuple[Checkpoint, Judge | None],
+    label: str,
+    cfg: SamplerSettings,
+    stories: int,
+    seed: int,
+    alone: int,
 ) -> dict[str, Any]:
     """Write `stories` stories with `cfg` in one batch (and `alone` more one at a time) and score them."""
     length = ckpt.config.seq_len
@@ -204,7 +187,7 @@ def measure(
         "settings": cfg.model_dump(mode="json"),
         "forwards": statistics.fmean(forwards),
         "tokens_per_forward": statistics.fmean(length / f for f in forwards),
-        **text_scores(texts, judge),
+        **text_scores(texts, *judges),
         "ended": sum(story_end(r, ckpt.tokenizer) < length for r in rows) / stories,
         "s_per_story": elapsed / stories,
         "load": os.getloadavg()[0],  # the machine's 1-minute load when the setting ended: times are shared
@@ -230,8 +213,8 @@ def settings_to_measure(
 
 
 HEADER = (
-    f"{'setting':<28}{'fwd':>6}{'tok/fwd':>8}{'judge':>7}{'rep4':>7}{'dist2':>7}{'H':>6}{'d2/st':>6}{'words':>7}{'<60w':>6}"
-    f"{'ended':>7}{'s/story':>8}{'alone':>7}"
+    f"{'setting':<28}{'fwd':>6}{'tok/fwd':>8}{'judge':>7}{'AR ppl':>8}{'×real':>7}{'rep4':>7}{'dist2':>7}"
+    f"{'Hpool':>7}{'H':>6}{'d2/st':>6}{'words':>7}{'<60w':>6}{'ended':>7}{'s/story':>8}{'alone':>7}"
 )
 
 
@@ -241,7 +224,8 @@ def line(row: dict[str, Any]) -> str:
 
     return (
         f"{row['label']:<28}{num('forwards', '.1f'):>6}{num('tokens_per_forward', '.2f'):>8}"
-        f"{row['judge_bpc']:>7.3f}{row['rep4']:>7.3f}{row['distinct2']:>7.3f}{num('word_entropy', '.2f'):>6}"
+        f"{row['judge_bpc']:>7.3f}{num('ar_ppl', '.2f'):>8}{num('ar_ppl_ratio', '.3f'):>7}{row['rep4']:>7.3f}"
+        f"{row['distinct2']:>7.3f}{num('word_entropy_pooled', '.2f'):>7}{num('word_entropy', '.2f'):>6}"
         f"{num('distinct2_story', '.3f'):>6}{row['words']:>7.0f}"
         f"{row['short']:>6.2f}{num('ended', '.2f'):>7}{num('s_per_story', '.2f'):>8}{num('alone_s', '.2f'):>7}"
     )
@@ -254,9 +238,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         value = row.get(key)
         return "-" if value is None else format(value, spec)
 
+    def ar_cell(row: dict[str, Any]) -> str:
+        ratio = row.get("ar_ppl_ratio")
+        return cell(row, "ar_ppl", ".2f") + ("" if ratio is None else f" ({ratio:.3f}×)")
+
     head = (
-        "| setting | forwards / story | tokens / forward | judge bits/char | repeated 4-grams | distinct-2 | "
-        "word entropy / story | distinct-2 / story | words: mean (quartiles) | under 60 words | ended | "
+        "| setting | forwards / story | tokens / forward | judge bits/char | AR judge perplexity (× real) | "
+        "repeated 4-grams | distinct-2 | word entropy, pooled | word entropy / story | distinct-2 / story | "
+        "words: mean (quartiles) | under 60 words | ended | "
         "s/story (batch) | s/story alone |"
     )
     out = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
@@ -264,8 +253,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         q1, median, q3 = row["words_quartiles"]
         out.append(
             f"| {row['label']} | {cell(row, 'forwards', '.1f')} | {cell(row, 'tokens_per_forward', '.2f')} | "
-            f"{'-' if math.isnan(row['judge_bpc']) else format(row['judge_bpc'], '.3f')} | {row['rep4']:.1%} | "
-            f"{row['distinct2']:.3f} | {cell(row, 'word_entropy', '.2f')} | {cell(row, 'distinct2_story', '.3f')} | "
+            f"{'-' if math.isnan(row['judge_bpc']) else format(row['judge_bpc'], '.3f')} | {ar_cell(row)} | "
+            f"{row['rep4']:.1%} | {row['distinct2']:.3f} | {cell(row, 'word_entropy_pooled', '.2f')} | "
+            f"{cell(row, 'word_entropy', '.2f')} | {cell(row, 'distinct2_story', '.3f')} | "
             f"{row['words']:.0f} ({q1:.0f} / {median:.0f} / {q3:.0f}) | {row['short']:.0%} | "
             f"{cell(row, 'ended', '.0%')} | {cell(row, 's_per_story', '.2f')} | {cell(row, 'alone_s', '.2f')} |"
         )
@@ -322,7 +312,13 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="checkpoint to measure")
-    parser.add_argument("--judge", default="../shared/checkpoints/reference-probe", help="scoring model")
+    parser.add_argument("--judge", default="../shared/checkpoints/reference-probe", help="ELBO scoring model")
+    parser.add_argument(
+        "--ar-judge",
+        default="auto",
+        help="autoregressive judge: `auto` (the default one, cached; trained first when missing, about 15-20 "
+        "minutes), a folder saved by `python -m model_training.judge`, or `none`",
+    )
     parser.add_argument("--stories", type=int, default=16, help="stories per setting, denoised as one batch")
     parser.add_argument("--alone", type=int, default=0, help="also time this many stories one at a time")
     parser.add_argument("--seed", type=int, default=0)
@@ -347,12 +343,14 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     ckpt, judge = load_checkpoint(args.model, device="cpu"), load_checkpoint(args.judge, device="cpu")
+    judges = (judge, load_ar_judge(args.ar_judge))
     if args.resume and args.json and Path(args.json).exists():
         rows = json.loads(Path(args.json).read_text())
     else:
         held_out = as_written(ckpt, held_out_stories(args.held_out))
         label = f"held-out stories ({len(held_out)}, {args.held_out.name})"
-        rows = [{"label": label, **text_scores(held_out, judge)}]
+        reference = {"label": label, **text_scores(held_out, *judges)}
+        rows = [against_held_out(reference, reference)]
         if args.json:  # the reference alone is worth keeping (`--only` may match nothing)
             Path(args.json).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     print(HEADER)
@@ -362,7 +360,7 @@ def main() -> None:
     for label, cfg in settings_to_measure(ckpt, args.presets, args.only, args.grid):
         if label in done:
             continue
-        rows.append(measure(ckpt, judge, label, cfg, args.stories, args.seed, args.alone))
+        rows.append(against_held_out(measure(ckpt, judges, label, cfg, args.stories, args.seed, args.alone), rows[0]))
         print(line(rows[-1]), flush=True)
         if args.json:  # after every setting: a long run that is stopped keeps what it measured
             Path(args.json).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
