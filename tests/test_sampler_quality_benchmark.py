@@ -27,7 +27,7 @@ def run(tiny_checkpoint_dir, tmp_path, monkeypatch, ar_judge: str) -> list[dict]
     out, table = tmp_path / "rows.json", tmp_path / "table.md"
     model = str(tiny_checkpoint_dir)
     argv = ["sampler_quality", "--model", model, "--judge", model, "--ar-judge", ar_judge, "--stories", "2"]
-    argv += ["--only", "random T=16", "--threads", "1", "--json", str(out), "--table", str(table)]
+    argv += ["--only", "random T=24 temp 0.7", "--threads", "1", "--json", str(out), "--table", str(table)]
     monkeypatch.setattr(sys, "argv", argv)
     sampler_quality.main()
     return json.loads(out.read_text())
@@ -36,7 +36,9 @@ def run(tiny_checkpoint_dir, tmp_path, monkeypatch, ar_judge: str) -> list[dict]
 def test_rows_show_the_ar_judge_beside_the_elbo_judge(tiny_checkpoint_dir, tiny_judge_dir, tmp_path, monkeypatch):
     rows = run(tiny_checkpoint_dir, tmp_path, monkeypatch, str(tiny_judge_dir))
     held_out, written = rows
-    assert written["label"] == "random T=16"
+    assert written["label"] == "random T=24 temp 0.7"
+    assert written["settings"]["steps"] == 24 and written["settings"]["endings"] == "calibrated"
+    assert written["broken"] == 0.0 and written["stories"] == 2
     judge = Judge.load(tiny_judge_dir)
     assert written["ar_ppl"] == pytest.approx(surprise(judge, written["examples"]).perplexity)
     assert held_out["ar_ppl_ratio"] == 1.0
@@ -53,3 +55,22 @@ def test_no_ar_judge_leaves_its_columns_empty(tiny_checkpoint_dir, tmp_path, mon
     rows = run(tiny_checkpoint_dir, tmp_path, monkeypatch, "none")
     assert all(row["ar_ppl"] is None and row["ar_ppl_ratio"] is None for row in rows)
     assert "AR ppl" in capsys.readouterr().out
+
+
+def test_render_writes_the_table_and_plot_from_the_json_alone(
+    tiny_checkpoint_dir, tiny_judge_dir, tmp_path, monkeypatch
+):
+    rows = run(tiny_checkpoint_dir, tmp_path, monkeypatch, str(tiny_judge_dir))
+    table, picture = tmp_path / "again.md", tmp_path / "plot.png"
+    argv = ["sampler_quality", "--render", str(tmp_path / "rows.json"), "--table", str(table), "--plot", str(picture)]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_benchmark().main()
+    assert table.read_text() == (tmp_path / "table.md").read_text()  # the same table, with no model run
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| broken |" in table.read_text() and rows[1]["label"] in table.read_text()
+
+
+def test_a_word_after_an_end_token_is_a_broken_story():
+    fragmented = load_benchmark().fragmented
+    assert fragmented([7, 8, 0, 9, 0], {0, 102}) and fragmented([7, 102, 0, 9], {0, 102})
+    assert not fragmented([7, 8, 102, 0, 0], {0, 102}) and not fragmented([7, 8, 9], {0, 102})
