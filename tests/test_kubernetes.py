@@ -285,3 +285,20 @@ def test_the_multinode_job_is_an_accelerate_launch_accelerate_accepts(rendered) 
     assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
     assert headless["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
     assert launch.main_process_port in {p["port"] for p in headless["ports"]}
+
+
+def test_the_users_overlay_in_the_guide_renders_and_validates(tmp_path) -> None:
+    """docs/kubernetes.md's own overlay, beside a checkout called `storydiff`, as the guide lays it out."""
+    guide = (ROOT / "docs" / "kubernetes.md").read_text()
+    start = guide.index("# my-storydiff/kustomization.yaml")
+    overlay = yaml.safe_load(guide[start : guide.index("```", start)])
+    (tmp_path / "storydiff").symlink_to(ROOT)
+    (tmp_path / "my-storydiff").mkdir()
+    (tmp_path / "my-storydiff" / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    objects = render(tmp_path / "my-storydiff")
+    for obj in objects:
+        kubernetes_validate.validate(obj, SCHEMA_VERSIONS[-1], strict=True)
+        assert obj["metadata"].get("namespace") == "storydiff", obj["kind"]
+    assert server(objects)["image"] == f"registry.example.com/storydiff:{__version__}"
+    assert config(objects)["STORYDIFF_MAX_BATCH"] == "64" and config(objects)["STORYDIFF_DEVICE"] == "cuda"
+    assert one(objects, "Ingress")["spec"]["rules"][0]["host"] == "stories.example.com"
