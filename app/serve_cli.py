@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import logging
 import math
-import signal
 import sys
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -66,7 +65,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
 def draining_server(config: uvicorn.Config) -> uvicorn.Server:
     """uvicorn's server, except that the first SIGTERM or SIGINT asks for a drain (`drain_requested`)
     instead of stopping at once, and is not re-raised after shutdown (exit 0, not 143); a second
-    signal stops it now, as uvicorn does."""
+    signal stops it now."""
     import uvicorn
 
     class Draining(uvicorn.Server):
@@ -80,10 +79,8 @@ def draining_server(config: uvicorn.Config) -> uvicorn.Server:
             if not self._signalled:
                 self._signalled = True
                 self._loop.call_soon_threadsafe(self.drain_requested.set)  # a signal handler: hand it to the loop
-            elif self.should_exit and sig == signal.SIGINT:
-                self.force_exit = True
-            else:
-                self.should_exit = True
+            else:  # the second: now, without waiting for streams or the lifespan
+                self.should_exit = self.force_exit = True
 
     return Draining(config)
 
@@ -117,7 +114,9 @@ async def _supervise(server: Any, serving: asyncio.Future[None], runtime: ModelR
         while True:
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             if drain.done():
-                await runtime.drain()
+                draining = asyncio.ensure_future(runtime.drain())
+                await asyncio.wait({draining, serving}, return_when=asyncio.FIRST_COMPLETED)  # or a 2nd signal
+                draining.cancel()
                 return 0
             if serving.done():
                 return 0

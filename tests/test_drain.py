@@ -43,6 +43,7 @@ class Story(threading.Thread):
         self.last: dict = {}
         self.streaming = threading.Event()  # the first step arrived
         self.ended = threading.Event()
+        self.cut: httpx.TransportError | None = None  # the connection broke before the stream ended
 
     def run(self) -> None:
         try:
@@ -52,6 +53,8 @@ class Story(threading.Thread):
                         self.names.append(event.event)
                         self.last = json.loads(event.data)
                         self.streaming.set()
+        except httpx.TransportError as err:
+            self.cut = err
         finally:
             self.ended.set()
             self.streaming.set()
@@ -100,3 +103,26 @@ def test_sigterm_drains_running_stories_refuses_new_ones_and_exits_0(long_checkp
             process.kill()
     log = process.communicate()[0]
     assert "draining: 2 requests" in log and "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_stops_at_once(long_checkpoint_dir) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    flags = ("--shutdown-grace", "600", "--ping-interval", "1")
+    process = start_server(long_checkpoint_dir, port, *flags, forward_delay_s=FORWARD_DELAY_S)
+    try:
+        wait_ready(process, url)
+        long = Story(f"{url}/generate", LONG)
+        long.start()
+        long.streaming.wait(60)
+        process.send_signal(signal.SIGTERM)
+        draining(url, long)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, "not the 600 s drain: the second signal ends it"
+        long.join(60)
+        assert long.names[-1] == "step" and long.cut is not None, "cut off mid-story"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
