@@ -30,14 +30,15 @@ ModelState = Literal["loading", "ready", "draining", "failed", "stopped"]
 
 
 class ModelNotReady(RuntimeError):
-    """The model is loading, failed to load or was stopped: nothing can be served now."""
+    """The model is loading, failed to load or was stopped (nothing can be served now), or the server
+    drains (no new work)."""
 
     def __init__(self, state: ModelState) -> None:
         super().__init__("the server is shutting down" if state == "draining" else f"the model is {state}")
         self.state = state
 
 
-DRAIN_POLL_S = 0.05
+DRAIN_POLL_S = 0.05  # the engine's counters are read from the loop; 50 ms is nothing next to a grace
 DRAIN_MESSAGE = "the server is shutting down; this is the story so far (draft)"
 
 
