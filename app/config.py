@@ -37,7 +37,11 @@ class Settings(BaseSettings):
     timeout: float = Field(300.0, gt=0, description="Seconds a request may take, queueing included.")
     ping_interval: float = Field(15.0, ge=0, description="Seconds between SSE keep-alive comments; 0: none.")
     shutdown_grace: float = Field(
-        10.0, ge=0, description="Seconds in-flight requests get to finish when the server stops."
+        10.0,
+        ge=0,
+        description="Seconds in-flight requests get to finish when the server stops. On SIGTERM or Ctrl-C it "
+        "drains: /ready and new requests get 503 at once, and the streams still running after this long end "
+        "with their draft in an error event; a second signal stops it at once.",
     )
     resume_grace: float = Field(
         15.0,

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -61,52 +62,90 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     )
 
 
-async def serve(settings: Settings) -> int:
-    """Serve until a signal stops the server (0), or the model fails to load or the engine dies (1)."""
+def draining_server(config: uvicorn.Config) -> uvicorn.Server:
+    """uvicorn's server, except that the first SIGTERM or SIGINT asks for a drain (`drain_requested`)
+    instead of stopping at once, and is not re-raised after shutdown (exit 0, not 143); a second
+    signal stops it now."""
     import uvicorn
 
+    class Draining(uvicorn.Server):
+        def __init__(self, config: uvicorn.Config) -> None:
+            super().__init__(config)
+            self.drain_requested = asyncio.Event()
+            self._signalled = False
+            self._loop = asyncio.get_running_loop()
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self._signalled:
+                self._signalled = True
+                self._loop.call_soon_threadsafe(self.drain_requested.set)  # a signal handler: hand it to the loop
+            else:  # the second: now, without waiting for streams or the lifespan
+                self.should_exit = self.force_exit = True
+
+    return Draining(config)
+
+
+async def serve(settings: Settings) -> int:
+    """Serve until a signal drains and stops the server (0), or the model fails to load or the engine dies (1)."""
     from app.api import create_app
 
     app = create_app(settings)
     runtime: ModelRuntime = app.state.runtime
-    server = uvicorn.Server(uvicorn_config(app, settings))
+    server = draining_server(uvicorn_config(app, settings))
     serving = asyncio.ensure_future(server.serve())
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
     if serving.done():
         return 1  # could not bind; uvicorn logged why
-    settled = asyncio.ensure_future(runtime.wait_settled())
-    await asyncio.wait({serving, settled}, return_when=asyncio.FIRST_COMPLETED)
-    if settled.done() and not settled.result():
-        log.error("stopping: the model could not be loaded (%s)", runtime.error)
-        server.should_exit = True
-        await serving
-        return 1
-    if settled.done():
-        announce_ready(server, settings)
-    if settings.exit_on_engine_failure_after and await _engine_died(serving, runtime):
-        await asyncio.wait({serving}, timeout=settings.exit_on_engine_failure_after)  # /ready says why meanwhile
-        server.should_exit = True
-        await serving
-        return 1
+    status = await _supervise(server, serving, runtime, settings)
+    server.should_exit = True
     await serving
-    return 0
+    return status
 
 
-async def _engine_died(serving: asyncio.Future[None], runtime: ModelRuntime) -> bool:
-    """Wait until the server stops (False) or the engine thread dies (True, logged)."""
+async def _supervise(server: Any, serving: asyncio.Future[None], runtime: ModelRuntime, settings: Settings) -> int:
+    """Wait for what ends the server: a signal (drain, then 0), a model that cannot load (1), an engine
+    thread that died (1, `exit_on_engine_failure_after` seconds later), or uvicorn stopping (0)."""
+    settled = asyncio.ensure_future(runtime.wait_settled())
     died = asyncio.ensure_future(runtime.wait_engine_failed())
-    either: set[asyncio.Future[Any]] = {serving, died}
-    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    if not died.done():
-        died.cancel()
-        return False
+    drain = asyncio.ensure_future(server.drain_requested.wait())
+    watched: set[asyncio.Future[Any]] = {serving, settled, died, drain}
+    try:
+        while True:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if drain.done():
+                draining = asyncio.ensure_future(runtime.drain())
+                await asyncio.wait({draining, serving}, return_when=asyncio.FIRST_COMPLETED)  # or a 2nd signal
+                draining.cancel()
+                return 0
+            if serving.done():
+                return 0
+            if settled in watched and settled.done():
+                watched.discard(settled)
+                if not settled.result():
+                    log.error("stopping: the model could not be loaded (%s)", runtime.error)
+                    return 1
+                announce_ready(server, settings)
+            if died.done():
+                watched.discard(died)
+                if settings.exit_on_engine_failure_after:
+                    await _exit_after_engine_failure(died.result(), serving, drain, settings)
+                    return 1
+    finally:
+        for future in (settled, died, drain):
+            future.cancel()
+
+
+async def _exit_after_engine_failure(
+    reason: str, serving: asyncio.Future[None], drain: asyncio.Future[Any], settings: Settings
+) -> None:
+    """Log why, then wait `exit_on_engine_failure_after` seconds (/ready says failed meanwhile)."""
     log.critical(
         "%s; exiting in %gs (exit_on_engine_failure_after) for a supervisor to restart the server",
-        died.result(),
-        runtime.settings.exit_on_engine_failure_after,
+        reason,
+        settings.exit_on_engine_failure_after,
     )
-    return True
+    await asyncio.wait({serving, drain}, timeout=settings.exit_on_engine_failure_after)
 
 
 def announce_ready(server: uvicorn.Server, settings: Settings) -> None:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,44 +14,15 @@ from httpx_sse import connect_sse
 
 from app.cli import main
 from app.config import Settings
-from app.diffusion.checkpoint import save_checkpoint
-from app.diffusion.diffusion_config import DiffusionConfig
 from app.flags import flag_name
 from app.serve_cli import add_serve_arguments, serve, settings_from_args
-from tests.conftest import free_port, tiny_distilbert
-
-LONG_LENGTH = 512
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import free_port
+from tests.support.server_process import LONG_LENGTH, save_long_checkpoint, start_server, wait_ready
 
 
 @pytest.fixture(scope="module")
 def long_checkpoint_dir(tmp_path_factory, cased_tokenizer) -> Path:
-    """A tiny model with 512 positions: long enough denoising to interrupt it mid-stream."""
-    directory = tmp_path_factory.mktemp("long-checkpoint")
-    model = tiny_distilbert(len(cased_tokenizer), max_positions=LONG_LENGTH)
-    save_checkpoint(directory, model, cased_tokenizer, DiffusionConfig(seq_len=LONG_LENGTH))
-    return directory
-
-
-def start_server(model_dir: Path, port: int, *flags: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "app", "--model", str(model_dir), "--port", str(port), "--threads", "1", *flags]
-    return subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def wait_ready(process: subprocess.Popen, url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert process.poll() is None, process.communicate()[0]
-        assert time.monotonic() < deadline, "the server never became ready"
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    return save_long_checkpoint(tmp_path_factory.mktemp("long-checkpoint"), cased_tokenizer)
 
 
 @pytest.mark.slow

@@ -24,3 +24,11 @@ def get_serving(runtime: RuntimeDep) -> Serving:
 
 
 ServingDep = Annotated[Serving, Depends(get_serving)]
+
+
+def get_admitting(runtime: RuntimeDep) -> Serving:
+    """As `get_serving`, for routes that start new work: also a 503 while the server drains."""
+    return runtime.admitting()
+
+
+AdmittingDep = Annotated[Serving, Depends(get_admitting)]

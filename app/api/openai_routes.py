@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
 
-from app.api.deps import ServingDep
+from app.api.deps import AdmittingDep, ServingDep
 from app.api.openai_errors import OpenAIRoute
 from app.api.openai_schemas import Completion, CompletionRequest, ErrorResponse, ModelList
 from app.api.openai_serving import completion_response, model_list
@@ -32,7 +32,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     "since the previous one (or, with `diffusing`, the whole draft of each step), then `data: [DONE]`.",
     responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
 )
-async def completions(request: Request, body: Annotated[CompletionRequest, Body()], serving: ServingDep) -> Response:
+async def completions(request: Request, body: Annotated[CompletionRequest, Body()], serving: AdmittingDep) -> Response:
     return await completion_response(body, request, serving)
 
 

@@ -221,6 +221,14 @@ class StreamRegistry:
             raise StreamNotFound(self.grace_s)
         return stream
 
+    def fail_running(self, message: str) -> int:
+        """End every stream still running with a `shutdown` failure that carries its draft; how many."""
+        running = [stream for stream in self._streams.values() if stream.outcome is None and not stream.cancelled]
+        for stream in running:
+            draft = None if stream.latest is None else stream.latest.ids
+            stream.fail(Failed("shutdown", message, draft=draft))
+        return len(running)
+
     def forget(self, stream: ResumableStream) -> None:
         if self._streams.get(stream.id) is stream:
             del self._streams[stream.id]

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.canvas_layout import CanvasLayout, canvas_layout
-from app.api.deps import RuntimeDep, ServingDep
+from app.api.deps import AdmittingDep, RuntimeDep, ServingDep
 from app.api.metrics import exposition
 from app.api.openapi import GENERATE_RESPONSES, RESUME_DESCRIPTION, RESUME_RESPONSES, STREAM_DESCRIPTION
 from app.api.resumable import STREAM_ID_PATTERN
@@ -27,7 +27,7 @@ router = APIRouter()
     description=STREAM_DESCRIPTION,
     responses=GENERATE_RESPONSES,
 )
-async def generate(request: Request, body: Annotated[GenerateRequest, Body()], serving: ServingDep) -> Response:
+async def generate(request: Request, body: Annotated[GenerateRequest, Body()], serving: AdmittingDep) -> Response:
     return await generate_response(body, request, serving)
 
 

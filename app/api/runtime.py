@@ -1,7 +1,9 @@
 """What the lifespan owns: the checkpoint, loaded in a worker thread, and the engine that serves it.
 
 Loading runs in the background so that the process answers /health at once and /ready turns 200
-only when the model is loaded, warmed up and the engine thread runs (503 until then).
+only when the model is loaded, warmed up and the engine thread runs (503 until then). A drain (the
+server's first SIGTERM or Ctrl-C) turns /ready to 503 again at once and refuses new work, while the
+requests already running get `shutdown_grace` seconds to finish.
 """
 
 from __future__ import annotations
@@ -23,16 +25,26 @@ from app.engine import Engine
 
 log = logging.getLogger(__name__)
 
-ModelState = Literal["loading", "ready", "failed", "stopped"]
+ModelState = Literal["loading", "ready", "draining", "failed", "stopped"]
 """Where the model is: what GET /ready says and `storydiff_model_state` labels."""
 
 
 class ModelNotReady(RuntimeError):
-    """The model is loading, failed to load or was stopped: nothing can be served now."""
+    """The model is loading, failed to load or was stopped (nothing can be served now), or the server
+    drains (no new work)."""
 
     def __init__(self, state: ModelState) -> None:
-        super().__init__(f"the model is {state}")
+        super().__init__("the server is shutting down" if state == "draining" else f"the model is {state}")
         self.state = state
+
+
+DRAIN_POLL_S = 0.05  # the engine's counters are read from the loop; 50 ms is nothing next to a grace
+DRAIN_MESSAGE = "the server is shutting down; this is the story so far (draft)"
+
+
+def _in_flight(engine: Engine) -> int:
+    stats = engine.stats.snapshot()
+    return stats.active + stats.waiting
 
 
 @dataclass(frozen=True)
@@ -55,13 +67,14 @@ class ModelRuntime:
         self._loader: asyncio.Task[None] | None = None
         self._settled: asyncio.Event | None = None
         self._stopped = False
+        self._draining = False
         self.refusals = Refusals()  # requests refused in front of the engine, for /metrics
         self._engine_failed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def ready(self) -> bool:
-        return self.loaded is not None and self.loaded.engine.running
+        return self.loaded is not None and self.loaded.engine.running and not self._draining
 
     @property
     def state(self) -> ModelState:
@@ -69,6 +82,8 @@ class ModelRuntime:
             return "failed"
         if self._stopped:
             return "stopped"
+        if self._draining:
+            return "draining"
         return "ready" if self.ready else "loading"
 
     def serving(self) -> Serving:
@@ -76,6 +91,13 @@ class ModelRuntime:
         if self.loaded is None or not self.loaded.engine.running:
             raise ModelNotReady(self.state)
         return self.loaded
+
+    def admitting(self) -> Serving:
+        """What new work is served with; raises ModelNotReady (503) unless the engine runs, and while
+        draining, when only the requests already running are served (and resumed, and cancelled)."""
+        if self._draining:
+            raise ModelNotReady("draining")
+        return self.serving()
 
     def start(self) -> None:
         """Begin loading in the background; returns at once."""
@@ -142,6 +164,24 @@ class ModelRuntime:
         """Wait until the engine thread dies (if it ever does); returns why."""
         await self._engine_failed.wait()
         return self.error or "the engine failed"
+
+    async def drain(self) -> None:
+        """Refuse new work at once, let running requests finish for `shutdown_grace` seconds, then end
+        the streams still running with their draft (an `error` event), and stop the engine, which
+        fails whatever else is left."""
+        self._draining = True
+        loaded = self.loaded
+        if loaded is None:
+            return
+        engine, grace_s = loaded.engine, self.settings.shutdown_grace
+        log.info("draining: %d requests running or queued get %gs to finish", _in_flight(engine), grace_s)
+        deadline = time.monotonic() + grace_s
+        while _in_flight(engine) and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        if unfinished := _in_flight(engine):
+            ended = loaded.streams.fail_running(DRAIN_MESSAGE)
+            log.warning("drained: %d requests unfinished; %d streams got their draft", unfinished, ended)
+        await anyio.to_thread.run_sync(engine.stop, 0.0)
 
     async def stop(self) -> None:
         """Let in-flight requests finish for `shutdown_grace` seconds, fail the rest, stop the thread."""
