@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -40,8 +41,10 @@ def main() -> None:
         return logits
 
     settings, length = ckpt.config.sampler_settings, ckpt.config.seq_len
+    model = Path(ckpt.source).name if Path(ckpt.source).is_dir() else ckpt.source  # no machine's path in a log
     print(
-        f"cpu, {args.threads} threads; {ckpt.source} at its defaults ({settings.remasking.value}, T {settings.steps})"
+        f"cpu, {args.threads} threads; {model} at its defaults ({settings.remasking.value}, T {settings.steps}, "
+        f"{settings.endings.value} endings)"
     )
     print(f"{'rows':>5} {'iter ms':>9} {'forward ms':>11} {'overhead ms':>12} {'overhead %':>11}")
     for rows in (int(n) for n in args.rows.split(",")):

@@ -13,7 +13,12 @@ Everything runs in one process on one device, so that the rows compare:
    time to first step includes connecting); adds complete streams, 429s, errors and the server's RSS.
 4. stub (`--stub`, instead of 1-3): the engine with a forward that returns zero logits at no cost,
    so that only the engine and the sampler run (target: at most 6 ms per iteration at 64 active with
-   a vocabulary of 8192).
+   a vocabulary of 8192), at each vocabulary of `--stub-vocab` (default: the model's).
+
+Each `--sampler` (repeatable) runs the grid again with the model's settings changed, e.g.
+`--sampler default --sampler top_p=null --sampler temperature=0` (values as JSON: null, 0, 0.9).
+`--table` writes the rows as a Markdown table (stub runs: ms per iteration, sampler by vocabulary),
+headed by the CPU model and the load average before and after (Linux).
 
 Columns: stories/s and tokens/s (length x stories / wall); p50/p99 of the time from submission to the
 first step event (ttfs) and to the end (done); forward calls per story and mean sequences per forward
@@ -29,6 +34,8 @@ positions), L = T = 512, random remasking, temperature 0 (argmax, as the referen
     python benchmarks/engine_throughput.py --json engine.json        # the full grid; GPU: bf16
     python benchmarks/engine_throughput.py --quick                   # 2 CPU cores: 1.5-3 minutes
     python benchmarks/engine_throughput.py --stub                    # engine + sampler at C = 1, 8, 64
+    python benchmarks/engine_throughput.py --stub --threads 1 --stub-vocab 64,8192 --sampler default \
+        --sampler top_p=null --sampler temperature=0 --json docs/engine-stub.json --table engine-stub.md
     python benchmarks/engine_throughput.py --http --models default --concurrency 1,8,64
 """
 
@@ -37,9 +44,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import math
+import os
+import platform
 import signal
 import socket
 import subprocess
@@ -53,12 +63,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 import app
 from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, Checkpoint, load_checkpoint, save_checkpoint
 from app.diffusion.devices import select_dtype
 from app.diffusion.diffusion_config import DiffusionConfig
 from app.diffusion.sampler_settings import Remasking, SamplerOverrides, SamplerSettings
+from app.diffusion.text import end_token_ids
 from app.engine import Engine, Failed, GenerationSpec, StepUpdate
 from app.engine.model_forward import CheckpointForward
 
@@ -68,7 +80,8 @@ try:  # --http only: the dev extras
 except ImportError:
     httpx = None  # type: ignore[assignment]
 
-CASED_VOCAB_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "tokenizers" / "distilbert-base-cased"
+ROOT = Path(__file__).resolve().parent.parent
+CASED_VOCAB_DIR = ROOT / "tests" / "data" / "tokenizers" / "distilbert-base-cased"
 MODELS = ("default", "base66m")
 GRIDS = {  # option -> default, when --quick, when --stub
     "models": ("default,base66m", "default", "default,base66m"),
@@ -78,6 +91,8 @@ GRIDS = {  # option -> default, when --quick, when --stub
 }
 TABLE = (  # (row key, header, format spec): the header's length is the column's width
     ("model", "model   ", "<"),
+    ("sampler", "sampler       ", "<"),
+    ("vocab_size", "vocab", ">"),
     ("mode", "mode     ", "<"),
     ("concurrency", "   C", ">"),
     ("stories", "stories", ">"),
@@ -285,8 +300,15 @@ def engine_row(subject: Subject, forward: Callable, concurrency: int, rounds: in
     """`rounds` waves of `concurrency` requests through an engine with max_batch = concurrency."""
     timed, ckpt = TimedForward(forward, subject.ckpt.device), subject.ckpt
     pad_id = ckpt.mask_id if ckpt.tokenizer.pad_token_id is None else int(ckpt.tokenizer.pad_token_id)
-    engine = Engine(
-        timed, mask_id=ckpt.mask_id, pad_id=pad_id, device=ckpt.device, max_batch=concurrency, max_queue=concurrency
+    engine = Engine(  # as Engine.from_checkpoint builds the server's, with the forward timed
+        timed,
+        mask_id=ckpt.mask_id,
+        pad_id=pad_id,
+        device=ckpt.device,
+        max_batch=concurrency,
+        max_queue=concurrency,
+        typical_length=subject.length,
+        end_ids=sorted(end_token_ids(ckpt.tokenizer)),
     )
     engine.start()
     try:
@@ -460,18 +482,35 @@ def build_base66m(directory: Path) -> Path:
     return save_checkpoint(directory, model, tokenizer, config)
 
 
+def shown_path(directory: Path) -> str:
+    """A model directory as a report records it: relative to the repository when inside it (no machine's path)."""
+    resolved = directory.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(directory)
+
+
 def load_subject(name: str, model_dir: str, device: torch.device, dtype: torch.dtype, tmp: Path) -> Subject:
     directory = Path(model_dir) if name == "default" else build_base66m(tmp / name)
     ckpt = load_checkpoint(directory, device=device, dtype=dtype)
     return Subject(name, directory, ckpt, ckpt.config.seq_len, ckpt.config.sampler_settings)
 
 
+def stub_vocabularies(subject: Subject, args: argparse.Namespace) -> list[int]:
+    """The stub's vocabulary sizes; each must hold the model's mask and end token ids, which the step indexes."""
+    ckpt = subject.ckpt
+    vocabs = [int(v) for v in args.stub_vocab.split(",")] if args.stub_vocab else [ckpt.model.config.vocab_size]
+    needed = max(ckpt.mask_id, *end_token_ids(ckpt.tokenizer)) + 1
+    if too_small := [v for v in vocabs if v < needed]:
+        raise SystemExit(f"--stub-vocab {too_small}: {subject.name}'s mask and end tokens need at least {needed}")
+    return vocabs
+
+
 def run_subject(subject: Subject, args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> str:
-    """Every row of one model: the reference, the engine (or stub) at each concurrency, then HTTP.
-    Returns the name of the engine's forward."""
+    """Every row of one model: the reference, then per sampler the engine (or the stub, per vocabulary)
+    at each concurrency, then HTTP. Returns the name of the engine's forward."""
     levels, ckpt = [int(c) for c in args.concurrency.split(",")], subject.ckpt
     if args.stub:
-        forward, name = stub_forward(ckpt.model.config.vocab_size, ckpt.device), "stub"
+        forwards = {vocab: stub_forward(vocab, ckpt.device) for vocab in stub_vocabularies(subject, args)}
+        name = "stub"
     else:
         if args.reference_stories:
             fp32 = ckpt if ckpt.dtype == torch.float32 else load_checkpoint(subject.directory, ckpt.device, "float32")
@@ -480,14 +519,79 @@ def run_subject(subject: Subject, args: argparse.Namespace, emit: Callable[[dict
         forward = CheckpointForward(ckpt, compile=False if args.eager else None)  # the server's forward
         started = time.perf_counter()
         forward.prepare(max(levels), subject.length)  # on a GPU: compile and capture every batch bucket now
-        name = f"{forward.name}, prepared in {time.perf_counter() - started:.1f} s"
-    for concurrency in levels:
-        emit(engine_row(subject, forward, concurrency, args.rounds, "stub" if args.stub else "engine"))
+        forwards, name = (
+            {ckpt.model.config.vocab_size: forward},
+            f"{forward.name}, prepared in {time.perf_counter() - started:.1f} s",
+        )
+    variants = [(label, dataclasses.replace(subject, sampler=subject.sampler.override(o))) for label, o in args.sampler]
+    for label, variant in variants:
+        for vocab, forward in forwards.items():
+            for concurrency in levels:
+                row = engine_row(variant, forward, concurrency, args.rounds, "stub" if args.stub else "engine")
+                emit(row | {"sampler": label, "vocab_size": vocab})
     if args.http:
         with running_server(subject, max(levels), args) as (url, pid):
-            for concurrency in levels:
-                emit(http_row(subject, url, pid, concurrency, args.rounds))
+            for label, variant in variants:
+                for concurrency in levels:
+                    emit(http_row(variant, url, pid, concurrency, args.rounds) | {"sampler": label})
     return name
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else `platform`) and the cores this process may use."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: how busy the machine was, as `uptime` shows it (None where unknown)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    return [f"| {' | '.join(header)} |", f"|{' --- |' * len(header)}", *(f"| {' | '.join(row)} |" for row in body)]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: where and how it ran, then stub runs as ms per iteration (sampler by
+    vocabulary, the concurrency levels in each cell), other runs as the printed table's columns."""
+    before, after = (f"{x:.2f}" if x is not None else "unknown" for x in report["load_average"])
+    lines = [
+        f"`python benchmarks/engine_throughput.py {' '.join(report['argv'])}`: {report['device']} ({report['cpu']}), "
+        f"torch {report['torch']}, {report['dtype']}; load average {before} before, {after} after; "
+        f"this process's CPU time {report['cpu_s']:.0f} s in {report['wall_s']:.0f} s.",
+        "",
+    ]
+    rows = report["rows"]
+    if rows and all(row["mode"] == "stub" for row in rows):
+        several = len({row["model"] for row in rows}) > 1
+        labels = {id(row): f"{row['model']}, {row['sampler']}" if several else row["sampler"] for row in rows}
+        vocabs, levels = (list(dict.fromkeys(row[key] for row in rows)) for key in ("vocab_size", "concurrency"))
+
+        def cell(label: str, vocab: int) -> str:
+            ms = [row["iter_ms"] for row in rows if labels[id(row)] == label and row["vocab_size"] == vocab]
+            return " / ".join(f"{value:.2f}" for value in ms)
+
+        header = [
+            f"sampler (ms per iteration at C = {' / '.join(map(str, levels))})",
+            *(f"vocabulary {v:,}" for v in vocabs),
+        ]
+        lines += markdown_table(
+            header, [[label, *(cell(label, v) for v in vocabs)] for label in dict.fromkeys(labels.values())]
+        )
+    else:
+        columns = [
+            (key, header.strip(), spec[1:])
+            for key, header, spec in TABLE
+            if any(row.get(key) is not None for row in rows)
+        ]
+        body = [["-" if row.get(key) is None else f"{row[key]:{spec}}" for key, _, spec in columns] for row in rows]
+        lines += markdown_table([header for _, header, _ in columns], body)
+    return "\n".join(lines) + "\n"
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -497,6 +601,23 @@ def format_row(row: dict[str, Any]) -> str:
         value, align, precision = row.get(key), spec[0], spec[1:]
         cells.append(f"{'-':>{len(header)}}" if value is None else f"{value:{align}{len(header)}{precision}}")
     return " ".join(cells)
+
+
+def parse_sampler(text: str) -> tuple[str, SamplerOverrides]:
+    """`default` (the model's settings) or KEY=VALUE[,KEY=VALUE...] over them, each value as JSON."""
+    pairs: dict[str, Any] = {}
+    for item in [] if text == "default" else text.split(","):
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE")
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)  # null, 0, 0.9; a bare word (random) stays a string
+        pairs[key.strip()] = value
+    try:
+        return text, SamplerOverrides.model_validate(pairs)
+    except ValidationError as err:  # one line a field: `top_p: Input should be less than or equal to 1`
+        problems = (f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise argparse.ArgumentTypeError("; ".join(problems)) from err
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -517,14 +638,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="waves of C requests per level (default: 2)")
     parser.add_argument("--reference-stories", type=int, help="stories through the reference loop (default: 3)")
     parser.add_argument("--stub", action="store_true", help="a zero-cost forward: the engine and sampler alone")
+    parser.add_argument(
+        "--stub-vocab", help="--stub: vocabulary sizes of the zero logits, e.g. 64,8192 (default: the model's)"
+    )
+    parser.add_argument(
+        "--sampler",
+        action="append",
+        type=parse_sampler,
+        help="repeatable: `default` or KEY=VALUE,... over the model's settings, e.g. top_p=null or temperature=0 "
+        "(default: default)",
+    )
     parser.add_argument("--http", action="store_true", help="also every level through a real server over SSE")
     parser.add_argument("--quick", action="store_true", help="default model, C = 1 and 8, one round, one reference")
     parser.add_argument("--json", help="write the setup and every row to this file (rewritten after each row)")
+    parser.add_argument("--table", help="at the end, write the rows as a Markdown table to this file")
     args = parser.parse_args(argv)
     grid = 1 if args.quick else 2 if args.stub else 0
     for key, defaults in GRIDS.items():
         if getattr(args, key) is None:
             setattr(args, key, defaults[grid])
+    args.sampler = args.sampler or [parse_sampler("default")]
+    if args.stub_vocab and not args.stub:
+        parser.error("--stub-vocab sizes the stub's logits; it needs --stub")
     if args.stub and args.http:
         parser.error("--stub times the engine in-process; it does not combine with --http")
     if args.http and httpx is None:
@@ -537,7 +672,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, printing each row as it completes; returns the report (also --json)."""
     args = parse_args(argv)
-    started, device = time.perf_counter(), torch.device(args.device)
+    started, cpu_started, device = time.perf_counter(), time.process_time(), torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = select_dtype(device, args.dtype)
@@ -547,6 +682,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "dtype": str(dtype).removeprefix("torch."),
         "argv": list(sys.argv[1:] if argv is None else argv),
+        "cpu": cpu_model(),
+        "load_average": [load_average()],  # before, then after
         "models": {},
         "rows": [],
     }
@@ -563,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for model in args.models.split(","):
             subject = load_subject(model, args.model_dir, device, dtype, Path(tmp))
             report["models"][model] = {
-                "directory": str(subject.directory) if model == "default" else "random init",
+                "directory": shown_path(subject.directory) if model == "default" else "random init",
                 "parameters": subject.ckpt.num_parameters,
                 "vocab_size": subject.ckpt.model.config.vocab_size,
                 "length": subject.length,
@@ -574,9 +711,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     report["wall_s"] = time.perf_counter() - started
+    report["cpu_s"] = time.process_time() - cpu_started  # against wall_s: how much CPU this run got
+    report["load_average"].append(load_average())
     print(f"total wall time {report['wall_s']:.1f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.table:
+        Path(args.table).write_text(markdown(report))
     return report
 
 

@@ -33,6 +33,7 @@ pytest_plugins = [
     "tests.support.browser_fixtures",  # the page's fixtures, for every module that drives it
     "tests.support.service_fixtures",  # the app in process: anyio_backend, client
     "tests.support.judge_fixtures",  # a tiny autoregressive judge: tiny_judge_dir
+    "tests.support.marker_summary",  # passed / failed / skipped per marker, at the end of each run
 ]
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -3,9 +3,9 @@
 No registry image can be pulled in CI, so the images are built on the local CPU PyTorch base that
 `../shared/docker/local-base.sh` makes (`.ci/setup-docker.sh` runs it before the tests). The
 Dockerfile's default CUDA base stays what users get; everything above that layer is what runs here.
-The engine is the one that answers, or a dockerd this module starts and then stops by its PID;
-without either, or without the base images, the Docker tests skip and say why. Skip them locally
-with `pytest -m "not docker"`.
+The engine is the one that answers, or a dockerd this module starts and then stops by its PID.
+Without either, or without the base images, the Docker tests fail with the reason where CI=true and
+skip saying why elsewhere (tests/support/components.py). Deselect them with `pytest -m "not docker"`.
 
 What runs: the `server`, `train` and proxy images, built as the compose files declare them; the
 server image with no network at all, as its non-root user; the compose stack up to `healthy` and a
@@ -31,13 +31,15 @@ import pytest
 from httpx_sse import connect_sse
 
 from tests.conftest import STORIES_DIR, free_port
-from tests.support.containers import COMPOSE, COMPOSE_CPU, ROOT, clean_env, compose_config, tool
+from tests.support.components import require_component
+from tests.support.containers import COMPOSE, COMPOSE_CPU, ROOT, clean_env, compose_cli, compose_config, tool
 
 COMPOSE_SCALE = ROOT / "docker-compose.scale.yml"
 PROXY_DOCKERFILE = ROOT / "deploy" / "nginx" / "Dockerfile"
 DOCKER = "/usr/bin/docker"  # Debian's 20.10 client drives the daemon's built-in BuildKit (local-base.sh)
 TORCH_BASE = "local/torch-cpu:2.13"  # what ../shared/docker/local-base.sh builds ...
 DEBIAN_BASE = "local/bookworm-py:base"  # ... on this minimal Debian root (the proxy's base here)
+SETUP = "run .ci/setup-docker.sh (Debian's docker.io and the local base images)"
 SERVER_UID = "10001"  # the Dockerfile's STORYDIFF_UID
 TRAIN_STEPS = 4
 
@@ -113,14 +115,14 @@ def docker(tmp_path_factory) -> Iterator[str]:
     """A docker client whose engine answers: the running one, or a dockerd started (and stopped) here."""
     client = DOCKER if Path(DOCKER).exists() else shutil.which("docker")
     if client is None:
-        pytest.skip("no docker client: .ci/setup-docker.sh installs Debian's docker.io")
+        require_component("no docker client", SETUP)
     daemon = None
     if not engine_answers(client):
         dockerd = shutil.which("dockerd")
         if dockerd is None:
-            pytest.skip("no Docker engine answers and there is no dockerd to start (.ci/setup-docker.sh installs it)")
+            require_component("no Docker engine answers and there is no dockerd to start", SETUP)
         if os.geteuid() != 0:
-            pytest.skip("no Docker engine answers, and starting dockerd needs root")
+            require_component("no Docker engine answers, and starting dockerd needs root", "start dockerd as root")
         log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
         with log.open("w") as out:
             daemon = subprocess.Popen([dockerd], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -128,12 +130,12 @@ def docker(tmp_path_factory) -> Iterator[str]:
         while not engine_answers(client):
             if daemon.poll() is not None or time.monotonic() > deadline:
                 stop(daemon)
-                pytest.skip(f"dockerd did not start: {log.read_text()[-1500:]}")
+                require_component(f"dockerd did not start: {log.read_text()[-1500:]}", SETUP)
             time.sleep(1)
     try:
         missing = [i for i in (TORCH_BASE, DEBIAN_BASE) if run(client, "image", "inspect", i, check=False).returncode]
         if missing:
-            pytest.skip(f"no local base image {missing}: run .ci/setup-docker.sh (../shared/docker/local-base.sh)")
+            require_component(f"no local base image {missing}", SETUP)
         yield client
     finally:
         if daemon is not None:
@@ -157,7 +159,7 @@ class Project:
         return clean_env(STORYDIFF_TAG=self.tag, STORYDIFF_PUBLISH=str(self.port), HF_HUB_OFFLINE="1", **extra)
 
     def compose(self, *args: str, files=(COMPOSE, COMPOSE_CPU), env=None, timeout: float = 600):
-        command = [tool("docker-compose"), "-p", self.name, "--project-directory", str(ROOT), "--env-file", os.devnull]
+        command = [*compose_cli(), "-p", self.name, "--project-directory", str(ROOT), "--env-file", os.devnull]
         command += [arg for f in files for arg in ("-f", str(f))]
         return run(*command, *args, env=self.env(**(env or {})), cwd=ROOT, timeout=timeout)
 
@@ -351,8 +353,7 @@ def test_a_dropped_stream_resumes_through_the_proxy_on_its_replica(project: Proj
             client, "POST", f"{url}/generate", json={"length": 128, "steps": 64, "stream": True}
         ) as source:
             stream_id, replica = source.response.headers.get("x-stream-id"), source.response.headers["x-upstream"]
-            if stream_id is None:
-                pytest.skip("this server has no resumable streams (no X-Stream-ID header)")
+            assert stream_id, f"a streamed story through the proxy carries no X-Stream-ID: {source.response.headers}"
             for n, _ in enumerate(event for event in source.iter_sse() if event.event == "step"):
                 if n == 1:
                     break  # the connection drops after two steps

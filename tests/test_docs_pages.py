@@ -10,17 +10,17 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from app.api.docs_pages import ASSETS_URL
-from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS, needs_chromium
+from tests.support.browser import CHROMIUM_FLAGS, needs_chromium
 
 pytestmark = needs_chromium
 OPERATIONS = ["/generate", "/health", "/ready", "/info", "/metrics"]
 
 
 @pytest.fixture
-def offline_page(tmp_path):
+def offline_page(tmp_path, chromium):
     """A tab that may talk to 127.0.0.1 alone; every other request is aborted and recorded."""
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
         context = browser.new_context()
         blocked: list[str] = []
 

@@ -9,6 +9,7 @@ from pydantic import SecretStr
 
 from app.api.security import OPEN_ROUTES, ApiKeys
 from app.config import Settings
+from tests.support.containers import COMPOSE, compose_config
 from tests.support.service import Service, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -108,8 +109,7 @@ async def test_the_page_has_a_content_security_policy(keyed):
 
 
 def test_compose_publishes_on_this_machine_only_by_default():
-    containers = pytest.importorskip("tests.test_containers")
-    ports = containers.compose_config(containers.COMPOSE)["services"]["server"]["ports"]
+    ports = compose_config(COMPOSE)["services"]["server"]["ports"]
     assert [port["host_ip"] for port in ports] == ["127.0.0.1"]
-    exposed = containers.compose_config(containers.COMPOSE, STORYDIFF_PUBLISH_ADDRESS="0.0.0.0")
+    exposed = compose_config(COMPOSE, STORYDIFF_PUBLISH_ADDRESS="0.0.0.0")
     assert [port["host_ip"] for port in exposed["services"]["server"]["ports"]] == ["0.0.0.0"]

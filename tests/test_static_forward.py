@@ -68,7 +68,7 @@ def test_a_failing_compile_falls_back_to_eager_and_the_engine_serves(ckpt, monke
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gpu tests skip without it, in CI too)")
 def test_cuda_graphs_match_eager_on_gpu(tiny_checkpoint_dir):
     ckpt = load_checkpoint(tiny_checkpoint_dir, device="cuda", dtype="float32")
     x, query, attention_mask = (t.cuda() for t in batch_of_mixed_lengths(ckpt))

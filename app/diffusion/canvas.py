@@ -8,8 +8,12 @@ none for the shipped model), the story, then its end: the tokenizer's closing to
 tokenizer that adds none, one [PAD] (training pads every story, and the first PAD ends it).
 
 - A text is pinned: encoded with `split_special_tokens`, so typed "[MASK]" or "[SEP]" stays words.
-- A blank is masked positions. Between texts it is filled in full: the model writes end tokens only as a
-  story's tail, never between two texts (benchmarks/infill_quality.py counts them).
+- A blank is masked positions. Between texts it is meant for words, and what keeps end tokens out
+  depends on `endings` (app/diffusion/story_length.py): `length_first` bans them there outright
+  (`without_endings`: only its drawn tail may end); `sampled` draws them like any token and
+  `calibrated` at the model's end probability, so either can write one between two texts, rarely
+  (benchmarks/infill_quality.py counts them). Such a stray end token is dropped from the text read
+  back (`Canvas.visible`), so it never cuts the story before its fixed text.
 - A canvas that ends with a text, or with a fixed blank, gets the story's end pinned after it: the
   story ends exactly there, as in training. A flexible blank may only come last: no end is pinned, and
   the model ends the story inside it where it likes (its end token and the PAD after it are no text).
@@ -136,8 +140,8 @@ def build_canvas(
             ids += tokens
         elif segment.flexible and not last:
             raise CanvasError(
-                f"segment {i}: only the last blank can be flexible: the model ends a story with end tokens, and "
-                "writes them only at its end, never between two texts"
+                f"segment {i}: only the last blank can be flexible: the model ends a story with end tokens at its "
+                "end, so a story cannot end between two texts"
             )
         elif segment.size is None:
             if rest_at is not None:

@@ -1,8 +1,9 @@
 """A forward pass with static shapes, so that a GPU can replay it as a CUDA graph.
 
 A small model's forward at batch 1 is dozens of short kernels, and on a GPU it is bound by launching
-them: 3.1 ms eager in fp32 for a 66M DistilBERT on an H200, 0.70 ms with bf16 weights and CUDA
-graphs. Graphs need fixed shapes, so every call is padded to a bucket: rows up to the next power of
+them rather than by arithmetic; replaying them as one CUDA graph removes the launches (unmeasured
+here: docs/benchmarks.md names `scripts/gpu_engine_bench.sh` as the run that would measure it).
+Graphs need fixed shapes, so every call is padded to a bucket: rows up to the next power of
 two, positions up to the next multiple of 64 (padding is hidden by the attention mask; padded rows
 attend to one position so that no softmax is empty). The encoder runs through `torch.compile`
 (mode "reduce-overhead" records one CUDA graph per bucket, during the server's warm-up); the

@@ -15,6 +15,7 @@ from playwright.sync_api import Page
 
 from app.api import create_app
 from app.config import Settings
+from tests.support.components import require_component
 
 CHROMIUM = os.environ.get("STORYDIFF_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -28,11 +29,15 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 
-needs_chromium = pytest.mark.skipif(
-    not Path(CHROMIUM).is_file(),
-    reason=f"no Chromium at {CHROMIUM} (run .ci/setup-browser.sh, or set STORYDIFF_CHROMIUM)",
-)
-"""A module's `pytestmark` where the page is driven in Chromium: skipped, saying why, without one."""
+needs_chromium = [pytest.mark.browser, pytest.mark.usefixtures("chromium")]
+"""A module's `pytestmark` where the page is driven in Chromium: without one it fails in CI, skips elsewhere."""
+
+
+def chromium_path() -> str:
+    """The Chromium the page's tests drive; missing, the test fails in CI and skips elsewhere."""
+    if not Path(CHROMIUM).is_file():
+        require_component(f"no Chromium at {CHROMIUM}", "run .ci/setup-browser.sh, or set STORYDIFF_CHROMIUM")
+    return CHROMIUM
 
 
 class LiveServer:

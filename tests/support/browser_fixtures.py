@@ -6,7 +6,13 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from app.config import Settings
-from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS, LiveServer
+from tests.support.browser import CHROMIUM_FLAGS, LiveServer, chromium_path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium binary, required (`needs_chromium` asks for it before anything starts)."""
+    return chromium_path()
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +25,11 @@ def live(tiny_checkpoint_dir):
 
 
 @pytest.fixture(scope="module")
-def browser_context(tmp_path_factory):
+def browser_context(tmp_path_factory, chromium):
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh user-data-dir
-            executable_path=CHROMIUM,
+            executable_path=chromium,
             headless=True,
             args=CHROMIUM_FLAGS,
             viewport={"width": 1280, "height": 900},
