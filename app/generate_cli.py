@@ -88,12 +88,12 @@ def run_generate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from transformers.utils import logging as transformers_logging
 
-    from app.diffusion.canvas import Blank, parse_template
+    from app.diffusion.canvas import Blank, parse_template, prompt_template
     from app.diffusion.checkpoint import CheckpointError, load_checkpoint
     from app.diffusion.generation import canvas_steps, story_steps
-    from app.diffusion.text import decode_story, end_token_ids
+    from app.diffusion.text import prompt_span, story_text
 
-    segments = None if args.template is None else parse_template(args.template)
+    segments = prompt_template(args.prompt, args.ending) if args.template is None else parse_template(args.template)
     if segments is not None and not any(isinstance(segment, Blank) for segment in segments):
         return _fail("--template has no blank: write one as [___:N], N tokens for the model to write")
     logging.basicConfig(level=logging.WARNING)
@@ -115,7 +115,10 @@ def run_generate(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError) as err:  # CheckpointError is a ValueError: named for the reader
         return _fail(str(err))
     elapsed = time.perf_counter() - start
-    story = decode_story(x if canvas is None else canvas.visible(x, end_token_ids(ckpt.tokenizer)), ckpt.tokenizer)
+    if canvas is None:
+        story = story_text(x, ckpt.tokenizer, prompt_span(ckpt.tokenizer, args.prompt))
+    else:
+        story = canvas.story_text(x, ckpt.tokenizer)
     if args.json:
         result = {"text": story, "seed": seed, "length": len(x), "forwards": forwards}
         result |= {"preset": args.preset, **settings.model_dump(mode="json")}

@@ -49,7 +49,7 @@ from app.api.serving import CLIENT_CLOSED_REQUEST, FAILURE_STATUS, outcome_unles
 from app.api.streaming import PING_COMMENT
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.sampler_settings import MAX_SEED, SamplerSettings, new_seed
-from app.diffusion.text import decode_story, prompt_ids
+from app.diffusion.text import decode_story, prompt_ids, prompt_span
 from app.engine import Failed, Finished, RequestHandle, StepUpdate, Update, UpdateChannel
 from app.logging_setup import current_request_id
 
@@ -118,7 +118,8 @@ def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
         for prompt in body.prompts:
             prefix = prompt_ids(tokenizer, prompt)
             length = story_length(len(prefix), body.max_tokens, checkpoint)
-            prompt_text = decode_story(prefix, tokenizer)
+            typed = prompt_span(tokenizer, prompt)
+            prompt_text = decode_story(prefix, tokenizer, typed)
             for i in range(body.n):
                 seed = (first_seed + i) % (MAX_SEED + 1)
                 request = GenerateRequest(prompt=prompt or None, length=length, seed=seed, **passed_on)
@@ -126,7 +127,7 @@ def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
                 admit(job.spec, serving)
                 channel = UpdateChannel(loop)
                 handle = serving.engine.submit(job.spec, channel.publish, serving.settings.timeout, job.request_id)
-                text = CompletionText(tokenizer, prompt_text, body.stops)
+                text = CompletionText(tokenizer, prompt_text, body.stops, typed)
                 choices.append(Choice(len(choices), job, handle, channel, text, len(prefix)))
     except BaseException:
         for choice in choices:

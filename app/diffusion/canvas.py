@@ -7,7 +7,8 @@ end or pause anywhere the user likes. The canvas is laid out as training encodes
 none for the shipped model), the story, then its end: the tokenizer's closing tokens ([SEP]) or, for a
 tokenizer that adds none, one [PAD] (training pads every story, and the first PAD ends it).
 
-- A text is pinned: encoded with `split_special_tokens`, so typed "[MASK]" or "[SEP]" stays words.
+- A text is pinned: encoded with `split_special_tokens`, so typed "[MASK]" or "[SEP]" stays words. The
+  model reads it normalised (`typed_text.model_text`); the story's text shows it as typed (`texts`).
 - A blank is masked positions. Between texts it is filled in full: the model writes end tokens only as a
   story's tail, never between two texts (benchmarks/infill_quality.py counts them).
 - A canvas that ends with a text, or with a fixed blank, gets the story's end pinned after it: the
@@ -26,6 +27,8 @@ from itertools import pairwise
 from transformers import PreTrainedTokenizerBase
 
 from app.diffusion.sampling import Pinned
+from app.diffusion.text import MASK_PLACEHOLDER, FixedSpan, end_token_ids, story_text
+from app.diffusion.typed_text import model_text
 
 
 class CanvasError(ValueError):
@@ -56,6 +59,7 @@ class Canvas:
 
     ids: tuple[int, ...]
     mask_id: int
+    texts: tuple[FixedSpan, ...] = ()  # where each typed text lies, to show it as typed
 
     @property
     def length(self) -> int:
@@ -86,16 +90,33 @@ class Canvas:
                 runs.append((pos, pos + 1))
         return runs
 
-    def visible(self, ids: Sequence[int], end_ids: set[int]) -> list[int]:
-        """`ids` without the end tokens written in a blank that fixed story text follows: they cannot be
-        read, and left in they would cut the story (`text.decode_story`) before its fixed text."""
+    def _hidden(self, ids: Sequence[int], end_ids: set[int]) -> set[int]:
+        """Positions of the end tokens written in a blank that fixed story text follows: they cannot be
+        read, and left in they would cut the story (`text.story_end`) before its fixed text."""
         words = [pos for pos, token in enumerate(self.ids) if token != self.mask_id and token not in end_ids]
         last_word = max(words, default=-1)
-        return [
-            token
+        return {
+            pos
             for pos, token in enumerate(ids)
-            if not (pos < last_word and self.ids[pos] == self.mask_id and token in end_ids)
-        ]
+            if pos < last_word and self.ids[pos] == self.mask_id and token in end_ids
+        }
+
+    def visible(self, ids: Sequence[int], end_ids: set[int]) -> list[int]:
+        """`ids` without the end tokens written in a blank that fixed story text follows."""
+        hidden = self._hidden(ids, end_ids)
+        return [token for pos, token in enumerate(ids) if pos not in hidden]
+
+    def story_text(
+        self, ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, placeholder: str = MASK_PLACEHOLDER
+    ) -> str:
+        """The story written on this canvas (or its draft): each typed text as typed, the blanks decoded."""
+        hidden = sorted(self._hidden(ids, end_token_ids(tokenizer)))
+
+        def shifted(pos: int) -> int:
+            return pos - sum(1 for h in hidden if h < pos)
+
+        texts = [FixedSpan(shifted(span.start), shifted(span.end), span.text) for span in self.texts]
+        return story_text(self.visible(ids, end_token_ids(tokenizer)), tokenizer, texts, placeholder)
 
 
 def story_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
@@ -113,8 +134,10 @@ def story_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int
 
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Typed text as token ids, without special tokens: "[MASK]" in it is split like any other word."""
-    return list(tokenizer(text.strip(), add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    """Typed text as the token ids the model reads, without special tokens: "[MASK]" in it is split
+    like any other word, "Zoë" read as "Zoe" (`model_text`)."""
+    text = model_text(text.strip())
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def build_canvas(
@@ -126,6 +149,7 @@ def build_canvas(
     if not any(isinstance(segment, Blank) for segment in segments):
         raise CanvasError("nothing to write: add a blank")
     ids: list[int] = list(lead)
+    texts: list[FixedSpan] = []
     rest_at: int | None = None
     for i, segment in enumerate(segments):
         last = i == len(segments) - 1
@@ -133,6 +157,7 @@ def build_canvas(
             tokens = encode_text(tokenizer, segment.text)
             if not tokens:
                 raise CanvasError(f"segment {i} is empty text: write something or leave it out")
+            texts.append(FixedSpan(len(ids), len(ids) + len(tokens), segment.text.strip()))
             ids += tokens
         elif segment.flexible and not last:
             raise CanvasError(
@@ -153,14 +178,17 @@ def build_canvas(
         if length is None:
             raise CanvasError("a blank that takes the rest needs a length")
         if length - len(ids) < 1:
+            longer = f" or ask for a longer length (up to {max_length})" if length < max_length else ""
             raise CanvasError(
                 f"the fixed text takes {len(ids)} tokens, which leaves no blank in a length of {length}; "
-                "shorten it or ask for a longer length"
+                f"shorten it{longer}"
             )
-        ids[rest_at:rest_at] = [mask_id] * (length - len(ids))
+        rest = length - len(ids)
+        ids[rest_at:rest_at] = [mask_id] * rest
+        texts = [FixedSpan(s.start + rest, s.end + rest, s.text) if s.start >= rest_at else s for s in texts]
     if len(ids) > max_length:
         raise CanvasError(f"the story takes {len(ids)} tokens, more than the model's {max_length} positions")
-    return Canvas(tuple(ids), mask_id)
+    return Canvas(tuple(ids), mask_id, tuple(texts))
 
 
 def ending_canvas(
@@ -217,3 +245,12 @@ def parse_template(template: str) -> list[Segment]:
     if template[at:].strip():
         segments.append(Text(template[at:]))
     return segments
+
+
+def prompt_template(prompt: str | None, ending: str | None = None) -> list[Segment] | None:
+    """A prompt that holds `[___:N]` blanks read as the whole story, as the page and `generate` read it
+    (an ending, if any, closes it); None for a prompt without blanks."""
+    if not prompt or not BLANK_SYNTAX.search(prompt):
+        return None
+    segments = parse_template(prompt)
+    return [*segments, Text(ending)] if ending and ending.strip() else segments
