@@ -24,7 +24,7 @@ from app.api.security import model_name
 from app.diffusion.canvas import Canvas
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.sampler_settings import PRESETS, Preset, SamplerSettings, new_seed
-from app.diffusion.text import FixedSpan, prompt_ids, prompt_span, story_text
+from app.diffusion.text import FixedSpan, prompt_ids, prompt_span, story_text, without_pad_tail
 from app.engine import Failed, Finished, GenerationSpec, StepUpdate
 from app.logging_setup import current_request_id
 
@@ -122,14 +122,6 @@ STEP_DATA: dict[StreamFormat, Callable[[StepUpdate, Job, Checkpoint], str]] = {
     "text": lambda update, job, checkpoint: job.text(update.ids, checkpoint),
 }
 """The data of a `step` event in each `stream_format`."""
-
-
-def without_pad_tail(ids: Sequence[int], pad_id: int | None) -> list[int]:
-    """`ids` less the run of PAD that fills the sequence after the story's end."""
-    end = len(ids)
-    while end and ids[end - 1] == pad_id:
-        end -= 1
-    return list(ids[:end])
 
 
 def result(job: Job, finished: Finished, checkpoint: Checkpoint) -> GenerateResponse:

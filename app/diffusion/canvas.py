@@ -19,7 +19,6 @@ tokenizer that adds none, one [PAD] (training pads every story, and the first PA
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -27,30 +26,18 @@ from itertools import pairwise
 from transformers import PreTrainedTokenizerBase
 
 from app.diffusion.sampling import Pinned
+from app.diffusion.template import BLANK_SYNTAX as BLANK_SYNTAX  # re-exported: a canvas's words
+from app.diffusion.template import Blank as Blank
+from app.diffusion.template import Segment as Segment
+from app.diffusion.template import Text as Text
+from app.diffusion.template import parse_template as parse_template
+from app.diffusion.template import prompt_template as prompt_template
 from app.diffusion.text import MASK_PLACEHOLDER, FixedSpan, end_token_ids, story_text
 from app.diffusion.typed_text import model_text
 
 
 class CanvasError(ValueError):
     """A canvas the model cannot write; the message says why and is safe to show to the client."""
-
-
-@dataclass(frozen=True)
-class Text:
-    """Fixed text, kept exactly."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Blank:
-    """`size` positions for the model to fill; None: whatever `length` leaves (one blank at most)."""
-
-    size: int | None
-    flexible: bool = False  # last segment only: the story may end inside it
-
-
-Segment = Text | Blank
 
 
 @dataclass(frozen=True)
@@ -227,30 +214,3 @@ def edit_canvas(
     for start, end in ordered:
         ids[start:end] = [mask_id] * (end - start)
     return Canvas(tuple(ids), mask_id)
-
-
-BLANK_SYNTAX = re.compile(r"\[_+:(~?)(\d+)\]")
-"""A blank in a template: `[___:40]` is 40 tokens, `[___:~40]` at most 40 (flexible, last only)."""
-
-
-def parse_template(template: str) -> list[Segment]:
-    """`"Once upon a time [___:40] The end."` as segments: texts between `[___:N]` blanks."""
-    segments: list[Segment] = []
-    at = 0
-    for match in BLANK_SYNTAX.finditer(template):
-        if template[at : match.start()].strip():
-            segments.append(Text(template[at : match.start()]))
-        segments.append(Blank(int(match.group(2)), flexible=bool(match.group(1))))
-        at = match.end()
-    if template[at:].strip():
-        segments.append(Text(template[at:]))
-    return segments
-
-
-def prompt_template(prompt: str | None, ending: str | None = None) -> list[Segment] | None:
-    """A prompt that holds `[___:N]` blanks read as the whole story, as the page and `generate` read it
-    (an ending, if any, closes it); None for a prompt without blanks."""
-    if not prompt or not BLANK_SYNTAX.search(prompt):
-        return None
-    segments = parse_template(prompt)
-    return [*segments, Text(ending)] if ending and ending.strip() else segments

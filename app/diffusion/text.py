@@ -117,6 +117,14 @@ def story_end(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> int:
     return len(ids)
 
 
+def without_pad_tail(ids: Sequence[int], pad_id: int | None) -> list[int]:
+    """`ids` less the run of PAD that fills the sequence after the story's end."""
+    end = len(ids)
+    while end and ids[end - 1] == pad_id:
+        end -= 1
+    return list(ids[:end])
+
+
 def _written(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, placeholder: str) -> tuple[str, bool]:
     """The WordPiece text of tokens the model wrote, masks as `placeholder`, and whether its first
     piece continues the word before it."""
