@@ -78,7 +78,7 @@ async def serve(settings: Settings) -> int:
     settled = asyncio.ensure_future(runtime.wait_settled())
     await asyncio.wait({serving, settled}, return_when=asyncio.FIRST_COMPLETED)
     if settled.done() and not settled.result():
-        log.error("stopping: the model could not be loaded (%s)", runtime.error)
+        log.error("stopping: no model to serve (the error above says why)")
         server.should_exit = True
         await serving
         return 1
