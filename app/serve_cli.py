@@ -84,6 +84,7 @@ async def serve(settings: Settings) -> int:
         return 1
     if settled.done():
         announce_ready(server, settings)
+        announce_forward_cost(runtime)
     if settings.exit_on_engine_failure_after and await _engine_died(serving, runtime):
         await asyncio.wait({serving}, timeout=settings.exit_on_engine_failure_after)  # /ready says why meanwhile
         server.should_exit = True
@@ -120,6 +121,23 @@ def announce_ready(server: uvicorn.Server, settings: Settings) -> None:
         log.info(line, extra={"event": "ready", "url": url, "docs_url": f"{url}docs"})
     else:
         print(line, flush=True)
+
+
+def announce_forward_cost(runtime: ModelRuntime) -> None:
+    """What one forward of a default-length story costs on this machine, in the unit of
+    docs/fast-decoding.md (ms a forward), so that a user can place the docs' seconds."""
+    if runtime.loaded is None:
+        return
+    engine, length = runtime.loaded.engine, runtime.loaded.checkpoint.config.seq_len
+    cost_ms = engine.forward_cost.of(1, length) * 1e3
+    if math.isfinite(cost_ms):
+        log.info(
+            "one forward of a %d-token story takes about %.0f ms here (measured at warm-up): a story's seconds "
+            "are about its forwards times this, the unit docs/fast-decoding.md uses",
+            length,
+            cost_ms,
+            extra={"event": "forward_cost", "forward_ms": round(cost_ms, 1), "length": length},
+        )
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
+from app.serve_cli import announce_forward_cost
 from model_training import cli as train_cli
 from model_training.checkpoints import STATE_FILE, checkpoints_dir
+from tests.support.service import Service, settings_for
 
 
 def test_a_server_without_its_model_says_why_once_and_never_that_it_runs():
@@ -41,3 +43,14 @@ def test_an_interrupted_run_says_whether_there_is_anything_to_resume(tmp_path, m
         assert "resume from step-5 with --resume auto" in err
     else:
         assert "--resume auto" not in err and "nothing to resume" in err
+
+
+@pytest.mark.anyio
+async def test_serve_says_what_a_forward_costs_here(tiny_checkpoint_dir, caplog):
+    service = Service(settings_for(tiny_checkpoint_dir))
+    async with service:
+        with caplog.at_level("INFO", logger="app.serve_cli"):
+            announce_forward_cost(service.app.state.runtime)
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "forward_cost"]
+    assert record.length == 48 and 0 < record.forward_ms < 10_000
+    assert f"one forward of a 48-token story takes about {record.forward_ms:.0f} ms here" in record.getMessage()
