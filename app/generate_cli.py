@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from app.diffusion.canvas import Canvas, Segment
     from app.diffusion.checkpoint import Checkpoint
     from app.diffusion.sampling import Step
+    from app.diffusion.text import FixedSpan
 
 SAMPLER_DEFAULTS = (
     "A sampler flag left out takes the checkpoint's value (its diffusion_config.json), else the built-in "
@@ -131,10 +132,11 @@ def _write(args: argparse.Namespace, overrides: SamplerOverrides, console: Conso
     else:
         steps = canvas_steps(ckpt, settings, seed, canvas)
     start = time.perf_counter()
-    x, forwards = _follow(steps, ckpt.tokenizer, settings.steps, console)
+    typed = prompt_span(ckpt.tokenizer, args.prompt) if canvas is None else canvas.texts
+    x, forwards = _follow(steps, ckpt.tokenizer, settings.steps, console, typed)
     elapsed = time.perf_counter() - start
     if canvas is None:
-        text = story_text(x, ckpt.tokenizer, prompt_span(ckpt.tokenizer, args.prompt))
+        text = story_text(x, ckpt.tokenizer, typed)
         written = len(x) - len(prompt_ids(ckpt.tokenizer, args.prompt))
     else:
         text, written = canvas.story_text(x, ckpt.tokenizer), canvas.ids.count(canvas.mask_id)
@@ -170,9 +172,10 @@ def _follow(
     tokenizer: PreTrainedTokenizerBase,
     num_steps: int,
     console: Console | None,
+    typed: Sequence[FixedSpan] = (),
 ) -> tuple[list[int], int]:
-    """Consume the steps, drawing each one on `console` if given; return the final token ids and the
-    number of model forwards."""
+    """Consume the steps, drawing each one (its `typed` text as typed) on `console` if given; return the
+    final token ids and the number of model forwards."""
     forwards = 0
     if console is None:
         for _, step in steps:
@@ -189,7 +192,8 @@ def _follow(
             fresh = dict(zip(step.positions.tolist(), step.probs.tolist(), strict=True))
             ids = step.x[0].tolist()
             t = 1 - done / num_steps
-            view.update(step_view(ids, tokenizer, fresh, done, num_steps, t, time.perf_counter() - start))
+            elapsed = time.perf_counter() - start
+            view.update(step_view(ids, tokenizer, fresh, done, num_steps, t, elapsed, typed))
     return list(ids), forwards
 
 

@@ -186,3 +186,13 @@ def test_the_page_shows_the_story_with_the_prompt_as_typed(page):
     section.get_by_role("button", name="Generate").click()
     expect(section.locator("[data-ref=story]")).to_contain_text("— naïve café.")
     assert section.locator("[data-ref=story]").inner_text().startswith(typed)
+
+
+def test_the_terminal_view_draws_the_prompt_as_typed(shipped_tokenizer):
+    from app.terminal_view import sequence_text
+
+    tok = shipped_tokenizer
+    typed = "Zoë 🐱 said “hi”"
+    ids = [*prompt_ids(tok, typed), tok.mask_token_id, tok.mask_token_id]
+    drawn = sequence_text(ids, tok, {}, prompt_span(tok, typed)).plain
+    assert drawn.strip().startswith(typed) and "UNK" not in drawn
