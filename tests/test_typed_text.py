@@ -196,3 +196,16 @@ def test_the_terminal_view_draws_the_prompt_as_typed(shipped_tokenizer):
     ids = [*prompt_ids(tok, typed), tok.mask_token_id, tok.mask_token_id]
     drawn = sequence_text(ids, tok, {}, prompt_span(tok, typed)).plain
     assert drawn.strip().startswith(typed) and "UNK" not in drawn
+
+
+@pytest.mark.anyio
+async def test_an_openai_completion_follows_the_prompt_as_typed(shipped_client, shipped_vocab_dir, shipped_tokenizer):
+    typed, model = TYPED[3], shipped_vocab_dir.name
+    body = {"model": model, "prompt": typed, "max_tokens": 12, "seed": 5}
+    choice = (await shipped_client.post("/v1/completions", json=body)).json()["choices"][0]
+    length = len(prompt_ids(shipped_tokenizer, typed)) + 12
+    same = (await shipped_client.post("/generate", json={"prompt": typed, "length": length, "seed": 5})).json()
+    assert typed + choice["text"] == same["text"] and "##" not in choice["text"]
+    blank = await shipped_client.post("/v1/completions", json={**body, "prompt": "Once [___:5] end."})
+    assert blank.status_code == 400 and blank.json()["error"]["param"] == "prompt"
+    assert "POST /generate" in blank.json()["error"]["message"]

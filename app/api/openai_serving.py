@@ -49,6 +49,7 @@ from app.api.serving import CLIENT_CLOSED_REQUEST, FAILURE_STATUS, outcome_unles
 from app.api.streaming import PING_COMMENT
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.sampler_settings import MAX_SEED, SamplerSettings, new_seed
+from app.diffusion.template import prompt_template
 from app.diffusion.text import decode_story, prompt_ids, prompt_span
 from app.engine import Failed, Finished, RequestHandle, StepUpdate, Update, UpdateChannel
 from app.logging_setup import current_request_id
@@ -116,6 +117,14 @@ def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
     choices: list[Choice] = []
     try:
         for prompt in body.prompts:
+            if prompt_template(prompt) is not None:
+                raise OpenAIError(
+                    400,
+                    "The prompt holds a [___:N] blank, which a completion does not fill: send the story to "
+                    "POST /generate, where the prompt's blanks (or `segments`) are written, or leave the blank out.",
+                    "prompt",
+                    None,
+                )
             prefix = prompt_ids(tokenizer, prompt)
             length = story_length(len(prefix), body.max_tokens, checkpoint)
             typed = prompt_span(tokenizer, prompt)
