@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 pytest_plugins = [
     "tests.support.browser_fixtures",  # the page's fixtures, for every module that drives it
     "tests.support.service_fixtures",  # the app in process: anyio_backend, client
+    "tests.support.shipped_vocab",  # a tiny model on the shipped WordPiece: typed text it lacks
 ]
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -8,19 +8,11 @@ import json
 
 import pytest
 from httpx_sse import aconnect_sse
-from playwright.sync_api import expect
-from transformers import AutoTokenizer
 
 from app.cli import main
-from app.config import Settings
 from app.diffusion.canvas import Blank, Text, build_canvas, prompt_template
-from app.diffusion.checkpoint import save_checkpoint
-from app.diffusion.diffusion_config import DiffusionConfig
 from app.diffusion.text import FixedSpan, clean_text, prompt_ids, prompt_span, story_text
 from app.diffusion.typed_text import model_text
-from app.paths import DEFAULT_MODEL_DIR
-from tests.conftest import TINY_SEQ_LEN, tiny_distilbert
-from tests.support.browser import LiveServer, fill, needs_chromium, panel
 from tests.support.service import Service, settings_for
 
 TYPED = [
@@ -34,32 +26,9 @@ TYPED = [
 
 
 @pytest.fixture(scope="module")
-def shipped_tokenizer():
-    return AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
-
-
-@pytest.fixture(scope="module")
-def shipped_vocab_dir(tmp_path_factory, shipped_tokenizer):
-    """A tiny random model on the shipped model's 8,192-piece WordPiece: no "ë", no emoji, no CJK."""
-    directory = tmp_path_factory.mktemp("shipped-vocab")
-    config = DiffusionConfig(seq_len=TINY_SEQ_LEN, trained_on="nothing: random weights for tests")
-    save_checkpoint(directory, tiny_distilbert(len(shipped_tokenizer)), shipped_tokenizer, config)
-    return directory
-
-
-@pytest.fixture(scope="module")
 async def shipped_client(shipped_vocab_dir):
     async with Service(settings_for(shipped_vocab_dir)) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def live(shipped_vocab_dir):
-    """The page's server (tests/support/browser_fixtures.py) on the shipped vocabulary."""
-    server = LiveServer(Settings(model=str(shipped_vocab_dir), device="cpu", ping_interval=0, shutdown_grace=1))
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_the_model_reads_a_normalised_copy(shipped_tokenizer):
@@ -171,21 +140,6 @@ def test_spans_are_where_the_prompt_lies(cased_tokenizer):
     ids = prompt_ids(cased_tokenizer, " Zoë 🐱 ")
     assert prompt_span(cased_tokenizer, " Zoë 🐱 ") == (FixedSpan(1, len(ids), "Zoë 🐱"),)  # after [CLS]
     assert prompt_span(cased_tokenizer, "  ") == ()
-
-
-@needs_chromium
-def test_the_page_shows_the_story_with_the_prompt_as_typed(page):
-    section = panel(page)
-    typed = "Zoë 🐱 went to Zürich. It’s “fine”."
-    fill(section, prompt=typed, steps=6, seed=4, length=32)
-    section.get_by_role("button", name="Generate").click()
-    expect(section.locator("[data-ref=final]")).to_be_visible()
-    story = section.locator("[data-ref=story]").inner_text()
-    assert story.startswith(typed) and "##" not in story
-    fill(section, prompt=f"{typed} [___:5] — naïve café.")  # blanks typed in the prompt, as the API reads them
-    section.get_by_role("button", name="Generate").click()
-    expect(section.locator("[data-ref=story]")).to_contain_text("— naïve café.")
-    assert section.locator("[data-ref=story]").inner_text().startswith(typed)
 
 
 def test_the_terminal_view_draws_the_prompt_as_typed(shipped_tokenizer):

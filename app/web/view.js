@@ -63,8 +63,7 @@ export class SequenceView {
   setPrompt(count, text) {
     this.promptCell?.remove();
     this.promptCell = null;
-    this.promptCount = count;
-    for (let pos = 0; pos < this.cells.length; pos++) this.cells[pos].hidden = pos < count;
+    for (let pos = 0; pos < count; pos++) this.cells[pos].hidden = true; // fresh cells (reset): none hidden yet
     if (count === 0) return;
     const cell = document.createElement("span");
     cell.className = "cell prompt";
@@ -104,7 +103,8 @@ export class SequenceView {
     const lastFixed = this.cells.findLastIndex((c) => c.classList.contains("fixed") && c.dataset.end !== "true");
     const start = this.cells.findIndex((c, pos) => pos > lastFixed && !c.hidden && c.dataset.end === "true");
     if (start < 0) return this.cells.length;
-    for (const cell of this.cells.slice(start)) cell.hidden = true;
+    this.tail = this.cells.slice(start).filter((c) => !c.hidden);
+    for (const cell of this.tail) cell.hidden = true;
     const cell = document.createElement("span");
     cell.className = "cell end";
     cell.textContent = "end";
@@ -125,8 +125,7 @@ export class SequenceView {
     if (!this.endCell) return;
     this.endCell.remove();
     this.endCell = null;
-    const prompt = this.promptCell ? this.promptCount : 0; // the prompt's positions stay in its one cell
-    for (let pos = prompt; pos < this.cells.length; pos++) this.cells[pos].hidden = false;
+    for (const cell of this.tail) cell.hidden = false; // only those it hid: the prompt's stay in its cell
   }
 
   /** The state after `upto` of the recorded events, the last of them highlighted (for scrubbing). */
