@@ -7,8 +7,10 @@ each command imports what it runs.
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,14 +53,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         from model_training.cli import main as train_main
 
         return train_main(argv[1:], prog="storydiff train")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = _subparsers(parser)[args.command]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{_suggestion(command, unknown)}")
     if args.command == "generate":
         from app.generate_cli import run_generate
 
-        return run_generate(args)
+        return _quiet_on_closed_pipe(run_generate, args)
     from app.serve_cli import run_serve
 
     return run_serve(args)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(actions[0].choices)
+
+
+def _suggestion(command: argparse.ArgumentParser, unknown: Sequence[str]) -> str:
+    """'; did you mean --steps?' for the first unknown flag close to a known one (argparse's own
+    `suggest_on_error` needs Python 3.14)."""
+    known = [flag for action in command._actions for flag in action.option_strings]
+    for word in unknown:
+        if word.startswith("-") and (close := difflib.get_close_matches(word.split("=")[0], known, n=1)):
+            return f"; did you mean {close[0]}?"
+    return ""
+
+
+def _quiet_on_closed_pipe(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run `run`; a reader that left (`| head`) ends it quietly, without a BrokenPipeError traceback."""
+    try:
+        code = run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit fails too
+        return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -24,7 +24,8 @@ from app.diffusion.sampler_settings import (
     new_seed,
 )
 from app.flags import add_field_flags, error_line, flag_name, given_fields
-from app.paths import DEFAULT_MODEL_DIR
+from app.generate_checks import problem
+from app.paths import DEFAULT_MODEL_DIR, model_name
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from app.diffusion.canvas import Canvas, Segment
     from app.diffusion.checkpoint import Checkpoint
     from app.diffusion.sampling import Step
+    from app.diffusion.text import FixedSpan
 
 SAMPLER_DEFAULTS = (
     "A sampler flag left out takes the checkpoint's value (its diffusion_config.json), else the built-in "
@@ -76,58 +78,81 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Load the checkpoint, denoise one story (live unless asked not to) and print it."""
+    """Check the flags, load the checkpoint, denoise one story (live unless asked not to) and print it."""
     try:
         overrides = SamplerOverrides.model_validate(given_fields(args, SamplerSettings.model_fields))
     except ValidationError as err:
         return _fail(error_line(err))
-    if args.template is not None and (given := [f"--{n}" for n in ("prompt", "ending", "length") if getattr(args, n)]):
-        return _fail(f"--template is the whole story: it takes no {', '.join(given)}")
+    if found := problem(args):  # before torch loads: a typo costs no model load
+        return _fail(found)
+    print(f"loading model {model_name(args.model)}…", file=sys.stderr, flush=True)
     # Imported here, once the flags are valid: torch and transformers take seconds to import.
     from huggingface_hub.utils import logging as hub_logging
-    from rich.console import Console
     from transformers.utils import logging as transformers_logging
 
-    from app.diffusion.canvas import Blank, parse_template
-    from app.diffusion.checkpoint import CheckpointError, load_checkpoint
-    from app.diffusion.generation import canvas_steps, story_steps
-    from app.diffusion.text import decode_story, end_token_ids
+    from app.diffusion.checkpoint import CheckpointError
 
-    segments = None if args.template is None else parse_template(args.template)
-    if segments is not None and not any(isinstance(segment, Blank) for segment in segments):
-        return _fail("--template has no blank: write one as [___:N], N tokens for the model to write")
     logging.basicConfig(level=logging.WARNING)
     hub_logging.disable_propagation()  # huggingface_hub prints its own warnings: through the root too, twice
     transformers_logging.disable_progress_bar()
+    from rich.console import Console
+
     live = not (args.no_live or args.json) and Console().is_terminal  # a pipe or a file gets plain text
-    seed = new_seed() if args.seed is None else args.seed
     try:
-        ckpt = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
-        settings = ckpt.config.settings_for(args.preset).override(overrides)
-        canvas = _canvas(ckpt, segments, args)
-        if canvas is None:
-            steps = story_steps(ckpt, settings, seed, args.prompt, args.length)
-        else:
-            steps = canvas_steps(ckpt, settings, seed, canvas)
-        start = time.perf_counter()
-        console = Console() if live else None
-        x, forwards = _follow(steps, ckpt.tokenizer, settings.steps, console)
+        result = _write(args, overrides, Console() if live else None)
     except (CheckpointError, ValueError) as err:  # CheckpointError is a ValueError: named for the reader
         return _fail(str(err))
-    elapsed = time.perf_counter() - start
-    story = decode_story(x if canvas is None else canvas.visible(x, end_token_ids(ckpt.tokenizer)), ckpt.tokenizer)
     if args.json:
-        result = {"text": story, "seed": seed, "length": len(x), "forwards": forwards}
-        result |= {"preset": args.preset, **settings.model_dump(mode="json")}
-        print(json.dumps(result | {"elapsed_s": round(elapsed, 3), "model": ckpt.source}))
+        print(json.dumps(result))
         return 0
-    print(story)
-    summary = f"seed {seed} · {settings.steps} steps · {forwards} forwards · {elapsed:.1f}s"
-    if console is not None:
-        console.print(f"[dim]{summary}[/dim]")
+    print(result["text"])
+    summary = f"seed {result['seed']} · {result['steps']} steps · {result['forwards']} forwards · "
+    summary += f"{result['elapsed_s']:.1f}s"
+    if live:
+        Console().print(f"[dim]{summary}[/dim]")
     else:
         print(summary, file=sys.stderr)  # stdout stays the story alone; the seed replays it
     return 0
+
+
+def _write(args: argparse.Namespace, overrides: SamplerOverrides, console: Console | None) -> dict[str, Any]:
+    """The story (drawn live on `console` if given) and how it was written: the API answer's fields."""
+    from app.diffusion.checkpoint import load_checkpoint
+    from app.diffusion.generation import canvas_steps, story_steps
+    from app.diffusion.template import parse_template, prompt_template
+    from app.diffusion.text import prompt_ids, prompt_span, story_text, without_pad_tail
+
+    segments = prompt_template(args.prompt, args.ending) if args.template is None else parse_template(args.template)
+    seed = new_seed() if args.seed is None else args.seed
+    ckpt = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
+    settings = ckpt.config.settings_for(args.preset).override(overrides)
+    canvas = _canvas(ckpt, segments, args)
+    if canvas is None:
+        steps = story_steps(ckpt, settings, seed, args.prompt, args.length)
+    else:
+        steps = canvas_steps(ckpt, settings, seed, canvas)
+    start = time.perf_counter()
+    typed = prompt_span(ckpt.tokenizer, args.prompt) if canvas is None else canvas.texts
+    x, forwards = _follow(steps, ckpt.tokenizer, settings.steps, console, typed)
+    elapsed = time.perf_counter() - start
+    if canvas is None:
+        text = story_text(x, ckpt.tokenizer, typed)
+        written = len(x) - len(prompt_ids(ckpt.tokenizer, args.prompt))
+    else:
+        text, written = canvas.story_text(x, ckpt.tokenizer), canvas.ids.count(canvas.mask_id)
+    return {
+        "text": text,
+        "seed": seed,
+        "steps": settings.steps,
+        "length": len(x),
+        "tokens": without_pad_tail(x, ckpt.tokenizer.pad_token_id),
+        "elapsed_s": round(elapsed, 4),
+        "forwards": forwards,
+        "tokens_per_forward": written / forwards if forwards else 0.0,
+        "model": model_name(ckpt.source),
+        "preset": args.preset,
+        **settings.model_dump(mode="json", exclude={"steps"}),
+    }
 
 
 def _canvas(ckpt: Checkpoint, segments: list[Segment] | None, args: argparse.Namespace) -> Canvas | None:
@@ -147,9 +172,10 @@ def _follow(
     tokenizer: PreTrainedTokenizerBase,
     num_steps: int,
     console: Console | None,
+    typed: Sequence[FixedSpan] = (),
 ) -> tuple[list[int], int]:
-    """Consume the steps, drawing each one on `console` if given; return the final token ids and the
-    number of model forwards."""
+    """Consume the steps, drawing each one (its `typed` text as typed) on `console` if given; return the
+    final token ids and the number of model forwards."""
     forwards = 0
     if console is None:
         for _, step in steps:
@@ -166,7 +192,8 @@ def _follow(
             fresh = dict(zip(step.positions.tolist(), step.probs.tolist(), strict=True))
             ids = step.x[0].tolist()
             t = 1 - done / num_steps
-            view.update(step_view(ids, tokenizer, fresh, done, num_steps, t, time.perf_counter() - start))
+            elapsed = time.perf_counter() - start
+            view.update(step_view(ids, tokenizer, fresh, done, num_steps, t, elapsed, typed))
     return list(ids), forwards
 
 

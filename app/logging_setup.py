@@ -56,6 +56,20 @@ class PathOnlyAccessFilter(logging.Filter):
         return True
 
 
+class UvicornLines(logging.Filter):
+    """uvicorn's own lines under `uvicorn` (it logs every level as `uvicorn.error`), and its "Uvicorn
+    running on" said as what it is while the model loads: listening; `storydiff ready` follows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.error":
+            record.name = "uvicorn"
+            if isinstance(record.msg, str) and record.msg.startswith("Uvicorn running on"):
+                where = record.msg.removeprefix("Uvicorn running on ").removesuffix(" (Press CTRL+C to quit)")
+                record.msg = f"listening on {where}; loading the model (Ctrl+C stops)"
+                record.__dict__.pop("color_message", None)
+        return True
+
+
 class TextFormatter(logging.Formatter):
     """One readable line; ` [request id]` after the logger's name when the record is about a request."""
 
@@ -82,6 +96,7 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
     """Send every logger's records (uvicorn's too: run it with `log_config=None`) to stderr in `log_format`."""
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(UvicornLines())
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]

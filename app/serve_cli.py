@@ -123,9 +123,10 @@ async def _supervise(server: Any, serving: asyncio.Future[None], runtime: ModelR
             if settled in watched and settled.done():
                 watched.discard(settled)
                 if not settled.result():
-                    log.error("stopping: the model could not be loaded (%s)", runtime.error)
+                    log.error("stopping: no model to serve (the error above says why)")
                     return 1
                 announce_ready(server, settings)
+                announce_forward_cost(runtime)
             if died.done():
                 watched.discard(died)
                 if settings.exit_on_engine_failure_after:
@@ -159,6 +160,23 @@ def announce_ready(server: uvicorn.Server, settings: Settings) -> None:
         log.info(line, extra={"event": "ready", "url": url, "docs_url": f"{url}docs"})
     else:
         print(line, flush=True)
+
+
+def announce_forward_cost(runtime: ModelRuntime) -> None:
+    """What one forward of a default-length story costs on this machine, in the unit of
+    docs/fast-decoding.md (ms a forward), so that a user can place the docs' seconds."""
+    if runtime.loaded is None:
+        return
+    engine, length = runtime.loaded.engine, runtime.loaded.checkpoint.config.seq_len
+    cost_ms = engine.forward_cost.of(1, length) * 1e3
+    if math.isfinite(cost_ms):
+        log.info(
+            "one forward of a %d-token story takes about %.0f ms here (measured at warm-up): a story's seconds "
+            "are about its forwards times this, the unit docs/fast-decoding.md uses",
+            length,
+            cost_ms,
+            extra={"event": "forward_cost", "forward_ms": round(cost_ms, 1), "length": length},
+        )
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from rich.progress_bar import ProgressBar
 from rich.text import Text
 from transformers import PreTrainedTokenizerBase
 
-from app.diffusion.text import MASK_PLACEHOLDER, story_end
+from app.diffusion.text import MASK_PLACEHOLDER, FixedSpan, story_end
 
 
 def probability_style(p: float) -> str:
@@ -19,11 +19,19 @@ def probability_style(p: float) -> str:
     return f"bold black on {colour}"
 
 
-def sequence_text(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, fresh: dict[int, float]) -> Text:
-    """The sequence up to the story's end: masks dim, `fresh` positions (pos -> p) highlighted."""
+def sequence_text(
+    ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, fresh: dict[int, float], typed: Sequence[FixedSpan] = ()
+) -> Text:
+    """The sequence up to the story's end: masks dim, `fresh` positions (pos -> p) highlighted, `typed`
+    text as typed (its tokens may be [UNK])."""
     text = Text()
     special = set(tokenizer.all_special_ids) - {tokenizer.mask_token_id}
+    starts, inside = {span.start: span for span in typed}, {p for span in typed for p in range(span.start, span.end)}
     for pos, token_id in enumerate(ids[: story_end(ids, tokenizer)]):
+        if pos in starts:
+            text.append(" " + starts[pos].text.strip(), "bold")
+        if pos in inside:
+            continue
         if token_id == tokenizer.mask_token_id:
             piece, style = MASK_PLACEHOLDER, "grey42"
         elif token_id in special:
@@ -50,6 +58,7 @@ def step_view(
     num_steps: int,
     t: float,
     elapsed_s: float,
+    typed: Sequence[FixedSpan] = (),
 ) -> Panel:
     """The live panel: step counters and a progress bar on top (never cropped), then the sequence."""
     masked = sum(1 for i in ids if i == tokenizer.mask_token_id)
@@ -59,4 +68,4 @@ def step_view(
         style="cyan",
     )
     bar = ProgressBar(total=num_steps, completed=step)
-    return Panel(Group(status, bar, Text(), sequence_text(ids, tokenizer, fresh)), title="storydiff")
+    return Panel(Group(status, bar, Text(), sequence_text(ids, tokenizer, fresh, typed)), title="storydiff")

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from app.flags import add_field_flags
 from model_training.config import TrainConfig, build_config, read_yaml, resolve_preset
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Train; 0 on success, 2 (one line on stderr) on bad input. `prog` names the command in messages."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg: TrainConfig | None = None
     try:
         cfg = parse_config(argv, prog)
         from huggingface_hub.utils import logging as hub_logging
@@ -71,7 +73,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: resume with --resume auto", file=sys.stderr)
+        print(f"interrupted{'' if cfg is None else ': ' + _how_to_go_on(Path(cfg.output))}", file=sys.stderr)
         return 130
     from accelerate import PartialState
 
@@ -84,3 +86,13 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         )
         print(f"best: step {p.best_step}, val {p.best_nats:.4f} nats/position; saved {summary.best_dir}")
     return 0
+
+
+def _how_to_go_on(output: Path) -> str:
+    """`--resume auto` where a saved state exists; before the first one there is nothing to resume."""
+    from model_training.checkpoints import complete_states
+
+    states = complete_states(output)
+    if states:
+        return f"resume from {states[-1].name} with --resume auto"
+    return "stopped before the first checkpoint: nothing to resume, the same command starts again"

@@ -34,6 +34,7 @@ pytest_plugins = [
     "tests.support.service_fixtures",  # the app in process: anyio_backend, client
     "tests.support.judge_fixtures",  # a tiny autoregressive judge: tiny_judge_dir
     "tests.support.marker_summary",  # passed / failed / skipped per marker, at the end of each run
+    "tests.support.shipped_vocab",  # a tiny model on the shipped WordPiece: typed text it lacks
 ]
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -187,10 +187,8 @@ def test_failure_reasons_have_one_status_each_and_one_schema():
     assert set(ErrorEvent.model_json_schema()["properties"]["error"]["enum"]) == reasons
 
 
-@pytest.mark.parametrize(
-    "content", [b"", b"not json", b"[1, 2]", b'{"steps": 4', b"null"], ids=["empty", "text", "list", "cut", "null"]
-)
-async def test_missing_or_non_json_body_is_422(client, content):
+@pytest.mark.parametrize("content", [b"not json", b"[1, 2]", b'{"steps": 4'], ids=["text", "list", "cut"])
+async def test_non_json_body_is_422(client, content):  # no body (or null) is `{}`: tests/test_first_requests.py
     response = await client.post("/generate", content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
 

@@ -52,10 +52,13 @@ def test_swagger_ui_lists_every_operation_offline(live, offline_page):
 
 
 def test_redoc_renders_the_operations_offline(live, offline_page):
+    console_errors: list[str] = []
+    offline_page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
     offline_page.goto(f"{live.url}/redoc")
     expect(offline_page.get_by_text("Write a story, optionally streaming every denoising step").first).to_be_visible()
     expect(offline_page.get_by_text("Model, device, limits, defaults and engine counters").first).to_be_visible()
     assert offline_page.blocked == []
+    assert console_errors == []  # ReDoc's logo came from cdn.redoc.ly, which the page's CSP refused
 
 
 def test_the_pages_point_at_local_assets_only(live):

@@ -36,7 +36,7 @@ def run_offline(args: list[str], tmp_path: Path, endpoint: str | None, offline: 
 
 
 def one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("loading model")]
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr and "Retrying" not in stderr, stderr
     return lines[0]

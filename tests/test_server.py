@@ -139,8 +139,7 @@ async def test_disconnect_mid_stream_frees_the_slot(client, server):
 
 
 async def test_client_input_never_yields_a_500(client):
-    bodies = [
-        b"",
+    bodies = [  # no body at all is {} (tests/test_first_requests.py)
         b"{",
         b'{"length": 1e309}',
         b'{"steps": NaN}',

@@ -9,9 +9,8 @@ import pytest
 import torch
 from httpx_sse import aconnect_sse
 
-from app.api.jobs import without_pad_tail
 from app.diffusion.checkpoint import load_checkpoint, save_checkpoint
-from app.diffusion.text import MASK_PLACEHOLDER, prompt_ids
+from app.diffusion.text import MASK_PLACEHOLDER, prompt_ids, without_pad_tail
 from tests.conftest import TINY_SEQ_LEN
 from tests.support.service import Service, settings_for
 

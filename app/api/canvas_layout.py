@@ -13,6 +13,7 @@ from app.api.jobs import build_job
 from app.api.schemas import GenerateRequest
 from app.diffusion.canvas import Canvas
 from app.diffusion.checkpoint import Checkpoint
+from app.diffusion.typed_text import model_text
 
 
 class FixedToken(BaseModel):
@@ -23,21 +24,41 @@ class FixedToken(BaseModel):
     text: str = Field(description="The token as the tokenizer spells it (WordPiece: '##' continues a word).")
 
 
+class TypedText(BaseModel):
+    """Typed text that its tokens do not spell (accents, emoji, curly quotes): the story shows `text` there."""
+
+    start: int
+    end: int
+    text: str
+
+
 class CanvasLayout(BaseModel):
     """The sequence before the first step: its length, its fixed tokens, and the blanks between them."""
 
     length: int
     fixed: list[FixedToken] = Field(description="Prompt, texts, ending and special tokens, in order.")
     blanks: list[tuple[int, int]] = Field(description="The [start, end) runs of positions the model writes.")
+    typed: list[TypedText] = Field(
+        default_factory=list,
+        description="The [start, end) runs of fixed tokens that read typed text differently (the model reads "
+        "'Zoë' as 'Zoe', an emoji as [UNK]), with the text as typed, which the story's `text` shows.",
+    )
 
 
 def canvas_layout(body: GenerateRequest, checkpoint: Checkpoint) -> CanvasLayout:
     """Where `body`'s fixed tokens lie; raises RequestValidationError (422) as POST /generate would."""
-    spec = build_job(body, checkpoint, None).spec
+    job = build_job(body, checkpoint, None)
+    spec = job.spec
     fixed = dict(sorted((dict(enumerate(spec.prefix)) | dict(spec.pinned)).items()))
     pieces = checkpoint.tokenizer.convert_ids_to_tokens(list(fixed.values()))
     canvas = Canvas(tuple(fixed.get(pos, checkpoint.mask_id) for pos in range(spec.length)), checkpoint.mask_id)
     tokens = [
         FixedToken(pos=pos, id=token, text=piece) for (pos, token), piece in zip(fixed.items(), pieces, strict=True)
     ]
-    return CanvasLayout(length=spec.length, fixed=tokens, blanks=canvas.blanks)
+    unk = checkpoint.tokenizer.unk_token_id
+    typed = [
+        TypedText(start=span.start, end=span.end, text=span.text)
+        for span in (job.canvas.texts if job.canvas is not None else ())
+        if model_text(span.text) != span.text or unk in canvas.ids[span.start : span.end]
+    ]
+    return CanvasLayout(length=spec.length, fixed=tokens, blanks=canvas.blanks, typed=typed)

@@ -10,12 +10,13 @@ self-hosted assets: `docs_url=None`, `get_swagger_ui_html(swagger_js_url=..., sw
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_URL = "/docs-assets"
@@ -24,11 +25,26 @@ ASSETS_DIR = Path(str(files("fastapi_offline") / "static"))
 SWAGGER_PARAMETERS = {"validatorUrl": None}
 """No badge from swagger.io's online validator."""
 PAGE_HEADERS = {"Content-Security-Policy": "img-src 'self' data:"}
-"""Images from this server only: ReDoc's sidebar would fetch its logo from cdn.redoc.ly (hidden when that fails)."""
+"""Images from this server only."""
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+NO_IMAGE = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg'/%3E"
+"""ReDoc's bundle draws its maker's logo from cdn.redoc.ly: the CSP refused it with an error in the
+browser's console, so the bundle served here draws an empty image instead."""
+
+
+@cache
+def redoc_script() -> str:
+    """ReDoc's standalone bundle with no request to another host."""
+    return (ASSETS_DIR / "redoc.standalone.js").read_text(encoding="utf-8").replace(REDOC_LOGO, NO_IMAGE)
 
 
 def add_docs_pages(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> None:
     """Serve the API's documentation pages and their assets; `app` was made with docs_url=redoc_url=None."""
+
+    @app.get(f"{ASSETS_URL}/redoc.standalone.js", include_in_schema=False)  # before the mount, which has it too
+    async def redoc_bundle() -> Response:
+        return Response(redoc_script(), media_type="text/javascript")
+
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
 
     def asset(request: Request, name: str) -> str:

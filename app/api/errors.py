@@ -95,11 +95,24 @@ def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return details
 
 
+NOT_JSON = {"type": "content_type", "loc": ["body"], "msg": "send JSON with content-type: application/json"}
+"""The 422 of a body sent without a JSON content-type (curl -d sends a form): FastAPI reads it as one string."""
+
+
+def _not_json(request: Request, errors: Sequence[Any]) -> bool:
+    """Whether the body failed only because it was not sent as JSON."""
+    whole_body = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
+    is_json = "json" in request.headers.get("content-type", "")
+    return bool(whole_body) and not is_json and isinstance(whole_body[0].get("input"), str | bytes)
+
+
 def add_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
     """Register the service's exception handlers on `app`."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        if _not_json(request, err.errors()):
+            return JSONResponse({"detail": [NOT_JSON]}, status_code=422)
         return JSONResponse({"detail": validation_details(err.errors())}, status_code=422)
 
     @app.exception_handler(QueueFull)

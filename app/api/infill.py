@@ -1,13 +1,25 @@
-"""A request that writes around fixed text (`ending`, `segments`, `edit`) as a canvas for the engine.
+"""A request that writes around fixed text (`ending`, `segments`, `edit`, or a prompt with `[___:N]`
+blanks) as a canvas for the engine.
 
 The layout rules live in `app.diffusion.canvas`; this maps the request's fields onto them and names the
-field a 422 is about.
+field a 422 is about. A prompt's blanks are read as the page and `storydiff generate --template` read
+them: the prompt is the whole story, its blanks set the length.
 """
 
 from __future__ import annotations
 
 from app.api.schemas import BlankSegment, GenerateRequest
-from app.diffusion.canvas import Blank, Canvas, CanvasError, Segment, Text, build_canvas, edit_canvas, ending_canvas
+from app.diffusion.canvas import (
+    Blank,
+    Canvas,
+    CanvasError,
+    Segment,
+    Text,
+    build_canvas,
+    edit_canvas,
+    ending_canvas,
+    prompt_template,
+)
 from app.diffusion.checkpoint import Checkpoint
 
 
@@ -22,6 +34,12 @@ class InvalidCanvas(CanvasError):
 def request_canvas(body: GenerateRequest, checkpoint: Checkpoint) -> Canvas | None:
     """The canvas `body` asks for; None for a plain request (a prompt or nothing, then the model's story)."""
     tokenizer, max_length = checkpoint.tokenizer, checkpoint.max_positions
+    template = prompt_template(body.prompt, body.ending)
+    if template is not None and body.length is not None:
+        raise InvalidCanvas(
+            "length",
+            "the prompt's [___:N] blanks set the story's length: leave out `length` (or send the story as `segments`)",
+        )
     try:
         if body.edit is not None:
             spans = [(span.start, span.end) for span in body.edit.spans]
@@ -32,10 +50,17 @@ def request_canvas(body: GenerateRequest, checkpoint: Checkpoint) -> Canvas | No
                 Blank(s.blank, s.flexible) if isinstance(s, BlankSegment) else Text(s.text) for s in body.segments
             ]
             return build_canvas(tokenizer, segments, max_length)
+        if template is not None:
+            return build_canvas(tokenizer, template, max_length)
         if body.ending is not None:
             length = checkpoint.config.seq_len if body.length is None else body.length
             return ending_canvas(tokenizer, body.prompt, body.ending, length, max_length)
     except CanvasError as err:
-        field = "edit" if body.edit is not None else "segments" if body.segments is not None else "ending"
+        field = next(name for name in ("edit", "segments", "prompt", "ending") if _asks(body, name, template))
         raise InvalidCanvas(field, str(err)) from err
     return None
+
+
+def _asks(body: GenerateRequest, field: str, template: list[Segment] | None) -> bool:
+    """Whether `field` is the one that laid out the canvas (the prompt only when it holds blanks)."""
+    return template is not None if field == "prompt" else getattr(body, field) is not None

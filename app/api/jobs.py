@@ -24,7 +24,7 @@ from app.api.security import model_name
 from app.diffusion.canvas import Canvas
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.sampler_settings import PRESETS, Preset, SamplerSettings, new_seed
-from app.diffusion.text import decode_story, end_token_ids, prompt_ids, render_draft
+from app.diffusion.text import FixedSpan, prompt_ids, prompt_span, story_text, without_pad_tail
 from app.engine import Failed, Finished, GenerationSpec, StepUpdate
 from app.logging_setup import current_request_id
 
@@ -38,6 +38,13 @@ class Job:
     request_id: str | None = field(default_factory=current_request_id)  # the HTTP request that asked for it
     stream_format: StreamFormat = "json"  # what its stream's `step` events carry
     canvas: Canvas | None = None  # the text fixed around its blanks, if it asked for any
+    typed: tuple[FixedSpan, ...] = ()  # where a plain request's prompt lies, to show it as typed
+
+    def text(self, ids: Sequence[int], checkpoint: Checkpoint) -> str:
+        """The story (or draft) in `ids`: typed text as typed, written text decoded, masks as placeholders."""
+        if self.canvas is not None:
+            return self.canvas.story_text(ids, checkpoint.tokenizer)
+        return story_text(ids, checkpoint.tokenizer, self.typed)
 
 
 def sampler_defaults(checkpoint: Checkpoint) -> SamplerInfo:
@@ -72,18 +79,21 @@ def build_job(body: GenerateRequest, checkpoint: Checkpoint, stream_every: int |
         raise _invalid(err.field, str(err), body.model_dump(include={err.field})[err.field]) from err
     prefix = prompt_ids(checkpoint.tokenizer, body.prompt)
     if canvas is None and len(prefix) > length:
+        room = (
+            f"shorten it or ask for a longer length (up to {checkpoint.max_positions})"
+            if length < checkpoint.max_positions
+            else f"shorten it: {length} tokens is the model's maximum"
+        )
         raise _invalid(
-            "prompt",
-            f"The prompt takes {len(prefix)} tokens, more than the length {length}; "
-            "shorten it or ask for a longer length",
-            body.prompt,
+            "prompt", f"The prompt takes {len(prefix)} tokens, more than the length {length}; {room}", body.prompt
         )
     sampler = checkpoint.config.settings_for(body.preset).override(body)
     seed = new_seed() if body.seed is None else body.seed
     spec = GenerationSpec(tuple(prefix), length, sampler, seed, stream_every)
     if canvas is not None:
         spec = GenerationSpec(canvas.prefix, canvas.length, sampler, seed, stream_every, canvas.pinned)
-    return Job(spec, model_name(checkpoint.source), stream_format=body.stream_format, canvas=canvas)
+    typed = prompt_span(checkpoint.tokenizer, body.prompt)
+    return Job(spec, model_name(checkpoint.source), stream_format=body.stream_format, canvas=canvas, typed=typed)
 
 
 def step_delta(update: StepUpdate, checkpoint: Checkpoint) -> StepDelta:
@@ -101,31 +111,23 @@ def step_delta(update: StepUpdate, checkpoint: Checkpoint) -> StepDelta:
     )
 
 
-def step_event(update: StepUpdate, checkpoint: Checkpoint) -> StepEvent:
+def step_event(update: StepUpdate, job: Job, checkpoint: Checkpoint) -> StepEvent:
     """The `step` event for an update: the tokens revealed and the draft with visible masks."""
-    return StepEvent(**dict(step_delta(update, checkpoint)), text=render_draft(update.ids, checkpoint.tokenizer))
+    return StepEvent(**dict(step_delta(update, checkpoint)), text=job.text(update.ids, checkpoint))
 
 
-STEP_DATA: dict[StreamFormat, Callable[[StepUpdate, Checkpoint], str]] = {
-    "json": lambda update, checkpoint: step_event(update, checkpoint).model_dump_json(),
-    "deltas": lambda update, checkpoint: step_delta(update, checkpoint).model_dump_json(),
-    "text": lambda update, checkpoint: render_draft(update.ids, checkpoint.tokenizer),
+STEP_DATA: dict[StreamFormat, Callable[[StepUpdate, Job, Checkpoint], str]] = {
+    "json": lambda update, job, checkpoint: step_event(update, job, checkpoint).model_dump_json(),
+    "deltas": lambda update, job, checkpoint: step_delta(update, checkpoint).model_dump_json(),
+    "text": lambda update, job, checkpoint: job.text(update.ids, checkpoint),
 }
 """The data of a `step` event in each `stream_format`."""
-
-
-def without_pad_tail(ids: Sequence[int], pad_id: int | None) -> list[int]:
-    """`ids` less the run of PAD that fills the sequence after the story's end."""
-    end = len(ids)
-    while end and ids[end - 1] == pad_id:
-        end -= 1
-    return list(ids[:end])
 
 
 def result(job: Job, finished: Finished, checkpoint: Checkpoint) -> GenerateResponse:
     """The finished story: the JSON response and the `done` event."""
     return GenerateResponse(
-        text=decode_story(_story_ids(job, finished.ids, checkpoint), checkpoint.tokenizer),
+        text=job.text(finished.ids, checkpoint),
         seed=job.spec.seed,
         steps=finished.num_steps,
         length=job.spec.length,
@@ -138,12 +140,7 @@ def result(job: Job, finished: Finished, checkpoint: Checkpoint) -> GenerateResp
     )
 
 
-def _story_ids(job: Job, ids: Sequence[int], checkpoint: Checkpoint) -> Sequence[int]:
-    """The ids whose text is the story: a canvas's whole story, with every fixed text and fill."""
-    return ids if job.canvas is None else job.canvas.visible(ids, end_token_ids(checkpoint.tokenizer))
-
-
-def error_event(failed: Failed, checkpoint: Checkpoint) -> ErrorEvent:
+def error_event(failed: Failed, job: Job, checkpoint: Checkpoint) -> ErrorEvent:
     """Why the request ended early, with its draft so far: a timeout need not throw the work away."""
-    draft = None if failed.draft is None else render_draft(failed.draft, checkpoint.tokenizer)
+    draft = None if failed.draft is None else job.text(failed.draft, checkpoint)
     return ErrorEvent(error=failed.reason, detail=failed.message, draft=draft)

@@ -49,7 +49,8 @@ from app.api.serving import CLIENT_CLOSED_REQUEST, FAILURE_STATUS, outcome_unles
 from app.api.streaming import PING_COMMENT
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.sampler_settings import MAX_SEED, SamplerSettings, new_seed
-from app.diffusion.text import decode_story, prompt_ids
+from app.diffusion.template import prompt_template
+from app.diffusion.text import decode_story, prompt_ids, prompt_span
 from app.engine import Failed, Finished, RequestHandle, StepUpdate, Update, UpdateChannel
 from app.logging_setup import current_request_id
 
@@ -116,9 +117,18 @@ def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
     choices: list[Choice] = []
     try:
         for prompt in body.prompts:
+            if prompt_template(prompt) is not None:
+                raise OpenAIError(
+                    400,
+                    "The prompt holds a [___:N] blank, which a completion does not fill: send the story to "
+                    "POST /generate, where the prompt's blanks (or `segments`) are written, or leave the blank out.",
+                    "prompt",
+                    None,
+                )
             prefix = prompt_ids(tokenizer, prompt)
             length = story_length(len(prefix), body.max_tokens, checkpoint)
-            prompt_text = decode_story(prefix, tokenizer)
+            typed = prompt_span(tokenizer, prompt)
+            prompt_text = decode_story(prefix, tokenizer, typed)
             for i in range(body.n):
                 seed = (first_seed + i) % (MAX_SEED + 1)
                 request = GenerateRequest(prompt=prompt or None, length=length, seed=seed, **passed_on)
@@ -126,7 +136,7 @@ def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
                 admit(job.spec, serving)
                 channel = UpdateChannel(loop)
                 handle = serving.engine.submit(job.spec, channel.publish, serving.settings.timeout, job.request_id)
-                text = CompletionText(tokenizer, prompt_text, body.stops)
+                text = CompletionText(tokenizer, prompt_text, body.stops, typed)
                 choices.append(Choice(len(choices), job, handle, channel, text, len(prefix)))
     except BaseException:
         for choice in choices:

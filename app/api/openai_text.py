@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedTokenizerBase
 
 from app.api.openai_schemas import FinishReason
-from app.diffusion.text import decode_story, render_draft, story_end
+from app.diffusion.text import FixedSpan, decode_story, render_draft, story_end
 
 
 def completion_of(text: str, prompt_text: str) -> str:
@@ -33,12 +33,12 @@ def completion_of(text: str, prompt_text: str) -> str:
     return text[shared:]  # the prompt's last word merged with the story's next token
 
 
-def stable_text(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> str:
+def stable_text(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, typed: Sequence[FixedSpan] = ()) -> str:
     """The text no later step of a draft can change: the tokens left of the leftmost mask, less the last
     word unless those tokens already end the story."""
     mask_id = tokenizer.mask_token_id
     fixed = list(ids[: ids.index(mask_id)] if mask_id in ids else ids)
-    text = decode_story(fixed, tokenizer)
+    text = decode_story(fixed, tokenizer, typed)
     if len(fixed) == len(ids) or story_end(fixed, tokenizer) < len(fixed):
         return text  # no mask left, or the story ends within the fixed tokens: this is the final text
     cut = text.rfind(" ")
@@ -71,23 +71,24 @@ class CompletionText:
     tokenizer: PreTrainedTokenizerBase
     prompt_text: str
     stops: Sequence[str]
+    typed: Sequence[FixedSpan] = ()  # where the prompt lies, read back as typed
     sent: str = ""
     stopped: bool = field(default=False, init=False)
 
     def delta(self, ids: Sequence[int]) -> str:
         """Text that became final since the last delta; sets `stopped` when a stop string is in it."""
-        stable = completion_of(stable_text(ids, self.tokenizer), self.prompt_text)
+        stable = completion_of(stable_text(ids, self.tokenizer, self.typed), self.prompt_text)
         return self._advance(stable, final=False)
 
     def final(self, ids: Sequence[int]) -> tuple[str, FinishReason]:
         """The rest of the final text, and why it ended."""
-        text = completion_of(decode_story(ids, self.tokenizer), self.prompt_text)
+        text = completion_of(decode_story(ids, self.tokenizer, self.typed), self.prompt_text)
         delta = self._advance(text, final=True)
         return delta, "stop" if self.stopped else finish_reason(ids, self.tokenizer)
 
     def draft(self, ids: Sequence[int]) -> str:
         """The whole draft after the prompt, masks as the placeholder (the `diffusing` view)."""
-        return completion_of(render_draft(ids, self.tokenizer), self.prompt_text)
+        return completion_of(render_draft(ids, self.tokenizer, fixed=self.typed), self.prompt_text)
 
     def _advance(self, text: str, final: bool) -> str:
         """Move `sent` on to `text` (cut at a stop string; short of a stop's possible start unless final)."""

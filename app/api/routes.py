@@ -19,6 +19,8 @@ from app.api.web import index_page, static_files
 
 router = APIRouter()
 
+OptionalBody = Annotated[GenerateRequest | None, Body(description="Every field is optional: no body is `{}`.")]
+
 
 @router.post(
     "/generate",
@@ -27,8 +29,8 @@ router = APIRouter()
     description=STREAM_DESCRIPTION,
     responses=GENERATE_RESPONSES,
 )
-async def generate(request: Request, body: Annotated[GenerateRequest, Body()], serving: AdmittingDep) -> Response:
-    return await generate_response(body, request, serving)
+async def generate(request: Request, serving: AdmittingDep, body: OptionalBody = None) -> Response:
+    return await generate_response(body or GenerateRequest(), request, serving)
 
 
 @router.post(
@@ -38,8 +40,8 @@ async def generate(request: Request, body: Annotated[GenerateRequest, Body()], s
     description="The same body and 422s as POST /generate; the answer is the sequence its story starts from "
     "(docs/infilling.md). Streams carry only what the model reveals: this is the rest.",
 )
-async def canvas(body: Annotated[GenerateRequest, Body()], serving: ServingDep) -> CanvasLayout:
-    return canvas_layout(body, serving.checkpoint)
+async def canvas(serving: ServingDep, body: OptionalBody = None) -> CanvasLayout:
+    return canvas_layout(body or GenerateRequest(), serving.checkpoint)
 
 
 StreamId = Annotated[str, Path(pattern=STREAM_ID_PATTERN, description="The stream's `X-Stream-ID` header.")]

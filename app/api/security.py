@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -15,7 +14,7 @@ from pydantic import SecretStr
 
 from app.api.deps import RuntimeDep
 from app.config import Settings
-from app.diffusion.checkpoint import looks_like_local_path
+from app.paths import model_name as model_name  # re-exported: how the API names a model
 
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 """Browsers take a file for what its Content-Type says, never for what its bytes look like."""
@@ -96,11 +95,3 @@ def install_security(app: FastAPI, settings: Settings) -> None:
             expose_headers=["Retry-After", "X-Stream-ID"],
             max_age=600,
         )
-
-
-def model_name(source: str) -> str:
-    """How the API names a model: a local checkpoint by its directory's name (a server's paths are its
-    own business), a hub id as it is."""
-    if looks_like_local_path(source):
-        return Path(source).expanduser().resolve().name
-    return source

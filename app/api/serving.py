@@ -76,7 +76,7 @@ async def _json_response(
     if outcome is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if isinstance(outcome, Failed):
-        error = error_event(outcome, serving.checkpoint)
+        error = error_event(outcome, job, serving.checkpoint)
         return JSONResponse(error.model_dump(), status_code=FAILURE_STATUS[outcome.reason])
     return JSONResponse(result(job, outcome, serving.checkpoint).model_dump())
 

@@ -50,11 +50,13 @@ async def step_events(
         while (sent := await reader.next()) is not None:
             event_id, update = sent
             if isinstance(update, StepUpdate):
-                yield _event("step", STEP_DATA[stream.job.stream_format](update, checkpoint), event_id, first)
+                yield _event(
+                    "step", STEP_DATA[stream.job.stream_format](update, stream.job, checkpoint), event_id, first
+                )
             elif isinstance(update, Finished):
                 yield _event("done", result(stream.job, update, checkpoint).model_dump_json(), event_id, first)
             else:
-                error = error_event(update, checkpoint)
+                error = error_event(update, stream.job, checkpoint)
                 yield _event("error", error.model_dump_json(), event_id, first)
             first = False
     except Exception as err:  # e.g. rendering failed: tell the client rather than cutting the stream

@@ -7,13 +7,12 @@ end or pause anywhere the user likes. The canvas is laid out as training encodes
 none for the shipped model), the story, then its end: the tokenizer's closing tokens ([SEP]) or, for a
 tokenizer that adds none, one [PAD] (training pads every story, and the first PAD ends it).
 
-- A text is pinned: encoded with `split_special_tokens`, so typed "[MASK]" or "[SEP]" stays words.
-- A blank is masked positions. Between texts it is meant for words, and what keeps end tokens out
-  depends on `endings` (app/diffusion/story_length.py): `length_first` bans them there outright
-  (`without_endings`: only its drawn tail may end); `sampled` draws them like any token and
-  `calibrated` at the model's end probability, so either can write one between two texts, rarely
-  (benchmarks/infill_quality.py counts them). Such a stray end token is dropped from the text read
-  back (`Canvas.visible`), so it never cuts the story before its fixed text.
+- A text is pinned: encoded with `split_special_tokens`, so typed "[MASK]" or "[SEP]" stays words. The
+  model reads it normalised (`typed_text.model_text`); the story's text shows it as typed (`texts`).
+- A blank is masked positions. Between texts it is filled with words under every `endings` rule: the
+  sampler writes an end token only after a row's last word and its fixed text (`may_end` in
+  app/diffusion/story_length.py), so a story is one contiguous text (benchmarks/infill_quality.py
+  counts end tokens in blanks; `Canvas.visible` would drop one from the text read back).
 - A canvas that ends with a text, or with a fixed blank, gets the story's end pinned after it: the
   story ends exactly there, as in training. A flexible blank may only come last: no end is pinned, and
   the model ends the story inside it where it likes (its end token and the PAD after it are no text).
@@ -22,7 +21,6 @@ tokenizer that adds none, one [PAD] (training pads every story, and the first PA
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -30,28 +28,18 @@ from itertools import pairwise
 from transformers import PreTrainedTokenizerBase
 
 from app.diffusion.sampling import Pinned
+from app.diffusion.template import BLANK_SYNTAX as BLANK_SYNTAX  # re-exported: a canvas's words
+from app.diffusion.template import Blank as Blank
+from app.diffusion.template import Segment as Segment
+from app.diffusion.template import Text as Text
+from app.diffusion.template import parse_template as parse_template
+from app.diffusion.template import prompt_template as prompt_template
+from app.diffusion.text import MASK_PLACEHOLDER, FixedSpan, end_token_ids, story_text
+from app.diffusion.typed_text import model_text
 
 
 class CanvasError(ValueError):
     """A canvas the model cannot write; the message says why and is safe to show to the client."""
-
-
-@dataclass(frozen=True)
-class Text:
-    """Fixed text, kept exactly."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Blank:
-    """`size` positions for the model to fill; None: whatever `length` leaves (one blank at most)."""
-
-    size: int | None
-    flexible: bool = False  # last segment only: the story may end inside it
-
-
-Segment = Text | Blank
 
 
 @dataclass(frozen=True)
@@ -60,6 +48,7 @@ class Canvas:
 
     ids: tuple[int, ...]
     mask_id: int
+    texts: tuple[FixedSpan, ...] = ()  # where each typed text lies, to show it as typed
 
     @property
     def length(self) -> int:
@@ -90,16 +79,33 @@ class Canvas:
                 runs.append((pos, pos + 1))
         return runs
 
-    def visible(self, ids: Sequence[int], end_ids: set[int]) -> list[int]:
-        """`ids` without the end tokens written in a blank that fixed story text follows: they cannot be
-        read, and left in they would cut the story (`text.decode_story`) before its fixed text."""
+    def _hidden(self, ids: Sequence[int], end_ids: set[int]) -> set[int]:
+        """Positions of the end tokens written in a blank that fixed story text follows: they cannot be
+        read, and left in they would cut the story (`text.story_end`) before its fixed text."""
         words = [pos for pos, token in enumerate(self.ids) if token != self.mask_id and token not in end_ids]
         last_word = max(words, default=-1)
-        return [
-            token
+        return {
+            pos
             for pos, token in enumerate(ids)
-            if not (pos < last_word and self.ids[pos] == self.mask_id and token in end_ids)
-        ]
+            if pos < last_word and self.ids[pos] == self.mask_id and token in end_ids
+        }
+
+    def visible(self, ids: Sequence[int], end_ids: set[int]) -> list[int]:
+        """`ids` without the end tokens written in a blank that fixed story text follows."""
+        hidden = self._hidden(ids, end_ids)
+        return [token for pos, token in enumerate(ids) if pos not in hidden]
+
+    def story_text(
+        self, ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, placeholder: str = MASK_PLACEHOLDER
+    ) -> str:
+        """The story written on this canvas (or its draft): each typed text as typed, the blanks decoded."""
+        hidden = sorted(self._hidden(ids, end_token_ids(tokenizer)))
+
+        def shifted(pos: int) -> int:
+            return pos - sum(1 for h in hidden if h < pos)
+
+        texts = [FixedSpan(shifted(span.start), shifted(span.end), span.text) for span in self.texts]
+        return story_text(self.visible(ids, end_token_ids(tokenizer)), tokenizer, texts, placeholder)
 
 
 def story_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
@@ -117,8 +123,10 @@ def story_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int
 
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Typed text as token ids, without special tokens: "[MASK]" in it is split like any other word."""
-    return list(tokenizer(text.strip(), add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    """Typed text as the token ids the model reads, without special tokens: "[MASK]" in it is split
+    like any other word, "Zoë" read as "Zoe" (`model_text`)."""
+    text = model_text(text.strip())
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def build_canvas(
@@ -130,6 +138,7 @@ def build_canvas(
     if not any(isinstance(segment, Blank) for segment in segments):
         raise CanvasError("nothing to write: add a blank")
     ids: list[int] = list(lead)
+    texts: list[FixedSpan] = []
     rest_at: int | None = None
     for i, segment in enumerate(segments):
         last = i == len(segments) - 1
@@ -137,6 +146,7 @@ def build_canvas(
             tokens = encode_text(tokenizer, segment.text)
             if not tokens:
                 raise CanvasError(f"segment {i} is empty text: write something or leave it out")
+            texts.append(FixedSpan(len(ids), len(ids) + len(tokens), segment.text.strip()))
             ids += tokens
         elif segment.flexible and not last:
             raise CanvasError(
@@ -157,14 +167,17 @@ def build_canvas(
         if length is None:
             raise CanvasError("a blank that takes the rest needs a length")
         if length - len(ids) < 1:
+            longer = f" or ask for a longer length (up to {max_length})" if length < max_length else ""
             raise CanvasError(
                 f"the fixed text takes {len(ids)} tokens, which leaves no blank in a length of {length}; "
-                "shorten it or ask for a longer length"
+                f"shorten it{longer}"
             )
-        ids[rest_at:rest_at] = [mask_id] * (length - len(ids))
+        rest = length - len(ids)
+        ids[rest_at:rest_at] = [mask_id] * rest
+        texts = [FixedSpan(s.start + rest, s.end + rest, s.text) if s.start >= rest_at else s for s in texts]
     if len(ids) > max_length:
         raise CanvasError(f"the story takes {len(ids)} tokens, more than the model's {max_length} positions")
-    return Canvas(tuple(ids), mask_id)
+    return Canvas(tuple(ids), mask_id, tuple(texts))
 
 
 def ending_canvas(
@@ -203,21 +216,3 @@ def edit_canvas(
     for start, end in ordered:
         ids[start:end] = [mask_id] * (end - start)
     return Canvas(tuple(ids), mask_id)
-
-
-BLANK_SYNTAX = re.compile(r"\[_+:(~?)(\d+)\]")
-"""A blank in a template: `[___:40]` is 40 tokens, `[___:~40]` at most 40 (flexible, last only)."""
-
-
-def parse_template(template: str) -> list[Segment]:
-    """`"Once upon a time [___:40] The end."` as segments: texts between `[___:N]` blanks."""
-    segments: list[Segment] = []
-    at = 0
-    for match in BLANK_SYNTAX.finditer(template):
-        if template[at : match.start()].strip():
-            segments.append(Text(template[at : match.start()]))
-        segments.append(Blank(int(match.group(2)), flexible=bool(match.group(1))))
-        at = match.end()
-    if template[at:].strip():
-        segments.append(Text(template[at:]))
-    return segments

@@ -8,7 +8,6 @@ directories load unchanged; their sequence length defaults to the model's max po
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from app.diffusion.devices import select_device, select_dtype
 from app.diffusion.diffusion_config import DIFFUSION_CONFIG_NAME, DiffusionConfig
 from app.diffusion.hub_access import hub_unavailable, offline_hint
 from app.paths import DEFAULT_MODEL_DIR as DEFAULT_MODEL_DIR  # re-exported: the checkpoint loaded by default
+from app.paths import looks_like_local_path as looks_like_local_path  # re-exported: import-light
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,6 @@ def max_positions(model: PreTrainedModel) -> int:
             # RoBERTa-style models reserve two positions for the padding offset.
             return value - 2 if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta") else value
     raise CheckpointError(f"model config {type(cfg).__name__} names no maximum sequence length")
-
-
-def looks_like_local_path(source: str) -> bool:
-    """True for anything that can only be a path: existing, absolute, relative, home or deep."""
-    return (
-        Path(source).expanduser().exists()
-        or source.startswith(("/", ".", "~"))
-        or source.count("/") > 1
-        or (os.sep != "/" and os.sep in source)
-    )
 
 
 def _check_local_dir(path: Path) -> None:

@@ -110,6 +110,14 @@ export class StoryEditor {
       cell.classList.add("fixed");
       cell.title = `position ${pos}: ${cell.textContent} (fixed, never masked)`;
     }
+    // text its tokens do not spell ("Zoë" read as "Zoe", an emoji as [UNK]): one cell shows it as typed
+    for (const { start, end, text } of this.layout.typed ?? []) {
+      view.cells.slice(start + 1, end).forEach((cell) => { cell.hidden = true; });
+      const first = view.cells[start];
+      first.className = "cell word fixed";
+      first.textContent = text;
+      first.title = `positions ${start}–${end - 1}: ${text} (fixed, as typed; the model reads its tokens)`;
+    }
   }
 
   onDone(done) {

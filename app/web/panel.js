@@ -22,6 +22,9 @@ const NO_BLOCKS_WHY =
   "Random remasking reveals each masked position by chance, not by the model's confidence: there is no " +
   "ranking for blocks to order left to right, so it ignores block length. Choose a confidence rule to use it.";
 
+/** Fields that only one remasking rule reads. */
+const RULE_FIELDS = { confidence_threshold: "threshold", entropy_budget: "entropy_bound" };
+
 let panelsMade = 0;
 
 /** A page URL that loads `groups` of settings (one per panel) and, with `run`, starts them. */
@@ -80,7 +83,7 @@ export class Panel {
       const preset = this.inputs.preset.value;
       this.applySampler(preset ? info.presets[preset] : info.defaults);
     });
-    this.inputs.remasking.addEventListener("change", () => this.showBlockLengthUse());
+    this.inputs.remasking.addEventListener("change", () => this.showRuleFields());
     this.view.reset(Number(this.inputs.length.value) || info.defaults.length);
   }
 
@@ -126,16 +129,26 @@ export class Panel {
     blocks.value = d.block_length == null ? "" : String(d.block_length);
     this.inputs.confidence_threshold.value = String(d.confidence_threshold);
     this.inputs.entropy_budget.value = String(d.entropy_budget);
-    this.showBlockLengthUse();
+    this.showRuleFields();
   }
 
-  /** Block length orders the confidence-ranked reveals; under random remasking it does nothing, so it is off. */
-  showBlockLengthUse() {
-    const unused = this.inputs.remasking.value === "random";
+  /**
+   * Fields that do nothing under the chosen remasking rule are off, and not sent: block length orders
+   * the confidence-ranked reveals (off under random, saying why); the threshold and the entropy budget
+   * belong to their own rule alone, so they show only under it.
+   */
+  showRuleFields() {
+    const rule = this.inputs.remasking.value;
+    const unused = rule === "random";
     const blocks = this.inputs.block_length;
     blocks.disabled = unused;
     blocks.title = unused ? NO_BLOCKS_WHY : "";
     blocks.closest(".field").querySelector(".hint").textContent = unused ? NO_BLOCKS_HINT : BLOCKS_HINT;
+    for (const [field, owner] of Object.entries(RULE_FIELDS)) {
+      const input = this.inputs[field];
+      input.disabled = rule !== owner;
+      input.closest(".field").hidden = rule !== owner;
+    }
   }
 
   /** The form as strings, field by field (what a URL carries). */
@@ -150,7 +163,7 @@ export class Panel {
     for (const [field, value] of Object.entries(values)) {
       if (this.inputs[field]) this.inputs[field].value = value;
     }
-    this.showBlockLengthUse();
+    this.showRuleFields();
     this.editor.sync();
   }
 
@@ -202,6 +215,7 @@ export class Panel {
         continue;
       }
       this.setFieldError(field, message);
+      if (this.ref.advanced.contains(this.inputs[field])) this.ref.advanced.open = true; // to be seen
       first ??= this.inputs[field];
     }
     first?.focus();
@@ -284,6 +298,7 @@ export class Panel {
         this.streamId = streamId;
         this.view.reset(this.length); // drawn once the server accepted the request, never for a refusal
         this.editor.drawFixed(this.view);
+        this.showCanvas();
       },
       onReconnecting: (attempt) => {
         this.say(`Connection lost at step ${this.lastStep()}; reconnecting… (attempt ${attempt})`);
@@ -317,6 +332,12 @@ export class Panel {
     this.showStats(null);
     this.say("Waiting for the first step…");
     this.ticker = setInterval(() => this.showTime(), 100);
+  }
+
+  /** Bring the cells into view when the form pushed them below the fold (a laptop's 768 px). */
+  showCanvas() {
+    const top = this.ref.cells.getBoundingClientRect().top;
+    if (top < 0 || top > window.innerHeight * 0.6) this.ref.progress.scrollIntoView({ block: "start" });
   }
 
   finish() {
@@ -390,9 +411,10 @@ export class Panel {
     const perForward = done.tokens_per_forward.toFixed(2);
     this.ref.forwards.textContent = String(done.forwards);
     this.ref.tokensPerForward.textContent = perForward;
+    const storyTokens = this.view.collapseEnd() - this.view.leadCount();
     this.ref.summary.textContent =
-      `${done.steps} steps · ${done.forwards} forwards (${perForward} tokens each) · ${done.length} tokens · ` +
-      `${formatSeconds(done.elapsed_s)} on the server`;
+      `${done.steps} steps · ${done.forwards} forwards (${perForward} tokens each) · ` +
+      `${storyTokens} story tokens of ${done.length} positions · ${formatSeconds(done.elapsed_s)} on the server`;
     this.ref.replay.href = settingsUrl([this.replayValues()]);
     this.editor.onDone(done);
     this.ref.final.hidden = false;
@@ -410,6 +432,7 @@ export class Panel {
     if (this.running) return;
     this.view.replay(this.history, upto);
     this.editor.drawFixed(this.view);
+    if (upto === this.history.length) this.view.collapseEnd();
     this.showScrubPosition(upto);
   }
 

@@ -3,6 +3,8 @@
 
 const MASK = "░";
 const SPECIAL = /^(\[[A-Z]+\]|<\/?[a-z]+>|<\|[a-z_]+\|>)$/;
+// the tokens that end a story (PAD, SEP, EOS): the first one cuts the story's text there
+const END = /^(\[PAD\]|\[SEP\]|<pad>|<\/s>|<\|endoftext\|>)$/;
 
 /** Red for a guess, green for a sure token: the hue runs 0 -> 130 as p runs 0 -> 1. */
 export function probabilityHue(p) {
@@ -24,6 +26,7 @@ export class SequenceView {
     this.cells = [];
     this.fresh = [];
     this.promptCell = null;
+    this.endCell = null;
   }
 
   /** All positions masked: the canvas before the first step. */
@@ -32,6 +35,7 @@ export class SequenceView {
     this.cells = [];
     this.fresh = [];
     this.promptCell = null;
+    this.endCell = null;
     const fragment = document.createDocumentFragment();
     for (let pos = 0; pos < length; pos++) {
       const cell = document.createElement("span");
@@ -49,6 +53,7 @@ export class SequenceView {
     cell.textContent = MASK;
     cell.title = `position ${pos}: masked`;
     cell.style.removeProperty("--hue");
+    delete cell.dataset.end;
   }
 
   /**
@@ -58,7 +63,7 @@ export class SequenceView {
   setPrompt(count, text) {
     this.promptCell?.remove();
     this.promptCell = null;
-    for (let pos = 0; pos < this.cells.length; pos++) this.cells[pos].hidden = pos < count;
+    for (let pos = 0; pos < count; pos++) this.cells[pos].hidden = true; // fresh cells (reset): none hidden yet
     if (count === 0) return;
     const cell = document.createElement("span");
     cell.className = "cell prompt";
@@ -77,6 +82,7 @@ export class SequenceView {
       cell.className = `cell ${piece.kind}${piece.joins ? " joins" : ""}${fresh ? " fresh" : ""}`;
       cell.textContent = piece.label;
       cell.title = `position ${pos}: ${text} (p = ${p.toFixed(3)})`;
+      cell.dataset.end = String(END.test(text));
       cell.style.setProperty("--hue", String(probabilityHue(p)));
       if (fresh) this.fresh.push(cell);
     }
@@ -88,8 +94,43 @@ export class SequenceView {
     this.fresh = [];
   }
 
+  /**
+   * Fold the finished sequence's tail, from the end token that ends the story (the first one after
+   * every fixed text) to the last position, into one "end" cell; returns the story's positions.
+   */
+  collapseEnd() {
+    this.expandEnd();
+    const lastFixed = this.cells.findLastIndex((c) => c.classList.contains("fixed") && c.dataset.end !== "true");
+    const start = this.cells.findIndex((c, pos) => pos > lastFixed && !c.hidden && c.dataset.end === "true");
+    if (start < 0) return this.cells.length;
+    this.tail = this.cells.slice(start).filter((c) => !c.hidden);
+    for (const cell of this.tail) cell.hidden = true;
+    const cell = document.createElement("span");
+    cell.className = "cell end";
+    cell.textContent = "end";
+    cell.title = `position ${start}: the story ends here; positions ${start}–${this.cells.length - 1} are padding`;
+    this.root.append(cell); // after the hidden tail: where it would show, and no cell moves
+    this.endCell = cell;
+    return start;
+  }
+
+  /** How many positions at the start hold a special token drawn as such ([CLS] before fixed text). */
+  leadCount() {
+    const first = this.cells.findIndex((c) => !c.classList.contains("special"));
+    return first < 0 ? this.cells.length : first;
+  }
+
+  /** Undo `collapseEnd`: every position its own cell again. */
+  expandEnd() {
+    if (!this.endCell) return;
+    this.endCell.remove();
+    this.endCell = null;
+    for (const cell of this.tail) cell.hidden = false; // only those it hid: the prompt's stay in its cell
+  }
+
   /** The state after `upto` of the recorded events, the last of them highlighted (for scrubbing). */
   replay(history, upto) {
+    this.expandEnd();
     for (let pos = 0; pos < this.cells.length; pos++) this.mask(pos);
     this.fresh = [];
     for (let i = 0; i < upto; i++) this.reveal(history[i].changed, i === upto - 1);

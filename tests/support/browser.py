@@ -85,6 +85,15 @@ def panel(page: Page, n: int = 1):
     return page.locator("section.panel").nth(n - 1)
 
 
+FRONT_FIELDS = {"prompt", "preset", "length", "seed"}
+"""The fields a panel shows before its Advanced fold is opened."""
+
+
+def open_advanced(section) -> None:
+    """Unfold a panel's sampler fields (the page starts with them folded)."""
+    section.locator("details.advanced").evaluate("d => { d.open = true; }")
+
+
 def fill(section, **fields) -> None:
     labels = {
         "length": "Length",
@@ -98,6 +107,8 @@ def fill(section, **fields) -> None:
         "prompt": "Prompt",
     }
     selects = {"remasking": "Remasking", "endings": "End rule", "preset": "Preset"}
+    if set(fields) - FRONT_FIELDS:
+        open_advanced(section)
     for name, value in fields.items():
         if name in selects:
             section.get_by_label(selects[name], exact=True).select_option(value)
