@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import torch
 from model_training.judge import JudgeConfig, cache_dir, score_texts, surprise, train_judge
 from model_training.judge.cli import main
 from model_training.judge.model import Judge
+from model_training.judge.score import shuffled_words
 from model_training.judge.train import read_stories
 from tests.support.judge_fixtures import TINY_JUDGE_FLAGS, TRAIN, VALID
 
@@ -24,12 +24,6 @@ def tiny_config(**changes) -> JudgeConfig:
 
     args = build_parser().parse_args(["train", *TINY_JUDGE_FLAGS])
     return JudgeConfig(**given_fields(args, JudgeConfig.model_fields)).model_copy(update=changes)
-
-
-def shuffled(text: str, seed: int) -> str:
-    words = text.split()
-    random.Random(seed).shuffle(words)
-    return " ".join(words)
 
 
 def test_the_same_seed_trains_the_same_judge_and_another_seed_does_not():
@@ -49,7 +43,7 @@ def test_real_stories_are_more_plausible_than_their_words_shuffled(tiny_judge_di
     judge = Judge.load(tiny_judge_dir)
     stories = read_stories([VALID])
     real = surprise(judge, stories)
-    salad = surprise(judge, [shuffled(s, i) for i, s in enumerate(stories)])
+    salad = surprise(judge, [shuffled_words(s, i) for i, s in enumerate(stories)])
     assert real.perplexity < 0.8 * salad.perplexity
     assert judge.info["valid"]["ppl"] == pytest.approx(real.perplexity)  # training measured the same thing
     assert real.perplexity < judge.tokenizer.get_vocab_size() / 4  # it learned more than a uniform guess
@@ -87,10 +81,10 @@ def test_score_cli_scores_jsonl_beside_the_real_stories(tiny_judge_dir, tmp_path
     stories = read_stories([VALID])[:6]
     real, salad = tmp_path / "real.jsonl", tmp_path / "salad.jsonl"
     real.write_text("".join(json.dumps({"text": s, "seed": i}) + "\n" for i, s in enumerate(stories)))
-    salad.write_text("".join(json.dumps({"text": shuffled(s, i)}) + "\n" for i, s in enumerate(stories)))
-    out = tmp_path / "report.json"
+    salad.write_text("".join(json.dumps({"text": shuffled_words(s, i)}) + "\n" for i, s in enumerate(stories)))
+    out, table = tmp_path / "report.json", tmp_path / "table.md"
     argv = ["score", str(real), str(salad), "--dir", str(tiny_judge_dir), "--valid", str(VALID), "--json", str(out)]
-    assert main(argv) == 0
+    assert main([*argv, "--table", str(table), "--control"]) == 0
     report = json.loads(out.read_text())
     judge = Judge.load(tiny_judge_dir)
     assert report["reference"]["judge_ppl"] == pytest.approx(surprise(judge, read_stories([VALID])).perplexity)
@@ -103,6 +97,12 @@ def test_score_cli_scores_jsonl_beside_the_real_stories(tiny_judge_dir, tmp_path
     assert report[str(salad)]["judge_ppl_ratio"] > report[str(real)]["judge_ppl_ratio"]
     printed = capsys.readouterr().out
     assert "real: valid.txt" in printed and "salad.jsonl" in printed
+    rows = table.read_text().splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| real: valid.txt", "| real.jsonl", "| salad.jsonl", "| control: real, words shuffled"
+    ]  # fmt: skip
+    assert report["control: real, words shuffled"]["judge_ppl_ratio"] > 1.25
+    assert f"| {report[str(salad)]['judge_ppl']:.2f} | {report[str(salad)]['judge_ppl_ratio']:.3f} |" in rows[2]
 
 
 def test_the_module_runs_as_a_command(tiny_judge_dir, tmp_path):
