@@ -136,4 +136,6 @@ def test_bad_options_fail_before_any_training(tmp_path, capsys):
     assert "--steps" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "missing.jsonl"), "--dir", str(tmp_path / "judge")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--valid", str(tmp_path / "valid.txt"), "--dir", str(tmp_path / "judge")]) == 2
+    assert "valid.txt' does not exist (--valid)" in capsys.readouterr().err
     assert not (tmp_path / "judge").exists()

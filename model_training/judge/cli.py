@@ -142,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = JudgeConfig(**given_fields(args, JudgeConfig.model_fields))
     folder = args.dir or cache_dir(cfg)
     named = {str(p): read_jsonl(p, args.field) for p in getattr(args, "stories", [])}  # bad files fail first
+    missing = [f for f in args.valid if not Path(f).is_file()]
+    if missing:
+        raise TrainingInputError(f"validation file {missing[0]!r} does not exist (--valid)")
     if args.command == "train" and args.force:
         save_atomically(train_judge(cfg, args.valid, not args.quiet), folder)
     judge = ensure_judge(cfg, folder, args.valid, not args.quiet)
