@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 
@@ -13,7 +12,8 @@ import torch
 from model_training.judge import JudgeConfig, cache_dir, score_texts, surprise, train_judge
 from model_training.judge.cli import main
 from model_training.judge.model import Judge
-from model_training.judge.train import read_stories
+from model_training.judge.score import shuffled_words
+from model_training.judge.train import read_stories, split_dev
 from tests.support.judge_fixtures import TINY_JUDGE_FLAGS, TRAIN, VALID
 
 
@@ -24,12 +24,6 @@ def tiny_config(**changes) -> JudgeConfig:
 
     args = build_parser().parse_args(["train", *TINY_JUDGE_FLAGS])
     return JudgeConfig(**given_fields(args, JudgeConfig.model_fields)).model_copy(update=changes)
-
-
-def shuffled(text: str, seed: int) -> str:
-    words = text.split()
-    random.Random(seed).shuffle(words)
-    return " ".join(words)
 
 
 def test_the_same_seed_trains_the_same_judge_and_another_seed_does_not():
@@ -49,17 +43,19 @@ def test_real_stories_are_more_plausible_than_their_words_shuffled(tiny_judge_di
     judge = Judge.load(tiny_judge_dir)
     stories = read_stories([VALID])
     real = surprise(judge, stories)
-    salad = surprise(judge, [shuffled(s, i) for i, s in enumerate(stories)])
+    salad = surprise(judge, [shuffled_words(s, i) for i, s in enumerate(stories)])
     assert real.perplexity < 0.8 * salad.perplexity
     assert judge.info["valid"]["ppl"] == pytest.approx(real.perplexity)  # training measured the same thing
     assert real.perplexity < judge.tokenizer.get_vocab_size() / 4  # it learned more than a uniform guess
 
 
-def test_training_keeps_the_step_with_the_best_dev_perplexity(tiny_judge_dir):
-    info = Judge.load(tiny_judge_dir).info
-    best = min(info["curve"], key=lambda point: point["dev_ppl"])
-    assert (info["best_step"], info["dev_ppl"]) == (best["step"], best["dev_ppl"])
-    assert [point["step"] for point in info["curve"]] == [80, 160]
+def test_training_keeps_the_weights_of_the_best_dev_evaluation():
+    rising = tiny_config(steps=12, eval_every=3, lr=0.5, warmup=12)  # the learning rate grows too large
+    judge = train_judge(rising, progress=False)
+    curve = [point["dev_ppl"] for point in judge.info["curve"]]
+    assert judge.info["best_step"] == 3 and curve[0] == min(curve) < curve[-1]  # the best is not the last
+    _, dev = split_dev(read_stories(rising.train), rising.dev_fraction, rising.seed)
+    assert surprise(judge, dev).perplexity == pytest.approx(judge.info["dev_ppl"]) == curve[0]
 
 
 def test_score_texts_reports_perplexity_beside_word_statistics(tiny_judge_dir):
@@ -87,10 +83,10 @@ def test_score_cli_scores_jsonl_beside_the_real_stories(tiny_judge_dir, tmp_path
     stories = read_stories([VALID])[:6]
     real, salad = tmp_path / "real.jsonl", tmp_path / "salad.jsonl"
     real.write_text("".join(json.dumps({"text": s, "seed": i}) + "\n" for i, s in enumerate(stories)))
-    salad.write_text("".join(json.dumps({"text": shuffled(s, i)}) + "\n" for i, s in enumerate(stories)))
-    out = tmp_path / "report.json"
+    salad.write_text("".join(json.dumps({"text": shuffled_words(s, i)}) + "\n" for i, s in enumerate(stories)))
+    out, table = tmp_path / "report.json", tmp_path / "table.md"
     argv = ["score", str(real), str(salad), "--dir", str(tiny_judge_dir), "--valid", str(VALID), "--json", str(out)]
-    assert main(argv) == 0
+    assert main([*argv, "--table", str(table), "--control"]) == 0
     report = json.loads(out.read_text())
     judge = Judge.load(tiny_judge_dir)
     assert report["reference"]["judge_ppl"] == pytest.approx(surprise(judge, read_stories([VALID])).perplexity)
@@ -103,6 +99,12 @@ def test_score_cli_scores_jsonl_beside_the_real_stories(tiny_judge_dir, tmp_path
     assert report[str(salad)]["judge_ppl_ratio"] > report[str(real)]["judge_ppl_ratio"]
     printed = capsys.readouterr().out
     assert "real: valid.txt" in printed and "salad.jsonl" in printed
+    rows = table.read_text().splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| real: valid.txt", "| real.jsonl", "| salad.jsonl", "| control: real, words shuffled"
+    ]  # fmt: skip
+    assert report["control: real, words shuffled"]["judge_ppl_ratio"] > 1.25
+    assert f"| {report[str(salad)]['judge_ppl']:.2f} | {report[str(salad)]['judge_ppl_ratio']:.3f} |" in rows[2]
 
 
 def test_the_module_runs_as_a_command(tiny_judge_dir, tmp_path):
@@ -134,4 +136,6 @@ def test_bad_options_fail_before_any_training(tmp_path, capsys):
     assert "--steps" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "missing.jsonl"), "--dir", str(tmp_path / "judge")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--valid", str(tmp_path / "valid.txt"), "--dir", str(tmp_path / "judge")]) == 2
+    assert "valid.txt' does not exist (--valid)" in capsys.readouterr().err
     assert not (tmp_path / "judge").exists()

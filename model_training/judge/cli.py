@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -18,11 +18,16 @@ from app.flags import add_field_flags, error_line, given_fields
 from model_training.errors import TrainingInputError
 from model_training.judge.config import CACHE_ENV, DEFAULT_VALID, JudgeConfig, cache_dir
 
+if TYPE_CHECKING:
+    from model_training.judge.model import Judge
+
+CONTROL = "control: real, words shuffled"
+
 PROG = "python -m model_training.judge"
 EPILOG = f"""examples:
   {PROG} train                          # the default judge, cached; prints its held-out perplexity
   {PROG} score stories.jsonl other.jsonl --json scores.json
-  {PROG} score --json docs/judge.json   # the real validation stories alone (docs/judge.md)
+  {PROG} score --control --json docs/judge.json --table docs/judge-table.md   # docs/judge.md
 
 The judge is cached in ${CACHE_ENV}/<digest>/ (default ~/.cache/storydiff/judge/<digest>/), the digest
 naming its config and training data; `score` trains it there first when it is missing.
@@ -57,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("stories", nargs="*", type=Path, help="JSON-lines files, one story a line")
     score.add_argument("--field", default="text", help="the JSON field holding a story (default: text)")
     score.add_argument("--json", type=Path, help="also write the report to this file")
+    score.add_argument("--table", type=Path, help="also write the scores as a markdown table to this file")
+    score.add_argument(
+        "--control", action="store_true",
+        help="also score the real stories with each one's words shuffled (seeded): word salad the judge must "
+        "rank far worse than the stories, with the same words",
+    )  # fmt: skip
     for sub in (train, score):
         sub.epilog, sub.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
     return parser
@@ -97,36 +108,72 @@ def row_line(name: str, s: dict[str, Any]) -> str:
     )
 
 
+def markdown(scores: dict[str, dict[str, Any]]) -> str:
+    """The scored sets as a markdown table, the real stories first."""
+    out = [
+        "| stories | n | judge perplexity | × real | word entropy, pooled (bits) | distinct-2 / story | "
+        "repeated 4-grams | words (quartiles) | under 60 words |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for name, s in scores.items():
+        q1, median, q3 = s["words_quartiles"]
+        out.append(
+            f"| {name} | {s['stories']} | {s['judge_ppl']:.2f} | {s.get('judge_ppl_ratio', 1.0):.3f} | "
+            f"{s['word_entropy_pooled']:.3f} | {s['distinct2_story']:.3f} | {s['rep4']:.2%} | "
+            f"{s['words']:.1f} ({q1:.0f} / {median:.0f} / {q3:.0f}) | {s['short']:.1%} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def judge_summary(judge: Judge) -> dict[str, Any]:
+    """What training measured, without the per-evaluation curve."""
+    return {key: value for key, value in judge.info.items() if key != "curve"}
+
+
 def run(args: argparse.Namespace) -> int:
     """Train or score, as parsed."""
     import datasets
     import torch
 
-    from model_training.judge.score import compare
-    from model_training.judge.train import ensure_judge, read_stories, save_atomically, train_judge
+    from model_training.judge.train import ensure_judge, save_atomically, train_judge
 
     torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()  # reading a few MB of stories needs no bar; training has its own
     cfg = JudgeConfig(**given_fields(args, JudgeConfig.model_fields))
     folder = args.dir or cache_dir(cfg)
     named = {str(p): read_jsonl(p, args.field) for p in getattr(args, "stories", [])}  # bad files fail first
+    missing = [f for f in args.valid if not Path(f).is_file()]
+    if missing:
+        raise TrainingInputError(f"validation file {missing[0]!r} does not exist (--valid)")
     if args.command == "train" and args.force:
         save_atomically(train_judge(cfg, args.valid, not args.quiet), folder)
     judge = ensure_judge(cfg, folder, args.valid, not args.quiet)
-    info = {k: v for k, v in judge.info.items() if k != "curve"}
+    info = judge_summary(judge)
     print(f"judge {folder}: {info['parameters']:,} parameters, best step {info['best_step']}, "
           f"dev perplexity {info['dev_ppl']:.3f}", end="")  # fmt: skip
     print(f", held-out {info['valid']['ppl']:.3f} on {info['valid']['stories']} stories" if "valid" in info else "")
-    if args.command == "train":
-        return 0
-    scores = compare(named, read_stories(args.valid), judge)
+    return 0 if args.command == "train" else score(args, judge, named)
+
+
+def score(args: argparse.Namespace, judge: Judge, named: dict[str, list[str]]) -> int:
+    """Score the named sets (and the control, if asked) beside the real stories; print and write them."""
+    from model_training.judge.score import compare, shuffled_words
+    from model_training.judge.train import read_stories
+
+    real = read_stories(args.valid)
+    if args.control:
+        named = named | {CONTROL: [shuffled_words(text, seed) for seed, text in enumerate(real)]}
+    scores = compare(named, real, judge)
+    shown = {f"real: {', '.join(Path(f).name for f in args.valid)}": scores["reference"]}
+    shown |= {Path(name).name: scores[name] for name in named}
     print(HEADER)
-    print(row_line(f"real: {', '.join(Path(f).name for f in args.valid)}", scores["reference"]))
-    for name in named:
-        print(row_line(Path(name).name, scores[name]))
+    for name, row in shown.items():
+        print(row_line(name, row))
     if args.json:
-        report = {"judge": info, "valid_files": [Path(f).name for f in args.valid], **scores}
+        report = {"judge": judge_summary(judge), "valid_files": [Path(f).name for f in args.valid], **scores}
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    if args.table:
+        args.table.write_text(markdown(shown))
     return 0
 
 

@@ -37,19 +37,19 @@ class JudgeConfig(BaseModel):
         0.05, gt=0, lt=1, description="share of the training stories held back to choose the step"
     )
     vocab_size: int = Field(4096, ge=300, description="byte-level BPE vocabulary (256 bytes + merges + 1 special)")
-    n_embd: int = Field(192, ge=8, description="hidden size")
+    n_embd: int = Field(128, ge=8, description="hidden size")
     n_layer: int = Field(4, ge=1, description="decoder layers")
     n_head: int = Field(4, ge=1, description="attention heads")
     block_size: int = Field(512, ge=16, description="context in tokens; longer stories are scored on their start")
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on embeddings, attention and residuals")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on embeddings, attention and residuals")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices")
-    lr: float = Field(2e-3, gt=0, description="peak learning rate (cosine decay to zero)")
-    warmup: int = Field(30, ge=0, description="linear warm-up steps")
-    steps: int = Field(240, ge=1, description="optimizer steps")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (cosine decay to zero)")
+    warmup: int = Field(40, ge=0, description="linear warm-up steps")
+    steps: int = Field(600, ge=1, description="optimizer steps")
     batch_size: int = Field(
-        8, ge=1, description="windows of block_size tokens, cut at random from the packed stories, per step"
+        4, ge=1, description="windows of block_size tokens, cut at random from the packed stories, per step"
     )
-    eval_every: int = Field(40, ge=1, description="steps between dev evaluations; the best one is kept")
+    eval_every: int = Field(50, ge=1, description="steps between dev evaluations; the best one is kept")
     seed: int = Field(0, description="seeds the dev split, the initial weights, the windows and dropout")
 
     def digest(self) -> str:

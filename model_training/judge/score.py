@@ -7,6 +7,7 @@ setting is read as a ratio to them (1.0: as plausible as real stories to this ju
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,13 @@ def surprise(judge: Judge, texts: Sequence[str], batch_size: int = SCORE_BATCH) 
         nats += float((nll * real[:, 1:]).sum())
         tokens += int(real[:, 1:].sum())
     return Surprise(nats, tokens, truncated)
+
+
+def shuffled_words(text: str, seed: int) -> str:
+    """`text` with its words in a seeded random order: the same words, no story (a control for a judge)."""
+    words = text.split()
+    random.Random(seed).shuffle(words)
+    return " ".join(words)
 
 
 def score_texts(texts: Sequence[str], judge: Judge) -> dict[str, Any]:
