@@ -112,6 +112,7 @@ def text_scores(texts: list[str], judge: Checkpoint, ar_judge: Judge | None) -> 
             else math.nan
         ),  # nothing written: nothing to judge
         "ar_ppl": surprise(ar_judge, texts).perplexity if ar_judge is not None else None,
+        "ar_judge": ar_judge.info.get("digest") if ar_judge is not None else None,
         **story_statistics(texts),
     }
 
@@ -324,12 +325,23 @@ def main() -> None:
     parser.add_argument("--table", default=None, help="also write the rows as a markdown table to this file")
     parser.add_argument("--plot", default=None, help="also plot quality against forwards to this PNG")
     parser.add_argument("--render", default=None, help="measure nothing: write --table and --plot from this JSON")
+    parser.add_argument(
+        "--rescore",
+        default=None,
+        help="write no story: score this JSON's stored texts again with --ar-judge (the reference row's from "
+        "--held-out) and write it back, with --table and --plot",
+    )
     args = parser.parse_args()
     if args.render:
         rows = json.loads(Path(args.render).read_text())
         write_outputs(rows, args.table, args.plot)
         return
     torch.set_num_threads(args.threads)
+    if args.rescore:
+        rows = rescored(json.loads(Path(args.rescore).read_text()), args)
+        Path(args.rescore).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        write_outputs(rows, args.table, args.plot)
+        return
     ckpt, judge = load_checkpoint(args.model, device="cpu"), load_checkpoint(args.judge, device="cpu")
     judges = (judge, load_ar_judge(args.ar_judge))
     if args.resume and args.json and Path(args.json).exists():
@@ -353,6 +365,18 @@ def main() -> None:
         if args.json:  # after every setting: a long run that is stopped keeps what it measured
             Path(args.json).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     write_outputs(rows, args.table, args.plot)
+
+
+def rescored(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`rows` with the AR judge's columns recomputed from their texts: what a full run with this judge
+    writes, since the stories are seeded and the other columns do not depend on the AR judge."""
+    ar_judge = load_ar_judge(args.ar_judge)
+    assert ar_judge is not None, "--rescore needs an AR judge"
+    held_out = as_written(load_checkpoint(args.model, device="cpu"), held_out_stories(args.held_out))
+    texts = [row.get("texts", held_out[: args.held_out_count]) for row in rows]  # the reference stores none
+    ppl = [surprise(ar_judge, t).perplexity for t in texts]
+    judged = [row | {"ar_ppl": p, "ar_judge": ar_judge.info.get("digest")} for row, p in zip(rows, ppl, strict=True)]
+    return [against_held_out(row, judged[0]) for row in judged]
 
 
 def write_outputs(rows: list[dict[str, Any]], table: str | None, plot_path: str | None) -> None:

@@ -74,3 +74,22 @@ def test_a_word_after_an_end_token_is_a_broken_story():
     fragmented = load_benchmark().fragmented
     assert fragmented([7, 8, 0, 9, 0], {0, 102}) and fragmented([7, 102, 0, 9], {0, 102})
     assert not fragmented([7, 8, 102, 0, 0], {0, 102}) and not fragmented([7, 8, 9], {0, 102})
+
+
+def test_rescore_recomputes_the_ar_columns_from_the_stored_texts(
+    tiny_checkpoint_dir, tiny_judge_dir, tmp_path, monkeypatch
+):
+    rows = run(tiny_checkpoint_dir, tmp_path, monkeypatch, str(tiny_judge_dir))
+    spoiled = [row | {"ar_ppl": 1.0, "ar_ppl_ratio": 9.0} for row in rows]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(spoiled))
+    model = str(tiny_checkpoint_dir)
+    argv = ["sampler_quality", "--model", model, "--ar-judge", str(tiny_judge_dir), "--rescore", str(path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_benchmark().main()
+    again = json.loads(path.read_text())
+    for before, after in zip(rows, again, strict=True):
+        assert after["ar_ppl"] == pytest.approx(before["ar_ppl"]) and after["ar_ppl_ratio"] == pytest.approx(
+            before["ar_ppl_ratio"]
+        )
+        assert after["texts" if "texts" in before else "label"] == before["texts" if "texts" in before else "label"]
