@@ -37,7 +37,7 @@ def main() -> None:
     print(f"{'configuration':56} {'max':>4} {'mean':>6}")
     worst = 0
     for i, config in enumerate(configs):
-        counts = syncs_per_advance(forward, config, words, ckpt.mask_id, pad, ends)
+        counts = [len(events) for events in syncs_per_advance(forward, config, words, ckpt.mask_id, pad, ends)]
         label = "shipped defaults: " + config.label if i == 0 else config.label
         print(f"{label:56} {max(counts):4d} {sum(counts) / len(counts):6.1f}")
         worst = max(worst, max(counts))

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from app.diffusion.logits import at_query, attention_bias
+
 log = logging.getLogger(__name__)
 
 WIDTH_MULTIPLE = 64
@@ -60,7 +62,8 @@ class StaticShapeForward:
         self.compiled = compile
 
         def encode(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden: torch.Tensor = encoder(input_ids=x, attention_mask=attention_mask).last_hidden_state
+            bias = attention_bias(model, attention_mask)  # (B, 1, 1, L): no host check of the mask
+            hidden: torch.Tensor = encoder(input_ids=x, attention_mask=bias).last_hidden_state
             return hidden  # (B, L, D)
 
         mode = "reduce-overhead" if backend == "inductor" else None  # CUDA graphs come with inductor
@@ -70,7 +73,7 @@ class StaticShapeForward:
     def __call__(
         self,
         x: torch.Tensor,  # (B, W) token ids
-        query: torch.Tensor,  # (B, W) bool
+        query: torch.Tensor,  # (B, W) bool or (N,) flat indices into B * W (`at_query`)
         attention_mask: torch.Tensor | None = None,  # (B, W) 1 = real position
     ) -> torch.Tensor:
         """Float32 logits (N, V) at the `query` positions, row-major, from one bucketed pass."""
@@ -84,7 +87,7 @@ class StaticShapeForward:
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]  # outputs consumed
         hidden = self._encode(x_padded, mask)  # (Bp, Wp, D)
-        return self.head(self.model, hidden[:rows, :width][query]).float()  # (N, V)
+        return self.head(self.model, at_query(hidden[:rows, :width], query)).float()  # (N, V)
 
     def warm_up(self, max_rows: int, width: int) -> int:
         """Run every bucket up to `max_rows` rows at `width`, so that compiling and graph capture happen

@@ -59,8 +59,11 @@ def _mark_host(value: Any) -> None:
 
 
 def _to_cpu(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether `.to(...)` moves a device tensor to the host. (A `.to(x.device)` inside a model is a no-op
+    on the CPU and stays on the GPU there: only `.cpu()` counts as a copy on the CPU.)"""
     targets = [*args[1:], kwargs.get("device")]
-    return any(str(t) == "cpu" for t in targets if isinstance(t, (str, torch.device)))
+    moves = any(str(t) == "cpu" for t in targets if isinstance(t, (str, torch.device)))
+    return moves and args[0].device.type != "cpu"
 
 
 def _where() -> str:

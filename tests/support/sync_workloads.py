@@ -70,8 +70,9 @@ def syncs_per_advance(
     pad_id: int,
     end_ids: Sequence[int],
     lengths: Sequence[int] = (21, 40, 32),
-) -> list[int]:
-    """Host syncs counted in each `advance` until the batch is done (the last with the `keep` that drops its rows)."""
+) -> list[list[tuple[str, str]]]:
+    """The host syncs (op, where) counted in each `advance` until the batch is done (the last one with
+    the `keep` that drops the finished rows)."""
     batch = RunningBatch(mask_id, pad_id, torch.device("cpu"), end_ids)
     batch.add(canvas_rows(config, words, lengths))
     counts = []
@@ -80,5 +81,5 @@ def syncs_per_advance(
             batch.advance(forward)
             if index + 1 == config.settings.steps:
                 batch.keep([False] * len(batch))
-        counts.append(syncs.count)
+        counts.append(syncs.events)
     return counts
