@@ -11,6 +11,7 @@ blocks x canvas (tests/support/sync_workloads.py), and at the shipped defaults.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -33,7 +34,7 @@ def main() -> None:
     pad = int(ckpt.tokenizer.pad_token_id)
     defaults = Config(ckpt.config.sampler_settings, "prompt")
     configs = [defaults, *grid(args.steps)]
-    print(f"host syncs per RunningBatch.advance (3 rows of 21/40/32 tokens; {ckpt.source})")
+    print(f"host syncs per RunningBatch.advance (3 rows of 21/40/32 tokens; {Path(str(ckpt.source)).name})")
     print(f"{'configuration':56} {'max':>4} {'mean':>6}")
     worst = 0
     for i, config in enumerate(configs):
