@@ -70,10 +70,11 @@ def syncs_per_advance(
     pad_id: int,
     end_ids: Sequence[int],
     lengths: Sequence[int] = (21, 40, 32),
+    device: torch.device | None = None,
 ) -> list[list[tuple[str, str]]]:
     """The host syncs (op, where) counted in each `advance` until the batch is done (the last one with
     the `keep` that drops the finished rows)."""
-    batch = RunningBatch(mask_id, pad_id, torch.device("cpu"), end_ids)
+    batch = RunningBatch(mask_id, pad_id, device or torch.device("cpu"), end_ids)
     batch.add(canvas_rows(config, words, lengths))
     counts = []
     for index in range(config.settings.steps):
