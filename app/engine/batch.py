@@ -67,6 +67,8 @@ class RunningBatch:
         self.ends = EndTokens.build(end_ids, pad_id, device)  # PAD, SEP, EOS
         self.x = torch.empty((0, 0), dtype=torch.long, device=device)  # (B, W)
         self.index = torch.empty(0, dtype=torch.long, device=device)  # (B,) steps done
+        self.every = torch.empty(0, dtype=torch.long, device=device)  # (B,) stream_every on the device; 0: none
+        self.real = torch.empty(0, dtype=torch.long, device=device)  # (B,) each row's real length, for the mask
         self.rows = SamplerRows.build([], [], device)
         self.lengths: list[int] = []  # host: each row's real length
         self.settings: list[SamplerSettings] = []  # host: each row's settings
@@ -100,6 +102,9 @@ class RunningBatch:
         self.queries += first.query.sum(dim=1).tolist()  # host tensors: no device involved
         self.x = torch.cat([self._widened(width), fresh.to(self.device)])
         self.index = torch.cat([self.index, torch.zeros(len(new), dtype=torch.long, device=self.device)])
+        facts = torch.tensor([[row.stream_every or 0, row.length] for row in new], dtype=torch.long)  # (b, 2)
+        facts = facts.to(self.device)
+        self.every, self.real = torch.cat([self.every, facts[:, 0]]), torch.cat([self.real, facts[:, 1]])
         self.rows = SamplerRows.concat([self.rows, SamplerRows.build(settings, seeds, self.device, fixed)])
         self.lengths += [row.length for row in new]
         self.settings += settings
@@ -129,7 +134,7 @@ class RunningBatch:
             for i, (n, every, s) in enumerate(zip(done, self.stream_every, self.settings, strict=True))
             if n == s.steps or (every and n % every == 0)
         ]
-        host = self._payload(step, next_plan, streaming, wanted).cpu()  # the iteration's one device-to-host copy
+        host = self._payload(step, index, next_plan, len(streaming), len(wanted)).cpu()  # the one device-to-host copy
         results = self._unpack(host, streaming, wanted)
         self.x, self.index, self.plan, self.steps_done = step.x, index, next_plan, done
         self.queries = host[: len(self)].tolist()
@@ -157,22 +162,25 @@ class RunningBatch:
         width = max(into.lengths, default=0)  # the longest row may have left
         plan = self.plan
         into.x, into.index = self.x.index_select(0, index)[:, :width], self.index.index_select(0, index)
+        into.every, into.real = self.every.index_select(0, index), self.real.index_select(0, index)
         selected = self.rows.select(index)
         into.rows = SamplerRows(**{**vars(selected), "kinds": RowKinds.of(into.settings)})
         into.plan = None if plan is None else plan.select(index, width)
 
-    def _payload(self, step: Step, plan: StepPlan, streaming: list[int], wanted: list[int]) -> torch.Tensor:
+    def _payload(self, step: Step, index: torch.Tensor, plan: StepPlan, streaming: int, wanted: int) -> torch.Tensor:
         """One int64 tensor: each row's next query count, the streaming rows' reveals (token or -1, and
-        the probability's float32 bits), and the publishing rows' tokens."""
+        the probability's float32 bits), and the publishing rows' tokens. The host knows how many rows
+        stream and publish, which sizes their gathers: no index tensor crosses to the device mid-step."""
         parts = [plan.query.sum(dim=1)]  # (B,)
         if streaming:
-            index = torch.tensor(streaming, dtype=torch.long, device=self.device)
-            revealed = step.revealed.index_select(0, index)  # (S, W)
-            parts.append(torch.where(revealed, step.x.index_select(0, index), -1).flatten())
-            probs = step.reveal_probs.index_select(0, index).contiguous()
+            rows = torch.nonzero_static(self.every > 0, size=streaming).squeeze(1)  # (S,)
+            revealed = step.revealed.index_select(0, rows)  # (S, W)
+            parts.append(torch.where(revealed, step.x.index_select(0, rows), -1).flatten())
+            probs = step.reveal_probs.index_select(0, rows).contiguous()
             parts.append(probs.view(torch.int32).flatten().long())  # the float32 bits, exact
         if wanted:
-            parts.append(step.x.index_select(0, torch.tensor(wanted, dtype=torch.long, device=self.device)).flatten())
+            publish = (index == self.rows.steps) | ((self.every > 0) & (index % self.every.clamp_min(1) == 0))  # (B,)
+            parts.append(step.x.index_select(0, torch.nonzero_static(publish, size=wanted).squeeze(1)).flatten())
         return torch.cat(parts)
 
     def _unpack(self, host: torch.Tensor, streaming: list[int], wanted: list[int]) -> list[RowResult]:
@@ -227,10 +235,9 @@ class RunningBatch:
         index = torch.tensor(rows, device=self.device) if len(rows) < len(self.lengths) else None
         x = self.x if index is None else self.x.index_select(0, index)
         query = plan.query if index is None else plan.query.index_select(0, index)
-        lengths = [self.lengths[i] for i in rows]
         attention_mask = None
-        if min(lengths) < width:
-            real = torch.tensor(lengths, device=self.device)
+        if min(self.lengths[i] for i in rows) < width:
+            real = self.real if index is None else self.real.index_select(0, index)  # (b,)
             attention_mask = (torch.arange(width, device=self.device)[None, :] < real[:, None]).long()  # (b, W)
         at = Queried.of(query[:, :width], sum(self.queries[i] for i in rows))
         return forward(x[:, :width], at.flat, attention_mask)
