@@ -47,3 +47,12 @@ def select_dtype(device: torch.device, requested: str | torch.dtype | None = Non
         except KeyError:
             raise ValueError(f"unknown dtype {requested!r}; choose one of {sorted(DTYPES)}") from None
     return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Host tensor `t` on `device` without waiting for the work queued there: a copy from pageable memory
+    synchronises a CUDA stream, one from pinned memory runs asynchronously in stream order."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app.diffusion.devices import to_device
 from app.diffusion.sampler_settings import Endings, Remasking, SamplerSettings
 
 RULE_CODES = {remasking: code for code, remasking in enumerate(Remasking)}
@@ -111,7 +112,9 @@ class SamplerRows:
             "seed": (list(seeds), torch.long),
             "fixed_until": (list(fixed) if fixed is not None else [0] * len(settings), torch.long),
         }
-        tensors = {name: torch.tensor(values, dtype=dtype, device=device) for name, (values, dtype) in columns.items()}
+        tensors = {
+            name: to_device(torch.tensor(values, dtype=dtype), device) for name, (values, dtype) in columns.items()
+        }
         return cls(**tensors, kinds=RowKinds.of(settings))
 
     def select(self, rows: torch.Tensor) -> SamplerRows:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app.diffusion.devices import to_device
 from app.diffusion.queried import Queried
 from app.diffusion.sampler_rows import RowKinds, SamplerRows
 from app.diffusion.sampler_settings import SamplerSettings
@@ -100,10 +101,10 @@ class RunningBatch:
             fresh, torch.zeros(len(new), dtype=torch.long), SamplerRows.build(settings, seeds), self.mask_id
         )
         self.queries += first.query.sum(dim=1).tolist()  # host tensors: no device involved
-        self.x = torch.cat([self._widened(width), fresh.to(self.device)])
+        self.x = torch.cat([self._widened(width), to_device(fresh, self.device)])
         self.index = torch.cat([self.index, torch.zeros(len(new), dtype=torch.long, device=self.device)])
         facts = torch.tensor([[row.stream_every or 0, row.length] for row in new], dtype=torch.long)  # (b, 2)
-        facts = facts.to(self.device)
+        facts = to_device(facts, self.device)
         self.every, self.real = torch.cat([self.every, facts[:, 0]]), torch.cat([self.real, facts[:, 1]])
         self.rows = SamplerRows.concat([self.rows, SamplerRows.build(settings, seeds, self.device, fixed)])
         self.lengths += [row.length for row in new]
@@ -153,7 +154,7 @@ class RunningBatch:
 
     def _take(self, rows: list[int], into: RunningBatch) -> None:
         """Set `into` (this batch or a new one) to the given rows of this batch, in that order."""
-        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        index = to_device(torch.tensor(rows, dtype=torch.long), self.device)
         into.lengths = [self.lengths[i] for i in rows]
         into.settings = [self.settings[i] for i in rows]
         into.stream_every = [self.stream_every[i] for i in rows]
@@ -220,7 +221,7 @@ class RunningBatch:
         parts = []
         for rows in groups:
             width = max(self.lengths[i] for i in rows)
-            index = torch.tensor(rows, device=self.device)
+            index = to_device(torch.tensor(rows), self.device)
             at = Queried.of(plan.query.index_select(0, index)[:, :width], sum(self.queries[i] for i in rows))
             parts.append((at.gather(rank.index_select(0, index)[:, :width]), self._forward_rows(forward, plan, rows)))
         out = parts[0][1].new_empty((sum(self.queries), parts[0][1].shape[-1]))  # (N, V)
@@ -232,7 +233,7 @@ class RunningBatch:
         """One pass over `rows`, cut to their longest length, padding hidden by an attention mask; the
         queried positions go to the forward as flat indices."""
         width = max(self.lengths[i] for i in rows)
-        index = torch.tensor(rows, device=self.device) if len(rows) < len(self.lengths) else None
+        index = to_device(torch.tensor(rows), self.device) if len(rows) < len(self.lengths) else None
         x = self.x if index is None else self.x.index_select(0, index)
         query = plan.query if index is None else plan.query.index_select(0, index)
         attention_mask = None
