@@ -345,7 +345,8 @@ def stub_forward(vocab_size: int, device: torch.device) -> Callable[..., torch.T
     """A forward that costs nothing: zero logits (N, V) at the queried positions."""
 
     def forward(x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.zeros(int(query.sum()), vocab_size, device=device)  # (N, V)
+        count = int(query.sum()) if query.dtype == torch.bool else query.shape[0]  # the engine passes (N,) indices
+        return torch.zeros(count, vocab_size, device=device)  # (N, V)
 
     return forward
 

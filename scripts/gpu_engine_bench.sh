@@ -9,14 +9,15 @@
 #   1. stub: the engine and sampler alone (zero-cost forward), 1/8/64 active, both vocabularies;
 #   2. eager: the reference demo loop, then the engine at 1/8/64/256, both models, bf16;
 #   3. compiled: the same with the static-shape CUDA-graph forward (compiled during warm-up);
-#   4. http: the shipped model through a real `storydiff serve` with 1/8/64/256 SSE clients.
+#   4. http: the shipped model through a real `storydiff serve` with 1/8/64/256 SSE clients;
+#   5. syncs: host syncs per engine iteration, counted (tests/support/host_syncs.py) and by CUDA itself.
 #
-# Environment: OUT (required); LIMIT_STUB/EAGER/COMPILED/HTTP seconds per phase (60/200/240/150);
-# PHASES (stub eager compiled http); WHEELS (.whl); ALLOW_CPU=1 and QUICK=1 rehearse it on a CPU.
+# Environment: OUT (required); LIMIT_STUB/EAGER/COMPILED/HTTP/SYNCS seconds per phase (60/200/240/150/60);
+# PHASES (syncs stub eager compiled http); WHEELS (.whl); ALLOW_CPU=1 and QUICK=1 rehearse it on a CPU.
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 WHEELS=${WHEELS:-.whl}
-PHASES=${PHASES:-stub eager compiled http}
+PHASES=${PHASES:-syncs stub eager compiled http}
 nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
@@ -38,6 +39,12 @@ for phase in $PHASES; do
     eager) bench eager "${LIMIT_EAGER:-200}" --eager "${quick[@]}" ;;
     compiled) bench compiled "${LIMIT_COMPILED:-240}" "${quick[@]}" ;;
     http) bench http "${LIMIT_HTTP:-150}" --http --models default "${quick[@]}" ;;
+    syncs)
+      device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
+      echo "== syncs (limit ${LIMIT_SYNCS:-60}s) on $device" | tee -a "$OUT/bench.log"
+      timeout -s TERM "${LIMIT_SYNCS:-60}" python3 benchmarks/host_syncs.py --device "$device" --quick 2>&1 \
+        | tee "$OUT/syncs.txt" | tee -a "$OUT/bench.log"
+      echo "== syncs exited ${PIPESTATUS[0]}" | tee -a "$OUT/bench.log" ;;
   esac
 done
 ls -la "$OUT"

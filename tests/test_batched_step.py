@@ -18,7 +18,10 @@ VOCAB, MASK, PAD = 50, 1, 0
 def row_local_logits(x: torch.Tensor, query: torch.Tensor, attention_mask=None) -> torch.Tensor:
     """Logits that depend only on a position's own row (its tokens and the position): a stand-in model
     with no cross-row float noise, so any difference between batched and alone is the sampler's."""
-    rows, positions = query.nonzero(as_tuple=True)
+    if query.dtype == torch.bool:
+        rows, positions = query.nonzero(as_tuple=True)
+    else:  # the engine's flat indices into B * L
+        rows, positions = query // x.shape[1], query % x.shape[1]
     seen = torch.where(x == MASK, 0, x).sum(dim=1)  # (B,) the row's revealed tokens
     keys = seen[rows] * 31 + positions * 7  # (N,)
     grid = torch.arange(VOCAB)

@@ -78,3 +78,27 @@ def test_cuda_graphs_match_eager_on_gpu(tiny_checkpoint_dir):
     expected = logits_at(ckpt.model, x, query, attention_mask)
     for _ in range(3):  # replays, not only the recording
         torch.testing.assert_close(forward(x, query, attention_mask), expected, atol=1e-3, rtol=1e-3)
+
+
+def test_a_shape_that_fails_to_compile_runs_eagerly_alone(ckpt, monkeypatch):
+    """A compile failure in a request: that request gets eager logits, the shape stays eager (listed in
+    the forward's name for /info), and other shapes keep the compiled path."""
+    forward = CheckpointForward(ckpt, compile=True)
+    static = forward._static
+    calls = []
+
+    def compiled(x, mask):
+        calls.append(tuple(x.shape))
+        if x.shape[0] == 4:
+            raise RuntimeError("cannot capture this shape")
+        return static._eager_encode(x, mask)
+
+    monkeypatch.setattr(static, "_encode", compiled)
+    x, query, attention_mask = batch_of_mixed_lengths(ckpt)  # 3 rows: the 4-row bucket
+    expected = logits_at(ckpt.model, x, query, attention_mask)
+    for _ in range(2):
+        torch.testing.assert_close(forward(x, query, attention_mask), expected, atol=1e-4, rtol=1e-4)
+    forward(x[:1], query[:1], attention_mask[:1])
+    width = bucket_width(37, ckpt.max_positions)
+    assert calls == [(4, width), (1, width)], "the failed shape is tried once, the others stay compiled"
+    assert forward.name == f"compiled; eager for 4x{width}"

@@ -1,4 +1,9 @@
-"""Device and dtype choice: the fastest device present, bf16 on accelerators, fp32 on CPU."""
+"""Device and dtype choice: the fastest device present, bf16 on accelerators, fp32 on CPU.
+
+Apple's MPS is not used: the sampler draws and sums in float64 (counter-based uniforms with 53 bits,
+the inverse-CDF's cumulative sum over the vocabulary), and MPS has no float64. Until the sampler has
+a float32 form whose draws are shown to stay correct, a Mac runs on its CPU.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +19,21 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+FLOAT64_DEVICES = ("cpu", "cuda")
+"""Device types the sampler runs on: they have float64."""
+
+
 def select_device(requested: str | None = None) -> torch.device:
-    """`requested` if given ("cpu", "cuda", "cuda:1", "mps"), else cuda > mps > cpu."""
+    """`requested` if given ("cpu", "cuda", "cuda:1"), else cuda > cpu (never MPS: see the module's docstring)."""
     if requested and requested != "auto":
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {requested!r} was asked for, but CUDA is not available here")
+        if device.type not in FLOAT64_DEVICES:
+            raise ValueError(f"device {requested!r} has no float64, which the sampler needs; use cpu or cuda")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
     return torch.device("cpu")
 
 
@@ -38,3 +47,12 @@ def select_dtype(device: torch.device, requested: str | torch.dtype | None = Non
         except KeyError:
             raise ValueError(f"unknown dtype {requested!r}; choose one of {sorted(DTYPES)}") from None
     return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Host tensor `t` on `device` without waiting for the work queued there: a copy from pageable memory
+    synchronises a CUDA stream, one from pinned memory runs asynchronously in stream order."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

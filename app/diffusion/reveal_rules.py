@@ -23,10 +23,8 @@ import math
 
 import torch
 
+from app.diffusion.sampler_rows import RULE_CODES, SamplerRows
 from app.diffusion.sampler_settings import Remasking
-
-RULE_CODES = {remasking: code for code, remasking in enumerate(Remasking)}
-"""Each remasking as the integer its rows carry on the device."""
 
 
 def block_index(length: int, block_length: torch.Tensor) -> torch.Tensor:
@@ -43,54 +41,46 @@ def contiguous_end_run(x: torch.Tensor, end_candidate: torch.Tensor, end_ids: to
 
 
 def keep_reveals(
-    query: torch.Tensor,  # (B, L) bool: the step's candidates
+    rows: SamplerRows,
+    candidates: torch.Tensor,  # (B, L) bool: the positions the rules decide on
     counts: torch.Tensor,  # (B,) long: the schedule's k
-    rule: torch.Tensor,  # (B,) long: RULE_CODES of each row
-    guard: torch.Tensor,  # (B,) bool: the row guards its endings
-    block_length: torch.Tensor,  # (B,) long
-    threshold: torch.Tensor,  # (B,) float64
-    entropy_budget: torch.Tensor,  # (B,) float64
-    probs: torch.Tensor,  # (N,) the model's probability of each candidate's predicted token
-    entropy: torch.Tensor | None,  # (N,) entropy of each candidate's distribution; None: no entropy_bound row
+    confidence: torch.Tensor,  # (B, L) float32: the model's probability of each candidate's predicted token
+    entropy: torch.Tensor | None,  # (B, L) entropy of each candidate's distribution; None: no entropy_bound row
     end_run: torch.Tensor | None,  # (B, L) from `contiguous_end_run`; None: no end rule
     end_candidate: torch.Tensor | None,  # (B, L) bool: candidates whose predicted token ends a story
 ) -> torch.Tensor:
-    """(N,) bool over the candidates of confidence-ranked rows: the ones each row's rule keeps."""
-    confidence = torch.full(query.shape, -math.inf, device=probs.device)  # (B, L)
-    confidence[query] = probs.float()
-    ineligible = torch.zeros_like(query)
+    """(B, L) bool: the candidates that each confidence-ranked row's rule keeps."""
+    confidence = confidence.masked_fill(~candidates, -math.inf)  # (B, L)
+    ineligible = torch.zeros_like(candidates)
     if end_run is not None and end_candidate is not None:
-        guarded = guard  # (B,)
+        guarded = rows.guard_endings[:, None]  # (B, 1)
         in_run = end_candidate & end_run
         # inside a run, the right end first: a kept part of the run is always a suffix of it
-        positions = torch.arange(query.shape[1], device=query.device) * 1e-7
+        positions = torch.arange(candidates.shape[1], device=candidates.device) * 1e-7
         run_confidence = confidence.masked_fill(~in_run, math.inf).flip(1).cummin(dim=1).values.flip(1)
-        confidence = torch.where(in_run & guarded[:, None], run_confidence + positions, confidence)
-        ineligible = end_candidate & ~end_run & guarded[:, None]
+        confidence = torch.where(in_run & guarded, run_confidence + positions, confidence)
+        ineligible = end_candidate & ~end_run & guarded
     # probabilities lie in [0, 1]: 2 per block puts earlier blocks first, 4 puts ineligible ends last
-    key = confidence - 2.0 * block_index(query.shape[1], block_length) - 4.0 * ineligible
+    key = confidence - 2.0 * block_index(candidates.shape[1], rows.block_length) - 4.0 * ineligible
     order = key.argsort(dim=1, descending=True, stable=True)  # (B, L)
     ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(1, order, ranks)  # (B, L) rank of each position in its row
-    eligible = query & ~ineligible
-    above = (eligible & (confidence >= threshold[:, None].float())).sum(dim=1)  # (B,)
-    n = torch.where(rule == RULE_CODES[Remasking.THRESHOLD], torch.maximum(counts, above), counts)
+    eligible = candidates & ~ineligible
+    above = (eligible & (confidence >= rows.threshold[:, None].float())).sum(dim=1)  # (B,)
+    n = torch.where(rows.rule == RULE_CODES[Remasking.THRESHOLD], torch.maximum(counts, above), counts)
     if entropy is not None:
-        spent = torch.zeros(query.shape, dtype=torch.float64, device=probs.device)  # (B, L)
-        spent[query] = entropy.double()
-        within = (spent.gather(1, order).cumsum(dim=1) <= entropy_budget[:, None]) & eligible.gather(1, order)
+        spent = torch.where(candidates, entropy.double(), 0.0)  # (B, L)
+        within = (spent.gather(1, order).cumsum(dim=1) <= rows.entropy_budget[:, None]) & eligible.gather(1, order)
         affordable = within.cumprod(dim=1).sum(dim=1)  # (B,) the longest prefix within budget
-        n = torch.where(rule == RULE_CODES[Remasking.ENTROPY_BOUND], torch.maximum(counts, affordable), n)
-    return (rank < n[:, None])[query]
+        n = torch.where(rows.rule == RULE_CODES[Remasking.ENTROPY_BOUND], torch.maximum(counts, affordable), n)
+    return (rank < n[:, None]) & candidates
 
 
 def deferred_endings(
-    query: torch.Tensor,  # (B, L) bool
-    guard: torch.Tensor,  # (B,) bool
+    rows: SamplerRows,
     last_step: torch.Tensor,  # (B,) bool: the row's final step, when everything must be revealed
     end_run: torch.Tensor,  # (B, L)
     end_candidate: torch.Tensor,  # (B, L)
 ) -> torch.Tensor:
-    """(N,) bool over the candidates: end tokens a guarding random row keeps masked for now."""
-    deferred = end_candidate & ~end_run & (guard & ~last_step)[:, None]  # (B, L)
-    return deferred[query]
+    """(B, L) bool: end tokens a guarding random row keeps masked for now."""
+    return end_candidate & ~end_run & (rows.guard_endings & ~last_step)[:, None]

@@ -26,97 +26,25 @@ The mask token is never chosen.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from app.diffusion.queried import Queried
 from app.diffusion.randomness import Purpose, uniform
-from app.diffusion.reveal_rules import RULE_CODES, block_index, contiguous_end_run, deferred_endings, keep_reveals
-from app.diffusion.sampler_settings import Endings, Remasking, SamplerSettings
-from app.diffusion.story_length import (
-    ENDING_CODES,
-    EndTokens,
-    chosen_ending,
-    end_probability,
-    ended_tails,
-    likeliest_end,
-    may_end,
-    without_endings,
-)
+from app.diffusion.reveal_rules import block_index, contiguous_end_run, deferred_endings, keep_reveals
+from app.diffusion.sampler_rows import RowKinds
+from app.diffusion.sampler_rows import SamplerRows as SamplerRows  # where callers found it before
+from app.diffusion.sampler_settings import Remasking
+from app.diffusion.story_length import EndTokens, StepEnds, ended_tails, step_ends
 
 Pinned = tuple[tuple[int, int], ...]
 """(position, token id) pairs fixed in a sequence besides its prefix; never masked, never changed."""
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(x (B, L), query (B, L) bool) -> float logits (N, V) at the query positions, row-major."""
-
-
-@dataclass(frozen=True)
-class SamplerRows:
-    """Each row's sampler settings and seed as (B,) tensors on the batch's device."""
-
-    steps: torch.Tensor  # (B,) long
-    rule: torch.Tensor  # (B,) long: RULE_CODES[remasking]
-    temperature: torch.Tensor  # (B,) float64
-    top_k: torch.Tensor  # (B,) long; 0: no limit
-    top_p: torch.Tensor  # (B,) float64; 1: no limit
-    block_length: torch.Tensor  # (B,) long; 0: no blocks (confidence-ranked rows only)
-    threshold: torch.Tensor  # (B,) float64: threshold rows' confidence_threshold
-    entropy_budget: torch.Tensor  # (B,) float64: entropy_bound rows' budget
-    guard_endings: torch.Tensor  # (B,) bool
-    endings: torch.Tensor  # (B,) long: ENDING_CODES[endings]
-    seed: torch.Tensor  # (B,) long
-    fixed_until: torch.Tensor  # (B,) long: `fixed_until` of the row's canvas; its story ends no earlier
-
-    @property
-    def length_first(self) -> torch.Tensor:
-        """(B,) bool: rows that draw their story's length at their first step."""
-        return self.endings == ENDING_CODES[Endings.LENGTH_FIRST]
-
-    @property
-    def ranked(self) -> torch.Tensor:
-        """(B,) bool: rows whose remasking ranks the predictions by confidence (all but random)."""
-        return self.rule != RULE_CODES[Remasking.RANDOM]
-
-    @classmethod
-    def build(
-        cls,
-        settings: Sequence[SamplerSettings],
-        seeds: Sequence[int],
-        device: torch.device | str = "cpu",
-        fixed: Sequence[int] | None = None,
-    ) -> SamplerRows:
-        """The rows for one sequence per entry of `settings` and `seeds`; `fixed`: each row's `fixed_until`
-        (None: 0, a story that may end anywhere after its last word)."""
-        columns = {
-            "steps": ([s.steps for s in settings], torch.long),
-            "rule": ([RULE_CODES[s.remasking] for s in settings], torch.long),
-            "temperature": ([s.temperature for s in settings], torch.float64),
-            "top_k": ([s.top_k or 0 for s in settings], torch.long),
-            "top_p": ([1.0 if s.top_p is None else s.top_p for s in settings], torch.float64),
-            "block_length": ([s.block_length or 0 for s in settings], torch.long),
-            "threshold": ([s.confidence_threshold for s in settings], torch.float64),
-            "entropy_budget": ([s.entropy_budget for s in settings], torch.float64),
-            "guard_endings": ([s.guard_endings for s in settings], torch.bool),
-            "endings": ([ENDING_CODES[s.endings] for s in settings], torch.long),
-            "seed": (list(seeds), torch.long),
-            "fixed_until": (list(fixed) if fixed is not None else [0] * len(settings), torch.long),
-        }
-        return cls(
-            **{name: torch.tensor(values, dtype=dtype, device=device) for name, (values, dtype) in columns.items()}
-        )
-
-    def select(self, rows: torch.Tensor) -> SamplerRows:
-        """The settings of `rows` (indices or a (B,) bool mask), in that order."""
-        return SamplerRows(**{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)})
-
-    @classmethod
-    def concat(cls, parts: Sequence[SamplerRows]) -> SamplerRows:
-        """One batch of the rows of every part, in order."""
-        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -134,14 +62,32 @@ class StepPlan:
 
 @dataclass(frozen=True)
 class Step:
-    """What one denoising step did: the new tokens and the positions it revealed."""
+    """What one denoising step did, in fixed shapes: the new tokens and the positions it revealed."""
 
     x: torch.Tensor  # (B, L) tokens after the step
-    rows: torch.Tensor  # (N,) row of each revealed position
-    positions: torch.Tensor  # (N,)
-    token_ids: torch.Tensor  # (N,)
-    probs: torch.Tensor  # (N,) model probability of each revealed token
+    revealed: torch.Tensor  # (B, L) bool: positions this step unmasked
+    reveal_probs: torch.Tensor  # (B, L) float32: the model's probability of each revealed token
     model_called: bool
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """(N,) the row of each revealed position, row-major (sizes from values: a host sync on a GPU)."""
+        return self.revealed.nonzero(as_tuple=True)[0]
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """(N,) each revealed position, row-major."""
+        return self.revealed.nonzero(as_tuple=True)[1]
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        """(N,) the token revealed at each of `positions`."""
+        return self.x[self.revealed]
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(N,) the model's probability of each revealed token."""
+        return self.reveal_probs[self.revealed]
 
 
 def step_times(index: int, num_steps: int) -> tuple[float, float]:
@@ -206,23 +152,22 @@ def choose_tokens(
     top_p: torch.Tensor,  # (N,) float64; 1: no limit
     u: torch.Tensor,  # (N,) float64 uniforms in [0, 1)
     mask_id: int,
+    kinds: RowKinds = RowKinds(),  # which choices some row makes (host facts: no device query); default: all
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (N,) and their probabilities under the model (N,): argmax where the temperature is 0,
-    else a draw from the top-k / top-p filtered distribution at that temperature."""
+    else a draw from the top-k / top-p filtered distribution at that temperature. Each kind of choice
+    runs over every position and is selected per row, so the shapes never depend on the rows' values."""
     logits = logits.float().clone()
     logits[:, mask_id] = -math.inf
-    ids = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)  # (N,)
-    sampled = temperature > 0
-    greedy = (~sampled).nonzero().squeeze(1)
-    if greedy.numel():
-        ids[greedy] = logits[greedy].argmax(dim=-1)
+    sampled = temperature > 0  # (N,)
     filtered = sampled & ((top_k > 0) | (top_p < 1))
-    for rows, draw in (
-        ((sampled & ~filtered).nonzero().squeeze(1), _draw),
-        (filtered.nonzero().squeeze(1), _draw_filtered),
+    ids = logits.argmax(dim=-1) if kinds.greedy else torch.zeros_like(u, dtype=torch.long)  # (N,)
+    for present, chosen, draw in (
+        (kinds.plain, sampled & ~filtered, _draw),
+        (kinds.filtered, filtered, _draw_filtered),
     ):
-        if rows.numel():
-            ids[rows] = draw(logits[rows], temperature[rows], top_k[rows], top_p[rows], u[rows])
+        if present:
+            ids = torch.where(chosen, draw(logits, temperature, top_k, top_p, u), ids)
     log_probs = logits.gather(-1, ids[:, None]).squeeze(-1) - logits.logsumexp(dim=-1)  # (N,) under the model
     return ids, log_probs.exp()
 
@@ -273,73 +218,59 @@ def apply_step(
     rows: SamplerRows,
     mask_id: int,
     ends: EndTokens | None = None,  # tokens that end a story; None: no end rule (a model without PAD)
+    queried: int | None = None,  # N, plan.query's count, when the caller knows it; None: counted here (a sync)
 ) -> Step:
-    """Write the chosen tokens into a copy of `x`; with `ends`, each row stays one contiguous story."""
-    row, position = plan.query.nonzero(as_tuple=True)  # (N,), (N,)
-    if logits is None or row.numel() == 0:
-        empty = row[:0]
-        return Step(x, empty, empty, empty, empty.float(), False)
-    ending = torch.zeros_like(plan.query)  # (B, L): the end tokens length-first rows write at their first step
-    raw_logits = logits
-    ends_here = None  # (N,) the model's end probability, for rows whose endings are not simply sampled
-    open_end = torch.ones_like(row, dtype=torch.bool)  # (N,) positions after the row's last word
-    if ends is not None:
-        open_end = may_end(x, mask_id, ends.ids, rows.fixed_until)[row, position]
-        own_endings = rows.endings[row] != ENDING_CODES[Endings.SAMPLED]  # (N,)
-        if bool(own_endings.any()):  # one host sync; sampled rows need none of this
-            ends_here = end_probability(logits, ends.ids, mask_id)
-            ending = chosen_ending(
-                x, plan.query, ends_here, rows.length_first & (index == 0), rows.seed, rows.fixed_until, mask_id, ends
-            )
-        words_only = ~open_end | (own_endings & ~ending[row, position])  # (N,)
-        logits = without_endings(logits, words_only, ends.ids)
-    u = uniform(rows.seed[row], index[row], position, Purpose.TOKEN)  # (N,)
-    ids, probs = choose_tokens(logits, rows.temperature[row], rows.top_k[row], rows.top_p[row], u, mask_id)
-    if ends is not None and ends_here is not None:
-        calibrated = rows.endings[row] == ENDING_CODES[Endings.CALIBRATED]
-        drawn = calibrated & open_end & (uniform(rows.seed[row], index[row], position, Purpose.END) < ends_here)
-        ended = ending[row, position] | drawn  # (N,)
-        ids = torch.where(ended, likeliest_end(raw_logits, ends.ids), ids)
-        probs = torch.where(ended, ends_here.float(), probs)
-    by_entropy = rows.rule[row] == RULE_CODES[Remasking.ENTROPY_BOUND]  # (N,)
-    entropy = _entropy(logits, mask_id) if bool(by_entropy.any()) else None
-    end_candidate = end_run = None
-    if ends is not None:
-        end_candidate = torch.zeros_like(plan.query)  # (B, L)
-        end_candidate[plan.query] = torch.isin(ids, ends.ids)
-        end_run = contiguous_end_run(x, end_candidate, ends.ids)  # (B, L)
-    ruled = plan.candidates & ~ending  # (B, L): what the rules decide on; a chosen ending is kept as it is
-    candidate = ruled[row, position]  # (N,)
-    if ends_here is None:  # no length-first row: every queried position is a candidate (no boolean indexing)
-        kept = keep_reveals(
-            plan.query, plan.reveal_counts, rows.rule, rows.guard_endings, rows.block_length, rows.threshold,
-            rows.entropy_budget, probs, entropy, end_run, end_candidate,
-        )  # fmt: skip
-    else:
-        kept = torch.zeros_like(candidate)
-        kept[candidate] = keep_reveals(
-            ruled, plan.reveal_counts, rows.rule, rows.guard_endings, rows.block_length, rows.threshold,
-            rows.entropy_budget, probs[candidate], None if entropy is None else entropy[candidate], end_run,
-            end_candidate,
-        )  # fmt: skip
-    unranked = ~rows.ranked[row] & candidate  # (N,) random rows keep every candidate but the endings they defer
-    if end_run is not None and end_candidate is not None:
-        last_step = index + 1 >= rows.steps  # (B,)
-        unranked &= ~deferred_endings(plan.query, rows.guard_endings, last_step, end_run, end_candidate)
-    keep = torch.where(rows.ranked[row], kept, unranked) | ending[row, position]  # (N,)
-    after = x.clone()
-    after[row[keep], position[keep]] = ids[keep]
-    reveal_probs = torch.ones(x.shape, device=x.device)  # (B, L): 1 where an end before decided the token
-    reveal_probs[row[keep], position[keep]] = probs[keep].float()
+    """Write the chosen tokens into a copy of `x`; with `ends`, each row stays one contiguous story.
+
+    Plan (the queried positions) -> noise (the row's own uniforms) -> confidence (the chosen tokens'
+    probabilities) -> transfer (what each row's rule keeps), in fixed shapes: no host sync.
+    """
+    count = int(plan.query.sum()) if queried is None else queried
+    if logits is None or count == 0:
+        return Step(x, torch.zeros_like(plan.query), torch.ones(x.shape, device=x.device), False)
+    at = Queried.of(plan.query, count)
+    endings = step_ends(x, index, at, logits, rows, mask_id, ends)
+    u = uniform(rows.seed[at.row], index[at.row], at.position, Purpose.TOKEN)  # (N,)
+    r = at.row
+    ids, probs = choose_tokens(
+        endings.word_logits, rows.temperature[r], rows.top_k[r], rows.top_p[r], u, mask_id, rows.kinds
+    )
+    ids, probs = endings.written(ids, probs)
+    entropy = None
+    if Remasking.ENTROPY_BOUND in rows.kinds.rules:
+        entropy = at.spread(_entropy(endings.word_logits, mask_id), 0.0)  # (B, L)
+    keep = _transfer(x, index, plan, at, ids, at.spread(probs, 0.0), entropy, rows, endings, ends)  # (B, L)
+    after = torch.where(keep, at.spread(ids, x), x)
+    reveal_probs = torch.where(keep, at.spread(probs, 1.0), 1.0)  # (B, L): 1 where an end before decided it
     if ends is not None:
         after = ended_tails(x, after, mask_id, ends)
-    return _revealed(x, after, reveal_probs, mask_id)
+    return Step(after, (x == mask_id) & (after != mask_id), reveal_probs, True)
 
 
-def _revealed(before: torch.Tensor, after: torch.Tensor, probs: torch.Tensor, mask_id: int) -> Step:
-    """The step from `before` to `after` (B, L), with `probs` (B, L) of the revealed tokens."""
-    row, position = ((before == mask_id) & (after != mask_id)).nonzero(as_tuple=True)  # (N,), (N,)
-    return Step(after, row, position, after[row, position], probs[row, position], True)
+def _transfer(
+    x: torch.Tensor,  # (B, L)
+    index: torch.Tensor,  # (B,)
+    plan: StepPlan,
+    at: Queried,
+    ids: torch.Tensor,  # (N,) the chosen tokens
+    confidence: torch.Tensor,  # (B, L) their probabilities
+    entropy: torch.Tensor | None,  # (B, L)
+    rows: SamplerRows,
+    endings: StepEnds,
+    ends: EndTokens | None,
+) -> torch.Tensor:
+    """(B, L) bool: the queried positions that get their chosen token: what the row's rule keeps, and
+    the ends a length-first row chose (kept as they are)."""
+    ruled = plan.candidates & ~endings.chosen  # (B, L): what the rules decide on
+    end_candidate = end_run = None
+    if ends is not None:
+        end_candidate = at.spread(torch.isin(ids, ends.ids), False)  # (B, L)
+        end_run = contiguous_end_run(x, end_candidate, ends.ids)  # (B, L)
+    kept = keep_reveals(rows, ruled, plan.reveal_counts, confidence, entropy, end_run, end_candidate)
+    unranked = ruled  # random rows keep every candidate but the endings they defer
+    if end_run is not None and end_candidate is not None:
+        unranked = ruled & ~deferred_endings(rows, index + 1 >= rows.steps, end_run, end_candidate)
+    return torch.where(rows.ranked[:, None], kept, unranked) | endings.chosen
 
 
 def _entropy(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -354,11 +285,13 @@ def denoise(
     logits_fn: LogitsFn, x: torch.Tensor, rows: SamplerRows, mask_id: int, ends: EndTokens | None = None
 ) -> Iterator[tuple[torch.Tensor, Step]]:
     """Run every row's steps from `x` (B, L), yielding (steps done per row (B,), step) after each
-    step; when the longest schedule ends no mask is left."""
+    step; when the longest schedule ends no mask is left. (The engine runs the same steps without
+    host syncs; this loop counts each step's queries on the host.)"""
     index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # (B,)
     for _ in range(int(rows.steps.max())):
         plan = plan_step(x, index, rows, mask_id)
-        logits = logits_fn(x, plan.query) if plan.query.any() else None
-        step = apply_step(x, index, plan, logits, rows, mask_id, ends)
+        count = int(plan.query.sum())
+        logits = logits_fn(x, plan.query) if count else None
+        step = apply_step(x, index, plan, logits, rows, mask_id, ends, count)
         x, index = step.x, torch.minimum(index + 1, rows.steps)
         yield index, step

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from app.diffusion.logits import at_query, attention_bias
+
 log = logging.getLogger(__name__)
 
 WIDTH_MULTIPLE = 64
@@ -61,17 +63,20 @@ class StaticShapeForward:
         self.compiled = compile
 
         def encode(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden: torch.Tensor = encoder(input_ids=x, attention_mask=attention_mask).last_hidden_state
+            bias = attention_bias(model, attention_mask)  # (B, 1, 1, L): no host check of the mask
+            hidden: torch.Tensor = encoder(input_ids=x, attention_mask=bias).last_hidden_state
             return hidden  # (B, L, D)
 
         mode = "reduce-overhead" if backend == "inductor" else None  # CUDA graphs come with inductor
         self._encode = torch.compile(encode, mode=mode, backend=backend, dynamic=False) if compile else encode
+        self._eager_encode = encode
+        self.eager_shapes: dict[tuple[int, int], str] = {}  # (rows, width) whose compile failed -> why
 
     @torch.inference_mode()
     def __call__(
         self,
         x: torch.Tensor,  # (B, W) token ids
-        query: torch.Tensor,  # (B, W) bool
+        query: torch.Tensor,  # (B, W) bool or (N,) flat indices into B * W (`at_query`)
         attention_mask: torch.Tensor | None = None,  # (B, W) 1 = real position
     ) -> torch.Tensor:
         """Float32 logits (N, V) at the `query` positions, row-major, from one bucketed pass."""
@@ -82,10 +87,23 @@ class StaticShapeForward:
         mask = x.new_zeros((padded_rows, padded_width))  # (Bp, Wp)
         mask[:rows, :width] = 1 if attention_mask is None else attention_mask
         mask[rows:, 0] = 1  # padded rows attend to one position: no empty softmax, no NaN
-        if self.compiled:
+        hidden = self._encoded(x_padded, mask)  # (Bp, Wp, D)
+        return self.head(self.model, at_query(hidden[:rows, :width], query)).float()  # (N, V)
+
+    def _encoded(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's states (B, W, D): compiled, unless compiling this shape failed once (at warm-up
+        or in a request); then eager for this shape only, logged once, and no request fails for it."""
+        shape = (x.shape[0], x.shape[1])
+        if not self.compiled or shape in self.eager_shapes:
+            return self._eager_encode(x, mask)
+        try:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]  # outputs consumed
-        hidden = self._encode(x_padded, mask)  # (Bp, Wp, D)
-        return self.head(self.model, hidden[:rows, :width][query]).float()  # (N, V)
+            hidden: torch.Tensor = self._encode(x, mask)
+            return hidden
+        except Exception as err:  # a compiler or capture failure must not fail the request
+            self.eager_shapes[shape] = f"{type(err).__name__}: {err}"
+            log.warning("compiling the forward for %d x %d failed (%s); that shape runs eagerly", *shape, err)
+            return self._eager_encode(x, mask)
 
     def warm_up(self, max_rows: int, width: int) -> int:
         """Run every bucket up to `max_rows` rows at `width`, so that compiling and graph capture happen

@@ -37,11 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
+from app.diffusion.queried import Queried
 from app.diffusion.randomness import Purpose, uniform
+from app.diffusion.sampler_rows import ENDING_CODES, SamplerRows
 from app.diffusion.sampler_settings import Endings
-
-ENDING_CODES = {endings: code for code, endings in enumerate(Endings)}
-"""Each `endings` value as the integer its rows carry on the device."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,57 @@ class EndTokens:
     def build(cls, ids: Iterable[int], pad: int, device: torch.device | str = "cpu") -> EndTokens:
         """`ids` with `pad` among them, on `device`."""
         return cls(torch.tensor(sorted({*ids, pad}), dtype=torch.long, device=device), pad)
+
+
+@dataclass(frozen=True)
+class StepEnds:
+    """A step's endings at its N queried positions, all decided before any word is chosen."""
+
+    word_logits: torch.Tensor  # (N, V): end tokens impossible where the row's rule does not sample them
+    chosen: torch.Tensor  # (B, L) bool: length-first rows' tails from their drawn end, written as they are
+    ended: torch.Tensor | None  # (N,) bool: positions that end the story (chosen or drawn); None: only sampled ends
+    end_token: torch.Tensor | None  # (N,) the likeliest end token where `ended`
+    end_prob: torch.Tensor | None  # (N,) float32: the model's end probability there
+
+    def written(self, ids: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen `ids` (N,) and their `probs` (N,), with the decided ends in place."""
+        if self.ended is None or self.end_token is None or self.end_prob is None:
+            return ids, probs
+        return torch.where(self.ended, self.end_token, ids), torch.where(self.ended, self.end_prob, probs)
+
+
+def step_ends(
+    x: torch.Tensor,  # (B, L)
+    index: torch.Tensor,  # (B,) the step each row is taking
+    at: Queried,
+    logits: torch.Tensor,  # (N, V) at `at`
+    rows: SamplerRows,
+    mask_id: int,
+    ends: EndTokens | None,
+) -> StepEnds:
+    """Where each queried position may end its story, and where `calibrated` and `length_first` end it.
+
+    An end token is possible only after the row's last word (`may_end`); `sampled` rows draw it there
+    like any token, the other rules decide it themselves and choose among words only.
+    """
+    if ends is None:
+        return StepEnds(logits, torch.zeros(at.shape, dtype=torch.bool, device=x.device), None, None, None)
+    open_end = at.gather(may_end(x, mask_id, ends.ids, rows.fixed_until))  # (N,)
+    if rows.kinds.endings <= {Endings.SAMPLED}:
+        chosen = torch.zeros(at.shape, dtype=torch.bool, device=x.device)
+        return StepEnds(without_endings(logits, ~open_end, ends.ids), chosen, None, None, None)
+    ends_here = end_probability(logits, ends.ids, mask_id)  # (N,) float64
+    chosen = torch.zeros(at.shape, dtype=torch.bool, device=x.device)
+    if Endings.LENGTH_FIRST in rows.kinds.endings:
+        chosen = chosen_ending(x, at, ends_here, rows.length_first & (index == 0), rows, mask_id, ends)
+    row_endings = rows.endings[at.row]  # (N,)
+    own = row_endings != ENDING_CODES[Endings.SAMPLED]
+    chosen_here = at.gather(chosen)
+    calibrated = (row_endings == ENDING_CODES[Endings.CALIBRATED]) & open_end
+    drawn = calibrated & (uniform(rows.seed[at.row], index[at.row], at.position, Purpose.END) < ends_here)
+    word_logits = without_endings(logits, ~open_end | (own & ~chosen_here), ends.ids)
+    ended = chosen_here | drawn  # (N,)
+    return StepEnds(word_logits, chosen, ended, likeliest_end(logits, ends.ids), ends_here.float())
 
 
 def may_end(x: torch.Tensor, mask_id: int, end_ids: torch.Tensor, fixed_until: torch.Tensor) -> torch.Tensor:
@@ -81,11 +131,10 @@ def end_probability(logits: torch.Tensor, end_ids: torch.Tensor, mask_id: int) -
 
 def chosen_ending(
     x: torch.Tensor,  # (B, L)
-    query: torch.Tensor,  # (B, L) bool: the positions `ends_here` is for, row-major
+    at: Queried,  # the positions `ends_here` is for
     ends_here: torch.Tensor,  # (N,) float64: `end_probability` at those positions
     choosing: torch.Tensor,  # (B,) bool: rows that choose their length this step (their first)
-    seed: torch.Tensor,  # (B,) long
-    fixed_until: torch.Tensor,  # (B,) long: see `may_end`
+    rows: SamplerRows,
     mask_id: int,
     ends: EndTokens,
 ) -> torch.Tensor:
@@ -93,15 +142,14 @@ def chosen_ending(
 
     The tail is the masked positions where the story may end (`may_end`: after the prompt and any fixed
     text; a batch's right padding does not shorten it). The row's length distribution is the running
-    maximum of the end probability along it (every tail position must be in `query`); the end is the
+    maximum of the end probability along it (every tail position must be queried); the end is the
     first position where it exceeds the row's uniform draw (seed, step 0), so a row ends nowhere when
     the model never expects an end that early.
     """
-    tail = may_end(x, mask_id, ends.ids, fixed_until) & (x == mask_id) & choosing[:, None]  # (B, L)
-    ends_at = torch.zeros(query.shape, dtype=torch.float64, device=x.device)  # (B, L)
-    ends_at[query] = ends_here
-    cdf = (ends_at * tail).cummax(dim=1).values  # (B, L), 0 before the tail
-    u = uniform(seed, torch.zeros_like(seed), torch.zeros_like(seed), Purpose.LENGTH)  # (B,)
+    tail = may_end(x, mask_id, ends.ids, rows.fixed_until) & (x == mask_id) & choosing[:, None]  # (B, L)
+    cdf = (at.spread(ends_here, 0.0) * tail).cummax(dim=1).values  # (B, L), 0 before the tail
+    zero = torch.zeros_like(rows.seed)
+    u = uniform(rows.seed, zero, zero, Purpose.LENGTH)  # (B,)
     return tail & (cdf > u[:, None])
 
 

@@ -7,6 +7,11 @@ says a split is cheaper), the pure sampler step, the plan of the next step, and 
 the host carrying everything the engine publishes: the reveals of streaming rows, the tokens of rows
 that publish or finish, and which rows need the model next time. Rows join and leave between
 iterations; the plan of a row that just joined is made with the next step, so joining costs no copy.
+
+Everything the step branches on is known on the host, so nothing in it waits for the device: which
+rows stream or publish (their step counts), what kinds of settings the rows use (`RowKinds`), and how
+many positions each row queries (copied with the previous step's payload, or planned on the host for
+a row that just joined), which sizes every gather of queried positions (`Queried`).
 """
 
 from __future__ import annotations
@@ -16,16 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
+from app.diffusion.devices import to_device
+from app.diffusion.queried import Queried
+from app.diffusion.sampler_rows import RowKinds, SamplerRows
 from app.diffusion.sampler_settings import SamplerSettings
-from app.diffusion.sampling import (
-    Pinned,
-    SamplerRows,
-    StepPlan,
-    apply_step,
-    fixed_until,
-    initial_tokens,
-    plan_step,
-)
+from app.diffusion.sampling import Pinned, Step, StepPlan, apply_step, fixed_until, initial_tokens, plan_step
 from app.diffusion.story_length import EndTokens
 from app.engine.forward_plan import ONE_PASS, BatchForward, group_by_length
 
@@ -60,53 +60,64 @@ class AdvanceResult:
 
 
 class RunningBatch:
-    """Device tensors of the active rows, in the order the engine keeps its sequences."""
+    """Device tensors of the active rows, in the order the engine keeps its sequences, and what the host
+    knows of each row."""
 
     def __init__(self, mask_id: int, pad_id: int, device: torch.device, end_ids: Sequence[int] = ()) -> None:
         self.mask_id, self.pad_id, self.device = mask_id, pad_id, device
         self.ends = EndTokens.build(end_ids, pad_id, device)  # PAD, SEP, EOS
         self.x = torch.empty((0, 0), dtype=torch.long, device=device)  # (B, W)
         self.index = torch.empty(0, dtype=torch.long, device=device)  # (B,) steps done
-        self.stream_every = torch.empty(0, dtype=torch.long, device=device)  # (B,) 0: not streaming
+        self.every = torch.empty(0, dtype=torch.long, device=device)  # (B,) stream_every on the device; 0: none
+        self.real = torch.empty(0, dtype=torch.long, device=device)  # (B,) each row's real length, for the mask
         self.rows = SamplerRows.build([], [], device)
         self.lengths: list[int] = []  # host: each row's real length
-        self.needs_model: list[bool] = []  # host: does the row's next plan query anything?
+        self.settings: list[SamplerSettings] = []  # host: each row's settings
+        self.stream_every: list[int] = []  # host: publish every k-th step; 0: only the end
+        self.steps_done: list[int] = []  # host: the same as `index`
+        self.queries: list[int] = []  # host: how many positions each row's next step queries
         self.plan: StepPlan | None = None  # the next step's plan; None: make it before the step
         self.cost = ONE_PASS
 
     def __len__(self) -> int:
         return len(self.lengths)
 
+    @property
+    def needs_model(self) -> list[bool]:
+        """Per row: does its next step query anything?"""
+        return [n > 0 for n in self.queries]
+
     def add(self, new: Sequence[NewRow]) -> None:
-        """Append rows (all masked after their prefix); their plan is made with the next step."""
+        """Append rows (all masked after their prefix); their first plan is made on the host, to know its size."""
         if not new:
             return
         width = max([*self.lengths, *(row.length for row in new)])
-        fresh = torch.full((len(new), width), self.pad_id, dtype=torch.long, device=self.device)  # (b, W)
+        fresh = torch.full((len(new), width), self.pad_id, dtype=torch.long)  # (b, W) on the host
         for i, row in enumerate(new):
-            fresh[i, : row.length] = initial_tokens(row.prefix, row.length, self.mask_id, self.device, row.pinned)
-        self.x = torch.cat([self._widened(width), fresh])
-        self.index = torch.cat([self.index, torch.zeros(len(new), dtype=torch.long, device=self.device)])
-        every = torch.tensor([row.stream_every or 0 for row in new], dtype=torch.long, device=self.device)
-        self.stream_every = torch.cat([self.stream_every, every])
+            fresh[i, : row.length] = initial_tokens(row.prefix, row.length, self.mask_id, "cpu", row.pinned)
         fixed = [fixed_until(row.prefix, row.pinned) for row in new]
-        added = SamplerRows.build([row.settings for row in new], [row.seed for row in new], self.device, fixed)
-        self.rows = SamplerRows.concat([self.rows, added])
+        settings, seeds = [row.settings for row in new], [row.seed for row in new]
+        first = plan_step(
+            fresh, torch.zeros(len(new), dtype=torch.long), SamplerRows.build(settings, seeds), self.mask_id
+        )
+        self.queries += first.query.sum(dim=1).tolist()  # host tensors: no device involved
+        self.x = torch.cat([self._widened(width), to_device(fresh, self.device)])
+        self.index = torch.cat([self.index, torch.zeros(len(new), dtype=torch.long, device=self.device)])
+        facts = torch.tensor([[row.stream_every or 0, row.length] for row in new], dtype=torch.long)  # (b, 2)
+        facts = to_device(facts, self.device)
+        self.every, self.real = torch.cat([self.every, facts[:, 0]]), torch.cat([self.real, facts[:, 1]])
+        self.rows = SamplerRows.concat([self.rows, SamplerRows.build(settings, seeds, self.device, fixed)])
         self.lengths += [row.length for row in new]
-        self.needs_model += [True] * len(new)
+        self.settings += settings
+        self.stream_every += [row.stream_every or 0 for row in new]
+        self.steps_done += [0] * len(new)
         self.plan = None
 
     def keep(self, kept: Sequence[bool]) -> None:
         """Drop the rows whose flag is False, keeping the order of the rest."""
         if all(kept):
             return
-        rows = torch.tensor(kept, dtype=torch.bool, device=self.device)
-        self.lengths = [n for n, k in zip(self.lengths, kept, strict=True) if k]
-        self.needs_model = [n for n, k in zip(self.needs_model, kept, strict=True) if k]
-        self.x = self.x[rows][:, : max(self.lengths, default=0)]  # the longest row may have left
-        self.index, self.stream_every, self.rows = self.index[rows], self.stream_every[rows], self.rows.select(rows)
-        if self.plan is not None:
-            self.plan = self.plan.select(rows, self.x.shape[1])
+        self._take([i for i, k in enumerate(kept) if k], self)
 
     def advance(self, forward: BatchForward) -> AdvanceResult:
         """One denoising step for every row. Rows that publish this step (every `stream_every`-th and the
@@ -114,99 +125,123 @@ class RunningBatch:
         the batch is as it was, so the step can be retried on fewer rows."""
         plan = self.plan if self.plan is not None else plan_step(self.x, self.index, self.rows, self.mask_id)
         logits, pass_sizes = self._logits(forward, plan)
-        step = apply_step(self.x, self.index, plan, logits, self.rows, self.mask_id, self.ends)
+        step = apply_step(self.x, self.index, plan, logits, self.rows, self.mask_id, self.ends, sum(self.queries))
         index = self.index + 1
         next_plan = plan_step(step.x, index, self.rows, self.mask_id)
-        streamed = self.stream_every[step.rows] > 0  # (N,) reveals that someone reads
-        every = self.stream_every.clamp_min(1)  # (B,)
-        wanted = (index == self.rows.steps) | ((self.stream_every > 0) & (index % every == 0))  # (B,)
-        payload = torch.cat(
-            [  # one device-to-host copy; ids and positions are exact in float64
-                streamed.sum().to(torch.float64).reshape(1),
-                next_plan.query.any(dim=1).to(torch.float64),
-                wanted.to(torch.float64),
-                plan.query.any(dim=1).to(torch.float64),
-                *(t[streamed].to(torch.float64) for t in (step.rows, step.positions, step.token_ids, step.probs)),
-                step.x[wanted].flatten().to(torch.float64),
-            ]
-        ).cpu()
-        results, needs_model = self._unpack(payload)
-        self.x, self.index, self.plan, self.needs_model = step.x, index, next_plan, needs_model
+        done = [n + 1 for n in self.steps_done]
+        streaming = [i for i, every in enumerate(self.stream_every) if every]
+        wanted = [
+            i
+            for i, (n, every, s) in enumerate(zip(done, self.stream_every, self.settings, strict=True))
+            if n == s.steps or (every and n % every == 0)
+        ]
+        host = self._payload(step, index, next_plan, len(streaming), len(wanted)).cpu()  # the one device-to-host copy
+        results = self._unpack(host, streaming, wanted)
+        self.x, self.index, self.plan, self.steps_done = step.x, index, next_plan, done
+        self.queries = host[: len(self)].tolist()
         return AdvanceResult(results, pass_sizes)
 
     def subset(self, rows: Sequence[int]) -> RunningBatch:
         """A separate batch holding copies of `rows`: to try a step on them without touching this one."""
         part = RunningBatch(self.mask_id, self.pad_id, self.device)
-        part.ends = self.ends
-        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
-        part.lengths = [self.lengths[i] for i in rows]
-        part.needs_model = [self.needs_model[i] for i in rows]
-        part.x = self.x[index][:, : max(part.lengths, default=0)]
-        part.index, part.stream_every, part.rows = self.index[index], self.stream_every[index], self.rows.select(index)
-        part.cost = self.cost
+        part.ends, part.cost = self.ends, self.cost
+        self._take(list(rows), part)
         return part
 
     def tokens(self, row: int) -> list[int]:
         """Row `row`'s tokens now, masks included (a draft to hand back when a request stops early)."""
         return self.x[row, : self.lengths[row]].tolist()
 
-    def _unpack(self, payload: torch.Tensor) -> tuple[list[RowResult], list[bool]]:
-        """Per-row results from the copied payload, and which rows need the model next."""
-        batch, n = len(self.lengths), int(payload[0])
-        flags = payload[1 : 1 + 3 * batch].bool().tolist()
-        needs_model, want_ids, queried = flags[:batch], flags[batch : 2 * batch], flags[2 * batch :]
-        start = 1 + 3 * batch
-        rows, positions, ids = payload[start : start + 3 * n].long().view(3, n).tolist()
-        probs = payload[start + 3 * n : start + 4 * n].tolist()
+    def _take(self, rows: list[int], into: RunningBatch) -> None:
+        """Set `into` (this batch or a new one) to the given rows of this batch, in that order."""
+        index = to_device(torch.tensor(rows, dtype=torch.long), self.device)
+        into.lengths = [self.lengths[i] for i in rows]
+        into.settings = [self.settings[i] for i in rows]
+        into.stream_every = [self.stream_every[i] for i in rows]
+        into.steps_done = [self.steps_done[i] for i in rows]
+        into.queries = [self.queries[i] for i in rows]
+        width = max(into.lengths, default=0)  # the longest row may have left
+        plan = self.plan
+        into.x, into.index = self.x.index_select(0, index)[:, :width], self.index.index_select(0, index)
+        into.every, into.real = self.every.index_select(0, index), self.real.index_select(0, index)
+        selected = self.rows.select(index)
+        into.rows = SamplerRows(**{**vars(selected), "kinds": RowKinds.of(into.settings)})
+        into.plan = None if plan is None else plan.select(index, width)
+
+    def _payload(self, step: Step, index: torch.Tensor, plan: StepPlan, streaming: int, wanted: int) -> torch.Tensor:
+        """One int64 tensor: each row's next query count, the streaming rows' reveals (token or -1, and
+        the probability's float32 bits), and the publishing rows' tokens. The host knows how many rows
+        stream and publish, which sizes their gathers: no index tensor crosses to the device mid-step."""
+        parts = [plan.query.sum(dim=1)]  # (B,)
+        if streaming:
+            rows = torch.nonzero_static(self.every > 0, size=streaming).squeeze(1)  # (S,)
+            revealed = step.revealed.index_select(0, rows)  # (S, W)
+            parts.append(torch.where(revealed, step.x.index_select(0, rows), -1).flatten())
+            probs = step.reveal_probs.index_select(0, rows).contiguous()
+            parts.append(probs.view(torch.int32).flatten().long())  # the float32 bits, exact
+        if wanted:
+            publish = (index == self.rows.steps) | ((self.every > 0) & (index % self.every.clamp_min(1) == 0))  # (B,)
+            parts.append(step.x.index_select(0, torch.nonzero_static(publish, size=wanted).squeeze(1)).flatten())
+        return torch.cat(parts)
+
+    def _unpack(self, host: torch.Tensor, streaming: list[int], wanted: list[int]) -> list[RowResult]:
+        """Per-row results from the copied payload (host tensors only)."""
+        batch, width = len(self), self.x.shape[1]
         reveals: list[list[tuple[int, int, float]]] = [[] for _ in range(batch)]
-        for row, pos, token, p in zip(rows, positions, ids, probs, strict=True):
-            reveals[row].append((pos, token, p))
-        tokens = payload[start + 4 * n :].long().view(-1, self.x.shape[1]).tolist()  # (wanted rows, W)
-        wanted_rows = iter(tokens)
-        results = [
-            RowResult(reveals[i], next(wanted_rows)[: self.lengths[i]] if wanted else None, queried[i])
-            for i, wanted in enumerate(want_ids)
-        ]
-        return results, needs_model
+        start = batch
+        if streaming:
+            size = len(streaming) * width
+            tokens = host[start : start + size].view(len(streaming), width)
+            probs = host[start + size : start + 2 * size].int().view(torch.float32).view(len(streaming), width)
+            start += 2 * size
+            where, position = (tokens >= 0).nonzero(as_tuple=True)
+            for s, pos, token, p in zip(
+                where.tolist(), position.tolist(), tokens[where, position].tolist(), probs[where, position].tolist(),
+                strict=True,
+            ):  # fmt: skip
+                reveals[streaming[s]].append((pos, token, p))
+        ids: list[list[int] | None] = [None] * batch
+        for row, tokens_now in zip(wanted, host[start:].view(-1, width).tolist() if wanted else [], strict=True):
+            ids[row] = tokens_now[: self.lengths[row]]
+        return [RowResult(reveals[i], ids[i], self.queries[i] > 0) for i in range(batch)]
 
     def _logits(self, forward: BatchForward, plan: StepPlan) -> tuple[torch.Tensor | None, list[int]]:
         """Logits (N, V) at `plan.query` in row-major order, from one pass per length group of the rows
         that need the model; None when no row does."""
-        needy = [i for i, needs in enumerate(self.needs_model) if needs]
+        needy = [i for i, n in enumerate(self.queries) if n]
         if not needy:
             return None, []
         if self.device.type != "cpu":  # a GPU pass is launch-bound: all rows, no gather of a subset
             needy = list(range(len(self.lengths)))
-        groups = group_by_length([self.lengths[i] for i in needy], self.cost)
+        lengths = [self.lengths[i] for i in needy]
+        groups = [sorted(needy[i] for i in group) for group in group_by_length(lengths, self.cost)]  # batch order
         if len(groups) == 1:
-            rows = needy
-            width = max(self.lengths[i] for i in rows)
-            return self._forward_rows(forward, plan, rows, width), [len(rows)]
+            return self._forward_rows(forward, plan, groups[0]), [len(groups[0])]
         rank = plan.query.flatten().cumsum(0).view(plan.query.shape) - 1  # (B, W) where each query's logits go
-        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for group in groups:
-            rows = [needy[i] for i in group]
+        parts = []
+        for rows in groups:
             width = max(self.lengths[i] for i in rows)
-            index = torch.tensor(rows, device=self.device)
-            logits = self._forward_rows(forward, plan, rows, width)
-            parts.append((rank[index, :width][plan.query[index, :width]], logits))
-        total = sum(len(where) for where, _ in parts)
-        out = parts[0][1].new_empty((total, parts[0][1].shape[-1]))
+            index = to_device(torch.tensor(rows), self.device)
+            at = Queried.of(plan.query.index_select(0, index)[:, :width], sum(self.queries[i] for i in rows))
+            parts.append((at.gather(rank.index_select(0, index)[:, :width]), self._forward_rows(forward, plan, rows)))
+        out = parts[0][1].new_empty((sum(self.queries), parts[0][1].shape[-1]))  # (N, V)
         for where, logits in parts:
-            out[where] = logits
-        return out, [len(group) for group in groups]
+            out.index_copy_(0, where, logits)
+        return out, [len(rows) for rows in groups]
 
-    def _forward_rows(self, forward: BatchForward, plan: StepPlan, rows: list[int], width: int) -> torch.Tensor:
-        """One pass over `rows`, cut to `width` positions, padding hidden by an attention mask."""
-        index = torch.tensor(rows, device=self.device) if len(rows) < len(self.lengths) else None
-        x = self.x if index is None else self.x[index]
-        query = plan.query if index is None else plan.query[index]
-        lengths = [self.lengths[i] for i in rows]
+    def _forward_rows(self, forward: BatchForward, plan: StepPlan, rows: list[int]) -> torch.Tensor:
+        """One pass over `rows`, cut to their longest length, padding hidden by an attention mask; the
+        queried positions go to the forward as flat indices."""
+        width = max(self.lengths[i] for i in rows)
+        index = to_device(torch.tensor(rows), self.device) if len(rows) < len(self.lengths) else None
+        x = self.x if index is None else self.x.index_select(0, index)
+        query = plan.query if index is None else plan.query.index_select(0, index)
         attention_mask = None
-        if min(lengths) < width:
-            real = torch.tensor(lengths, device=self.device)
+        if min(self.lengths[i] for i in rows) < width:
+            real = self.real if index is None else self.real.index_select(0, index)  # (b,)
             attention_mask = (torch.arange(width, device=self.device)[None, :] < real[:, None]).long()  # (b, W)
-        return forward(x[:, :width], query[:, :width], attention_mask)
+        at = Queried.of(query[:, :width], sum(self.queries[i] for i in rows))
+        return forward(x[:, :width], at.flat, attention_mask)
 
     def _widened(self, width: int) -> torch.Tensor:
         """The current tokens padded on the right to `width` positions."""

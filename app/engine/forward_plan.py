@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 BatchForward = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-"""(x (B, L), query (B, L) bool, attention_mask (B, L) or None) -> float logits (N, V), row-major."""
+"""(x (B, L), query, attention_mask (B, L) or None) -> float logits (N, V), row-major. The engine passes
+`query` as (N,) flat indices into B * L (found without a host sync); a (B, L) bool mask means the same."""
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,7 @@ class ForwardCost:
 
         def seconds(rows: int, length: int) -> float:
             x = torch.full((rows, length), mask_id, dtype=torch.long, device=device)
-            query = torch.zeros_like(x, dtype=torch.bool)
-            query[:, 0] = True
+            query = torch.arange(rows, device=device) * length  # (rows,) each row's first position
             best = float("inf")
             for _ in range(repeats):
                 started = time.perf_counter()

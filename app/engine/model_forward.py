@@ -26,14 +26,22 @@ class CheckpointForward:
         self._eager = functools.partial(logits_at, checkpoint.model)
         wanted = checkpoint.device.type == "cuda" if compile is None else compile
         self._static: StaticShapeForward | None = None
-        self.name = "eager"
+        self._name = "eager"
         if wanted and not supports_static_forward(checkpoint.model):
             log.warning("no compiled forward for %s models; running eagerly", checkpoint.model.config.model_type)
         elif wanted:
             pad = checkpoint.tokenizer.pad_token_id
             pad_id = checkpoint.mask_id if pad is None else int(pad)
             self._static = StaticShapeForward(checkpoint.model, pad_id, checkpoint.max_positions, compile=True)
-            self.name = "compiled (CUDA graphs)" if checkpoint.device.type == "cuda" else "compiled"
+            self._name = "compiled (CUDA graphs)" if checkpoint.device.type == "cuda" else "compiled"
+
+    @property
+    def name(self) -> str:
+        """Which path runs, naming the batch shapes (rows x width) that fell back to eager."""
+        eager = sorted(self._static.eager_shapes) if self._static is not None else []
+        if not eager:
+            return self._name
+        return f"{self._name}; eager for " + ", ".join(f"{rows}x{width}" for rows, width in eager)
 
     def __call__(self, x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if self._static is not None:
@@ -49,4 +57,4 @@ class CheckpointForward:
             log.info("forward compiled: %d batch buckets up to %d rows at width %d", buckets, max_rows, width)
         except Exception as err:  # a compiler or capture failure must not keep the model from serving
             log.warning("compiling the forward failed (%s: %s); running eagerly", type(err).__name__, err)
-            self._static, self.name = None, "eager (compile failed)"
+            self._static, self._name = None, "eager (compile failed)"
