@@ -126,7 +126,7 @@ def load_checkpoint(
 
     Args:
         source: a directory written by `save_pretrained`, or a hub id such as "org/name".
-        device: "cpu", "cuda", "mps" or None for the fastest one present.
+        device: "cpu", "cuda" or None for the fastest one present (mps is refused: no float64).
         dtype: "float32", "bfloat16", "float16" or None (bf16 on GPUs, fp32 on CPU).
     """
     source = str(source)
