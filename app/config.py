@@ -23,7 +23,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STORYDIFF_", extra="forbid")
 
     model: str = Field(str(DEFAULT_MODEL_DIR), description="Checkpoint directory or hub id.")
-    device: str | None = Field(None, description="cpu, cuda or cuda:1; None: the fastest present (a GPU if any; never mps: the sampler needs float64).")
+    device: str | None = Field(
+        None,
+        description="cpu, cuda or cuda:1; None: the fastest present (never mps: the sampler needs float64).",
+    )
     dtype: str | None = Field(None, description="float32, bfloat16, float16; None: bf16 on GPUs, fp32 on CPU.")
     compile: bool | None = Field(
         None,

@@ -47,7 +47,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=str(DEFAULT_MODEL_DIR), help="checkpoint directory or hub id (default: the packaged model)"
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: the fastest present; mps is refused: the sampler needs float64)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda or cuda:N (default: the fastest present; mps is refused: the sampler needs float64)",
+    )
     parser.add_argument(
         "--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPUs, fp32 on CPU)"
     )
