@@ -39,7 +39,7 @@ from app.diffusion.checkpoint import Checkpoint, load_checkpoint
 from app.diffusion.generation import sample
 from app.diffusion.sampler_settings import Endings, SamplerSettings
 from app.diffusion.text import decode_story, end_token_ids
-from app.paths import DEFAULT_MODEL_DIR
+from app.paths import DEFAULT_MODEL_DIR, model_name
 from model_training.evaluation import text_bound
 
 HELD_OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "tinystories" / "valid.txt"
@@ -197,7 +197,7 @@ def main() -> None:
     every_position = defaults.model_copy(update={"endings": Endings.LENGTH_FIRST})  # no end inside the blank
     settings_of = {name: every_position if name == "unconstrained" else defaults for name in groups}
     settings = defaults.model_dump(mode="json")
-    report = {"model": ckpt.source, "judge": judge.source, "settings": settings, "batch": args.batch}
+    report = {"model": model_name(ckpt.source), "judge": judge.source, "settings": settings, "batch": args.batch}
     report |= {"threads": args.threads, "t_samples": args.t_samples, "rows": []}
     if args.resume and args.json and args.json.exists():
         report = json.loads(args.json.read_text())

@@ -71,7 +71,7 @@ def test_generated_stories_end_before_the_last_position(default_ckpt, temperatur
 
 
 def test_the_server_and_sample_write_the_same_story_at_the_shipped_defaults(default_ckpt):
-    """What `POST /generate` writes at the checkpoint's defaults (calibrated endings included) is what
+    """What `POST /generate` writes at the checkpoint's defaults (its endings rule included) is what
     `sample` writes for the CLI, the training samples and the benchmarks, for the same seed: one default."""
     import httpx
 
@@ -86,4 +86,4 @@ def test_the_server_and_sample_write_the_same_story_at_the_shipped_defaults(defa
     assert [answer["text"] for answer in answers] == [
         decode_story(row.tolist(), default_ckpt.tokenizer) for row in last.x
     ]
-    assert defaults.endings.value == "calibrated"  # the rule this compares is the one the server ships
+    assert defaults.endings.value == "length_first"  # the rule this compares is the one the server ships

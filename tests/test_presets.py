@@ -132,7 +132,7 @@ async def test_metrics_histograms_count_forwards_and_tokens_per_forward(preset_c
 
 
 def test_a_seeded_fast_story_is_the_same_alone_and_in_a_mixed_batch(tiny_checkpoint_dir):
-    """Two requests with one seed and the `fast` preset (calibrated endings, as the shipped model's), among
+    """Two requests with one seed and the `fast` preset with calibrated endings, among
     requests with other rules, endings and lengths."""
     ckpt = load_checkpoint(tiny_checkpoint_dir, device="cpu")
     fast = ckpt.config.settings_for("fast").model_copy(update={"temperature": 1.0, "endings": Endings.CALIBRATED})

@@ -93,3 +93,17 @@ def test_rescore_recomputes_the_ar_columns_from_the_stored_texts(
             before["ar_ppl_ratio"]
         )
         assert after["texts" if "texts" in before else "label"] == before["texts" if "texts" in before else "label"]
+
+
+def test_the_grid_row_named_the_shipped_default_has_the_shipped_default_settings():
+    """docs/story-quality.md reads that row as the default: it must be what the server runs."""
+    from app.diffusion.checkpoint import DEFAULT_MODEL_DIR
+    from app.diffusion.diffusion_config import DiffusionConfig
+    from app.diffusion.sampler_settings import SamplerOverrides
+
+    sampler_quality = load_benchmark()
+    shipped = DiffusionConfig.load(DEFAULT_MODEL_DIR / "diffusion_config.json").sampler_settings
+    fields = dict(sampler_quality.QUALITY_GRID)[sampler_quality.SHIPPED_DEFAULT]
+    row = shipped.override(SamplerOverrides(**(sampler_quality.GRID_BASE | fields)))
+    # block_length only orders the confidence-ranked rules; random remasking ignores it
+    assert row.model_copy(update={"block_length": shipped.block_length}) == shipped
