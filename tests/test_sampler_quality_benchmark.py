@@ -27,7 +27,7 @@ def run(tiny_checkpoint_dir, tmp_path, monkeypatch, ar_judge: str) -> list[dict]
     out, table = tmp_path / "rows.json", tmp_path / "table.md"
     model = str(tiny_checkpoint_dir)
     argv = ["sampler_quality", "--model", model, "--judge", model, "--ar-judge", ar_judge, "--stories", "2"]
-    argv += ["--only", "random T=24 temp 0.7", "--threads", "1", "--json", str(out), "--table", str(table)]
+    argv += ["--only", "random T=24 temp 0.7 length-first", "--threads", "1", "--json", str(out), "--table", str(table)]
     monkeypatch.setattr(sys, "argv", argv)
     sampler_quality.main()
     return json.loads(out.read_text())
@@ -36,8 +36,8 @@ def run(tiny_checkpoint_dir, tmp_path, monkeypatch, ar_judge: str) -> list[dict]
 def test_rows_show_the_ar_judge_beside_the_elbo_judge(tiny_checkpoint_dir, tiny_judge_dir, tmp_path, monkeypatch):
     rows = run(tiny_checkpoint_dir, tmp_path, monkeypatch, str(tiny_judge_dir))
     held_out, written = rows
-    assert written["label"] == "random T=24 temp 0.7"
-    assert written["settings"]["steps"] == 24 and written["settings"]["endings"] == "calibrated"
+    assert written["label"] == "random T=24 temp 0.7 length-first"
+    assert written["settings"]["steps"] == 24 and written["settings"]["endings"] == "length_first"
     assert written["broken"] == 0.0 and written["stories"] == 2
     judge = Judge.load(tiny_judge_dir)
     assert written["ar_ppl"] == pytest.approx(surprise(judge, written["examples"]).perplexity)
