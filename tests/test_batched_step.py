@@ -11,6 +11,7 @@ from app.diffusion.randomness import Purpose, uniform
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.sampling import SamplerRows, apply_step, initial_tokens, plan_step, step_times
 from app.engine import Engine, Finished, GenerationSpec, StepUpdate
+from tests.support.engine import run_all
 
 VOCAB, MASK, PAD = 50, 1, 0
 
@@ -122,15 +123,7 @@ def test_batched_steps_equal_the_per_request_reference_for_every_setting():
 def run_engine(specs: list[GenerationSpec], max_batch: int) -> list[tuple[Finished, list[StepUpdate]]]:
     """Submit all `specs` at once; each request's outcome and step updates."""
     engine = Engine(row_local_logits, mask_id=MASK, pad_id=PAD, max_batch=max_batch, max_queue=len(specs))
-    engine.start()
-    updates: list[list] = [[] for _ in specs]
-    try:
-        for spec, received in zip(specs, updates, strict=True):
-            engine.submit(spec, received.append, timeout_s=60)
-        engine.stop(grace_s=60)
-    finally:
-        engine.stop()
-    return [(u[-1], [s for s in u if isinstance(s, StepUpdate)]) for u in updates]
+    return run_all(engine, specs, timeout_s=60)
 
 
 @pytest.mark.parametrize("mine", range(0, 16, 3))

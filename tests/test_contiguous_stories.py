@@ -21,6 +21,7 @@ from app.diffusion.sampler_settings import Endings, Remasking, SamplerSettings
 from app.diffusion.sampling import SamplerRows, denoise, initial_tokens
 from app.diffusion.text import end_token_ids
 from app.engine import Engine, Finished, GenerationSpec, StepUpdate
+from tests.support.engine import run_all
 from tests.support.logits import ENDS, MASK, PAD, WORD, fixed_model, peaked_logits
 
 RULES = {
@@ -120,16 +121,7 @@ def run_engine(ckpt, model, specs: list[GenerationSpec]) -> list[tuple[Finished,
     ends = sorted(end_token_ids(ckpt.tokenizer))
     forward = functools.partial(logits_at, model)
     pad = ckpt.tokenizer.pad_token_id
-    engine = Engine(forward, mask_id=ckpt.mask_id, pad_id=pad, end_ids=ends, max_batch=64, max_queue=64)
-    engine.start()
-    updates: list[list] = [[] for _ in specs]
-    try:
-        for spec, received in zip(specs, updates, strict=True):
-            engine.submit(spec, received.append, timeout_s=120)
-        engine.stop(grace_s=120)
-    finally:
-        engine.stop()
-    return [(u[-1], [s for s in u if isinstance(s, StepUpdate)]) for u in updates]
+    return run_all(Engine(forward, mask_id=ckpt.mask_id, pad_id=pad, end_ids=ends, max_batch=64, max_queue=64), specs)
 
 
 def test_every_rule_is_the_same_alone_and_anywhere_in_a_mixed_batch(prone):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from app.engine import Failed, Finished, StepUpdate
+from app.engine import Engine, Failed, Finished, GenerationSpec, StepUpdate
 
 
 class Collector:
@@ -26,3 +26,16 @@ class Collector:
     @property
     def steps(self) -> list[StepUpdate]:
         return [u for u in self.updates if isinstance(u, StepUpdate)]
+
+
+def run_all(engine: Engine, specs: list[GenerationSpec], timeout_s: float = 120.0) -> list[tuple[Finished, list]]:
+    """Start `engine`, submit every spec at once, let them all finish; each outcome and its step updates."""
+    engine.start()
+    updates: list[list] = [[] for _ in specs]
+    try:
+        for spec, received in zip(specs, updates, strict=True):
+            engine.submit(spec, received.append, timeout_s=timeout_s)
+        engine.stop(grace_s=timeout_s)
+    finally:
+        engine.stop()
+    return [(u[-1], [s for s in u if isinstance(s, StepUpdate)]) for u in updates]
