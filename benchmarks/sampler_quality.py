@@ -338,6 +338,9 @@ def main() -> None:
         "--held-out) and write it back, with --table and --plot",
     )
     args = parser.parse_args()
+    for given in (args.render, args.rescore):
+        if given and not Path(given).is_file():
+            parser.error(f"no such JSON file: {given}")
     if args.render:
         rows = json.loads(Path(args.render).read_text())
         write_outputs(rows, args.table, args.plot)
