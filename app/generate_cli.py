@@ -166,7 +166,7 @@ def _canvas(ckpt: Checkpoint, segments: list[Segment] | None, args: argparse.Nam
     if segments is not None:
         return build_canvas(ckpt.tokenizer, segments, ckpt.max_positions)
     if args.ending is not None:
-        length = args.length or ckpt.config.seq_len
+        length = ckpt.config.length_for(args.length or None)
         return ending_canvas(ckpt.tokenizer, args.prompt, args.ending, length, ckpt.max_positions)
     return None
 

@@ -44,7 +44,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     """uvicorn's settings for `app`: one worker, and the connection limits of docs/operations.md."""
     import uvicorn
 
-    from app.api.connections import header_deadline_protocol
+    from app.connections import header_deadline_protocol
 
     return uvicorn.Config(
         app,

@@ -11,7 +11,7 @@ import openai
 import pytest
 import torch
 
-from app.api.openai_text import CompletionText, completion_of
+from app.api.openai.text import CompletionText, completion_of
 from app.config import Settings
 from app.diffusion.text import decode_story, prompt_ids
 from tests.conftest import STORIES_DIR, running_server, slowed_forward

@@ -7,7 +7,8 @@ import re
 import pytest
 from pydantic import SecretStr
 
-from app.api.security import OPEN_ROUTES, ApiKeys
+from app.api.routes import OPEN_ROUTES
+from app.api.security import ApiKeys
 from app.config import Settings
 from tests.support.containers import COMPOSE, compose_config
 from tests.support.service import Service, settings_for

@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from app import __version__
 from app.api.docs_pages import add_docs_pages
 from app.api.errors import add_exception_handlers
 from app.api.limits import BodyLimit
-from app.api.openai_routes import router as openai_router
+from app.api.openai.routes import router as openai_router
 from app.api.openapi import add_event_schemas
 from app.api.request_ids import RequestIdMiddleware
-from app.api.routes import router
+from app.api.routes import metrics_router, public, router
 from app.api.runtime import ModelRuntime
-from app.api.security import install_security, require_api_key
+from app.api.security import install_security
 from app.config import Settings
 
 
@@ -41,9 +41,11 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = runtime  # what the routes' dependencies read (app/api/deps.py)
-    # Every route needs an API key where the server has any, unless security.OPEN_ROUTES names it.
-    app.include_router(router, dependencies=[Depends(require_api_key)])
-    app.include_router(openai_router, dependencies=[Depends(require_api_key)])
+    # Each router declares whether its routes need an API key (app/api/routes.py).
+    app.include_router(router)
+    app.include_router(openai_router)
+    app.include_router(metrics_router)
+    app.include_router(public)
     add_exception_handlers(app, settings.retry_after)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_size, timeout_s=settings.body_timeout, refusals=runtime.refusals

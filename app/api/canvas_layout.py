@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from app.api.jobs import build_job
+from app.api.jobs import request_layout
 from app.api.schemas import GenerateRequest
 from app.diffusion.canvas import Canvas
 from app.diffusion.checkpoint import Checkpoint
@@ -47,18 +47,17 @@ class CanvasLayout(BaseModel):
 
 def canvas_layout(body: GenerateRequest, checkpoint: Checkpoint) -> CanvasLayout:
     """Where `body`'s fixed tokens lie; raises RequestValidationError (422) as POST /generate would."""
-    job = build_job(body, checkpoint, None)
-    spec = job.spec
-    fixed = dict(sorted((dict(enumerate(spec.prefix)) | dict(spec.pinned)).items()))
+    layout = request_layout(body, checkpoint)
+    fixed = dict(sorted((dict(enumerate(layout.prefix)) | dict(layout.pinned)).items()))
     pieces = checkpoint.tokenizer.convert_ids_to_tokens(list(fixed.values()))
-    canvas = Canvas(tuple(fixed.get(pos, checkpoint.mask_id) for pos in range(spec.length)), checkpoint.mask_id)
+    canvas = Canvas(tuple(fixed.get(pos, checkpoint.mask_id) for pos in range(layout.length)), checkpoint.mask_id)
     tokens = [
         FixedToken(pos=pos, id=token, text=piece) for (pos, token), piece in zip(fixed.items(), pieces, strict=True)
     ]
     unk = checkpoint.tokenizer.unk_token_id
     typed = [
         TypedText(start=span.start, end=span.end, text=span.text)
-        for span in (job.canvas.texts if job.canvas is not None else ())
+        for span in (layout.canvas.texts if layout.canvas is not None else ())
         if model_text(span.text) != span.text or unk in canvas.ids[span.start : span.end]
     ]
-    return CanvasLayout(length=spec.length, fixed=tokens, blanks=canvas.blanks, typed=typed)
+    return CanvasLayout(length=layout.length, fixed=tokens, blanks=canvas.blanks, typed=typed)

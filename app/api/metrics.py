@@ -20,9 +20,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from app import __version__
-from app.api.runtime import ModelRuntime, ModelState
-from app.api.security import model_name
+from app.api.runtime import ModelRuntime
+from app.api.schemas import ModelState
 from app.engine.stats import FIELD_DOCS, OUTCOMES, Histogram
+from app.paths import model_name
 
 
 class RuntimeCollector(Collector):
@@ -43,7 +44,7 @@ class RuntimeCollector(Collector):
             [],
             {
                 "version": __version__,
-                "model": model_name(loaded.checkpoint.source if loaded else str(runtime.settings.model)),
+                "model": loaded.checkpoint.name if loaded else model_name(str(runtime.settings.model)),
                 "device": str(loaded.checkpoint.device) if loaded else "",
                 "dtype": str(loaded.checkpoint.dtype).removeprefix("torch.") if loaded else "",
             },

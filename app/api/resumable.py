@@ -10,9 +10,11 @@ instead; access logs see the id in resume URLs, where it is worthless once the s
   nobody resumes it by then it is cancelled and leaves the batch, as an abandoned stream did at once
   before. A finished stream keeps its outcome `resume_grace` seconds after the end. With
   `resume_grace = 0` a client that leaves cancels its request at once and nothing can be resumed.
-- Memory: a stream keeps its latest draft and every reveal so far, O(length), never past events
-  (a reveal is made once per position). Readers coalesce as `UpdateChannel` does: a reader is a
-  cursor into the reveals, and each event carries every reveal since the reader's previous one.
+- Composition: the engine publishes into the stream's `UpdateChannel` (app/engine/channel.py), the one
+  mailbox between the engine thread and the loop; a task reads it into the stream's history, which
+  every connection reads. Memory: that history is the latest draft and every reveal so far,
+  O(length), never past events (a reveal is made once per position). A reader is a cursor into the
+  reveals, and each event carries every reveal since the reader's previous one.
 - Event ids count a stream's events, 1, 2, 3, ..., across its connections (numbers, as before; the
   brief's `<stream-id>:<n>` would repeat the secret in every event, and clients read them as numbers).
 - Resuming: the first event of a resumed connection brings the client up to date in one `step`
@@ -29,18 +31,15 @@ instead; access logs see the id in resume URLs, where it is worthless once the s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from app.api.jobs import Job
 from app.api.request_log import log_generation
-from app.engine import Engine, Failed, Outcome, RequestHandle, Reveal, StepUpdate, Update
+from app.api.submission import submit
+from app.engine import Engine, Failed, Outcome, RequestHandle, Reveal, StepUpdate, Update, UpdateChannel
 from app.engine.request import Publish
-
-if TYPE_CHECKING:
-    from app.api.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +65,7 @@ class StreamReader:
         self.stream = stream
         self._step, self._revealed = step, revealed
         self._ended = False
+        self.delivered = 0  # events handed out so far
 
     async def next(self) -> tuple[int, Update] | None:
         """The next event's id and update: every reveal since this reader's previous event, then the
@@ -77,9 +77,10 @@ class StreamReader:
                 changed = tuple(stream.reveals[self._revealed :])
                 self._step, self._revealed = latest.step, len(stream.reveals)
                 update = StepUpdate(latest.step, latest.num_steps, latest.t, latest.ids, changed)
+                self.delivered += 1
                 return stream.sent(self._step, self._revealed), update
             if stream.outcome is not None:
-                self._ended = True
+                self._ended, self.delivered = True, self.delivered + 1
                 return stream.sent(self._step, self._revealed), stream.outcome
             await stream.changed()
         return None
@@ -105,16 +106,16 @@ class ResumableStream:
         self._tick = asyncio.Event()
         self._expiry: asyncio.TimerHandle | None = None
         self._last_sent = (0, 0, 0)  # (event id, step, reveals) of the latest event any reader sent
-        self.handle = submit(self.publish)  # last: the engine may publish at once (onto the loop)
+        self._channel = UpdateChannel(self._loop)
+        self.handle = submit(self._channel.publish)  # QueueFull: raised before anything reads
+        self._recorder = self._loop.create_task(self._record(), name=f"storydiff-stream-{self.handle.id}")
 
-    def publish(self, update: Update) -> None:
-        """The engine's callback: hand `update` to the loop; any thread, never blocks."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to read
-            self._loop.call_soon_threadsafe(self._put, update)
+    async def _record(self) -> None:
+        """Read the engine's updates off the channel into the history every connection reads."""
+        while (update := await self._channel.next()) is not None:
+            self._put(update)
 
     def _put(self, update: Update) -> None:
-        if self.outcome is not None:
-            return  # the request already ended; later updates are stale
         if isinstance(update, StepUpdate):
             self.reveals += update.changed
             self.latest = update
@@ -126,7 +127,7 @@ class ResumableStream:
 
     def fail(self, failure: Failed) -> None:
         """End the request from the loop side (e.g. shutdown) unless it already ended."""
-        self._put(failure)
+        self._channel.fail(failure)
         self.handle.cancel()
 
     def cancel(self) -> None:
@@ -192,6 +193,7 @@ class ResumableStream:
         self._forget()
 
     def _forget(self) -> None:
+        self._recorder.cancel()  # no-op once the outcome was read; a cancelled request publishes nothing
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -210,7 +212,7 @@ class StreamRegistry:
 
     def open(self, job: Job, engine: Engine, timeout_s: float) -> StreamReader:
         """Submit `job` (QueueFull: nothing is kept) as a new stream; returns its first reader."""
-        stream = ResumableStream(job, lambda publish: engine.submit(job.spec, publish, timeout_s, job.request_id), self)
+        stream = ResumableStream(job, lambda publish: submit(job, engine, timeout_s, publish), self)
         self._streams[stream.id] = stream
         return stream.attach(None)
 

@@ -1,10 +1,16 @@
-"""The HTTP routes, thin: each hands its validated input to the serving logic and returns its answer."""
+"""The HTTP routes, thin: each hands its validated input to the serving logic and returns its answer.
+
+Whether a route needs an API key is declared where it is routed: `router`'s routes need one wherever
+the server has keys (`create_app` adds the check to the whole router, so a new route is closed until
+it is put on `public`); `public` holds the probes and the page; `/metrics` needs one unless
+`metrics_need_key` is off.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Path, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -14,10 +20,14 @@ from app.api.metrics import exposition
 from app.api.openapi import GENERATE_RESPONSES, RESUME_DESCRIPTION, RESUME_RESPONSES, STREAM_DESCRIPTION
 from app.api.resumable import STREAM_ID_PATTERN
 from app.api.schemas import GenerateRequest, GenerateResponse, Health, Info, Readiness
+from app.api.security import require_api_key, require_metrics_key
 from app.api.serving import cancel_stream, describe, generate_response, resume_response
 from app.api.web import index_page, static_files
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_api_key)])
+public = APIRouter()
+"""Routes that need no API key: the probes, and the page (which asks for a key when the API answers 401)."""
+metrics_router = APIRouter(dependencies=[Depends(require_metrics_key)])
 
 OptionalBody = Annotated[GenerateRequest | None, Body(description="Every field is optional: no body is `{}`.")]
 
@@ -73,12 +83,12 @@ async def cancel(stream_id: StreamId, serving: ServingDep) -> Response:
     return cancel_stream(stream_id, serving)
 
 
-@router.get("/health", response_model=Health, summary="The process is alive")
+@public.get("/health", response_model=Health, summary="The process is alive")
 async def health() -> Health:
     return Health()
 
 
-@router.get(
+@public.get(
     "/ready",
     response_model=Readiness,
     summary="The model is loaded and the engine runs",
@@ -94,7 +104,7 @@ async def info(serving: ServingDep) -> Info:
     return describe(serving)
 
 
-@router.get(
+@metrics_router.get(
     "/metrics",
     summary="Prometheus metrics: model state, requests, batching, durations",
     response_class=Response,
@@ -104,9 +114,12 @@ async def metrics(runtime: RuntimeDep) -> Response:
     return Response(exposition(runtime), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/", include_in_schema=False)
+@public.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return index_page()
 
 
-router.mount("/static", static_files(), name="static")
+public.mount("/static", static_files(), name="static")
+
+OPEN_ROUTES = frozenset(getattr(route, "path", "") for route in public.routes)
+"""The paths of `public`, e.g. for a test that every other route is closed."""

@@ -13,20 +13,17 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import anyio
 
 from app.api.refusals import Refusals
 from app.api.resumable import StreamRegistry
+from app.api.schemas import ModelState
 from app.config import Settings
 from app.diffusion.checkpoint import Checkpoint, load_checkpoint
 from app.engine import Engine
 
 log = logging.getLogger(__name__)
-
-ModelState = Literal["loading", "ready", "draining", "failed", "stopped"]
-"""Where the model is: what GET /ready says and `storydiff_model_state` labels."""
 
 
 class ModelNotReady(RuntimeError):

@@ -1,7 +1,8 @@
 """Request and response bodies of the HTTP API, validated at the edge and shown in the OpenAPI schema.
 
 The sampler fields come from their one declaration (`app.diffusion.sampler_settings`), the engine's
-counters from `StatsSnapshot`, failure reasons and model states from the engine and the runtime.
+counters from `StatsSnapshot`, failure reasons from the engine. `ModelState` is declared here, beside
+the `Readiness` that reports it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model, model_validator
 
-from app.api.runtime import ModelState
 from app.config import Settings
 from app.diffusion.sampler_settings import MAX_SEED, MAX_STEPS, Preset, SamplerOverrides, SamplerSettings
 from app.engine import StatsSnapshot
@@ -213,6 +213,10 @@ class ErrorEvent(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+
+
+ModelState = Literal["loading", "ready", "draining", "failed", "stopped"]
+"""Where the model is: what GET /ready says and `storydiff_model_state` labels."""
 
 
 class Readiness(BaseModel):

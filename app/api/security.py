@@ -1,5 +1,4 @@
-"""Who may call the API and what it tells them: optional bearer API keys, CORS, the page's security
-headers, and model names without filesystem paths."""
+"""Who may call the API: optional bearer API keys, CORS, and the page's security headers."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from pydantic import SecretStr
 
 from app.api.deps import RuntimeDep
 from app.config import Settings
-from app.paths import model_name as model_name  # re-exported: how the API names a model
 
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 """Browsers take a file for what its Content-Type says, never for what its bytes look like."""
@@ -27,11 +25,6 @@ PAGE_HEADERS = {
     **NOSNIFF,
 }
 """Headers of GET /: what the page may load and run, and that no other site may frame it."""
-
-OPEN_ROUTES = frozenset({"/health", "/ready", "/"})
-"""Routes that need no API key: probes, and the page (which asks for a key when the API answers 401).
-GET /metrics too where `metrics_need_key` is off; static files, /docs and /openapi.json are not routes
-of the API router and stay open."""
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -65,13 +58,10 @@ def _digest(text: str) -> bytes:
 def require_api_key(
     request: Request, runtime: RuntimeDep, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> None:
-    """401 with `WWW-Authenticate: Bearer`, unless the server needs no key, the route is open, or the
-    request has a key the server knows. Every route depends on it (`create_app`), so a new route is
-    closed until `OPEN_ROUTES` names it."""
+    """401 with `WWW-Authenticate: Bearer`, unless the server needs no key or the request has a key the
+    server knows. A router's dependency (app/api/routes.py): what is routed there is closed."""
     keys: ApiKeys = request.app.state.api_keys
-    route = request.scope.get("route")
-    path = getattr(route, "path", None)
-    if not keys.required or path in OPEN_ROUTES or (path == "/metrics" and not runtime.settings.metrics_need_key):
+    if not keys.required:
         return
     if credentials is None:
         runtime.refusals.count("unauthorized")
@@ -81,6 +71,14 @@ def require_api_key(
     if not keys.accepts(credentials.credentials):
         runtime.refusals.count("unauthorized")
         raise HTTPException(401, "the API key is not valid", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def require_metrics_key(
+    request: Request, runtime: RuntimeDep, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> None:
+    """As `require_api_key` for GET /metrics, unless `metrics_need_key` is off."""
+    if runtime.settings.metrics_need_key:
+        require_api_key(request, runtime, credentials)
 
 
 def install_security(app: FastAPI, settings: Settings) -> None:

@@ -1,36 +1,37 @@
-"""The serving logic behind the routes: a request becomes an engine job, answered as JSON or as SSE.
+"""/generate's adapter on the serving core (app/api/submission.py): a request becomes a job, answered
+as one JSON body or as a resumable stream of `step` events, then `done` (or `error`).
 
-A client that leaves frees its batch slot before the next step; a stream's, `resume_grace` seconds
-later unless it resumed (resumable.py). sse-starlette watches a stream's connection itself
-(streaming.py). A JSON answer cannot start before the outcome decides its status,
-and Starlette only offers a non-blocking `Request.is_disconnected()` poll, so the answer waits for
-whichever comes first, the outcome or the client's `http.disconnect` (as vLLM's `with_cancellation`).
+A stream reads its connection's `StreamReader` (app/api/resumable.py), which coalesces steps while
+the client is slow, so a slow reader gets fewer, fuller events and never holds up the engine. When
+the client goes away sse-starlette cancels the stream, and the reader is detached: the request keeps
+running `resume_grace` seconds for the client to resume it (`GET /generate/{id}`), then is cancelled
+and leaves the batch before the next step. A JSON answer's client that leaves frees its batch slot
+before the next step.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncGenerator
 
-import anyio
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app import __version__
 from app.api.admission import admit
-from app.api.jobs import Job, build_job, error_event, preset_settings, result, sampler_defaults
-from app.api.request_log import log_generation
+from app.api.events import STEP_DATA, error_event, result
+from app.api.jobs import build_job, preset_settings, sampler_defaults
+from app.api.resumable import StreamReader
 from app.api.runtime import Serving
-from app.api.schemas import EngineInfo, GenerateRequest, Info
-from app.api.security import model_name
-from app.api.streaming import event_stream_response
+from app.api.schemas import EngineInfo, ErrorEvent, GenerateRequest, Info
+from app.api.submission import FAILURE_STATUS as FAILURE_STATUS  # re-exported: the status table
+from app.api.submission import Submission, event_stream, json_response
+from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.text import MASK_PLACEHOLDER
-from app.engine import Failed, Outcome, RequestHandle, UpdateChannel
-from app.engine.request import FailureReason
+from app.engine import Failed, Finished, StepUpdate
 
-FAILURE_STATUS: dict[FailureReason, int] = {"timeout": 504, "shutdown": 503, "internal": 500}
-"""The status of a JSON answer for each way a request can fail."""
-
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; nobody reads it, uvicorn drops it
+STREAM_ID_HEADER = "X-Stream-ID"
+RECONNECT_MS = 1000
+"""The SSE `retry` of each connection's first event: how long an EventSource waits to reconnect."""
 
 
 def wants_stream(body: GenerateRequest, request: Request) -> bool:
@@ -45,17 +46,22 @@ async def generate_response(body: GenerateRequest, request: Request, serving: Se
     streaming = wants_stream(body, request)
     job = build_job(body, serving.checkpoint, body.stream_every if streaming else None)
     admit(job.spec, serving)  # 422 over the cost cap, 429 when it cannot finish in time
+    engine, timeout_s, checkpoint = serving.engine, serving.settings.timeout, serving.checkpoint
     if streaming:  # QueueFull -> 429, here and below
-        return event_stream_response(serving.streams.open(job, serving.engine, serving.settings.timeout), serving)
-    channel = UpdateChannel(asyncio.get_running_loop())
-    handle = serving.engine.submit(job.spec, channel.publish, serving.settings.timeout, job.request_id)
-    return await _json_response(job, handle, channel, request, serving)
+        return _stream_response(serving.streams.open(job, engine, timeout_s), serving)
+    submission = Submission.start(job, engine, timeout_s)
+    return await json_response(
+        [submission],
+        request,
+        answer=lambda finished: result(job, finished[0], checkpoint),
+        failure=lambda failed, _: error_event(failed, job, checkpoint),
+    )
 
 
 def resume_response(stream_id: str, last_event_id: int | None, serving: Serving) -> Response:
     """GET /generate/{id}: the stream again, its first event bringing the client up to date; 404
     (StreamNotFound) once it expired."""
-    return event_stream_response(serving.streams.get(stream_id).attach(last_event_id), serving)
+    return _stream_response(serving.streams.get(stream_id).attach(last_event_id), serving)
 
 
 def cancel_stream(stream_id: str, serving: Serving) -> Response:
@@ -64,44 +70,52 @@ def cancel_stream(stream_id: str, serving: Serving) -> Response:
     return Response(status_code=204)
 
 
-async def _json_response(
-    job: Job, handle: RequestHandle, channel: UpdateChannel, request: Request, serving: Serving
-) -> Response:
-    """The story or the failure as one JSON body, once the engine is done with the request."""
+def _event(name: str, payload: str, event_id: int, first: bool) -> ServerSentEvent:
+    return ServerSentEvent(payload, event=name, id=str(event_id), retry=RECONNECT_MS if first else None)
+
+
+async def step_events(reader: StreamReader, checkpoint: Checkpoint) -> AsyncGenerator[ServerSentEvent, None]:
+    """`step` events as the engine publishes them, then one `done` or `error` event."""
+    job = reader.stream.job
     try:
-        outcome = await outcome_unless_gone(channel, request)
+        while (sent := await reader.next()) is not None:
+            event_id, update = sent
+            first = reader.delivered == 1
+            if isinstance(update, StepUpdate):
+                yield _event("step", STEP_DATA[job.stream_format](update, job, checkpoint), event_id, first)
+            elif isinstance(update, Finished):
+                yield _event("done", result(job, update, checkpoint).model_dump_json(), event_id, first)
+            else:
+                yield _event("error", error_event(update, job, checkpoint).model_dump_json(), event_id, first)
     finally:
-        handle.cancel()  # no-op once finished; frees the batch slot when the client left
-    log_generation(handle, outcome or "cancelled")
-    if outcome is None:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    if isinstance(outcome, Failed):
-        error = error_event(outcome, job, serving.checkpoint)
-        return JSONResponse(error.model_dump(), status_code=FAILURE_STATUS[outcome.reason])
-    return JSONResponse(result(job, outcome, serving.checkpoint).model_dump())
+        reader.close()  # the request runs on `resume_grace` for a reconnection, unless it ended
 
 
-async def outcome_unless_gone(channel: UpdateChannel, request: Request) -> Outcome | None:
-    """The request's outcome, or None if the client disconnected first."""
-    async with anyio.create_task_group() as group:
+def _stream_response(reader: StreamReader, serving: Serving) -> EventSourceResponse:
+    """The `text/event-stream` response of one connection to a stream; its id in `X-Stream-ID`."""
+    stream = reader.stream
 
-        async def watch_client() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass  # the body was read already: nothing but the disconnect can arrive
-            group.cancel_scope.cancel()
+    def render_failure(err: Exception) -> list[ServerSentEvent]:
+        message = f"streaming failed: {type(err).__name__}"
+        stream.fail(Failed("internal", message))  # counted and logged as failed; a resume sees it too
+        error = ErrorEvent(error="internal", detail=message)
+        return [_event("error", error.model_dump_json(), stream.sent(0, 0), reader.delivered <= 1)]
 
-        group.start_soon(watch_client)
-        outcome = await channel.outcome()
-        group.cancel_scope.cancel()
-        return outcome
-    return None  # the watcher cancelled the wait: the client left first
+    return event_stream(
+        step_events(reader, serving.checkpoint),
+        serving.settings,
+        fail=stream.fail,
+        render_failure=render_failure,
+        close=reader.close,
+        headers={STREAM_ID_HEADER: stream.id},
+    )
 
 
 def describe(serving: Serving) -> Info:
     """GET /info: the model, its limits and defaults, and the engine's counters."""
     checkpoint, engine = serving.checkpoint, serving.engine
     return Info(
-        model=model_name(checkpoint.source),
+        model=checkpoint.name,
         device=str(checkpoint.device),
         dtype=str(checkpoint.dtype).removeprefix("torch."),
         forward=engine.forward_name,

@@ -19,6 +19,7 @@ from app.diffusion.diffusion_config import DIFFUSION_CONFIG_NAME, DiffusionConfi
 from app.diffusion.hub_access import hub_unavailable, offline_hint
 from app.paths import DEFAULT_MODEL_DIR as DEFAULT_MODEL_DIR  # re-exported: the checkpoint loaded by default
 from app.paths import looks_like_local_path as looks_like_local_path  # re-exported: import-light
+from app.paths import model_name
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ class Checkpoint:
     @property
     def mask_id(self) -> int:
         return int(self.tokenizer.mask_token_id)
+
+    @property
+    def name(self) -> str:
+        """How the API and `generate --json` name this model (`app.paths.model_name`: no server paths)."""
+        return model_name(self.source)
 
     @property
     def max_positions(self) -> int:

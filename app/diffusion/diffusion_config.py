@@ -58,6 +58,10 @@ class DiffusionConfig(BaseModel):
         defaults, with one step per token unless the checkpoint names a number."""
         return SamplerSettings(steps=self.seq_len).override(self.sampler)
 
+    def length_for(self, length: int | None) -> int:
+        """A story's length: the one asked for, else the checkpoint's `seq_len` (the one default-length rule)."""
+        return self.seq_len if length is None else length
+
     def settings_for(self, preset: Preset | None) -> SamplerSettings:
         """The settings under a request that names `preset` (None: none): the preset's fields, the
         checkpoint's own or else the built-in ones, over `sampler_settings`."""

@@ -64,7 +64,7 @@ def story_steps(
     ckpt: Checkpoint, settings: SamplerSettings, seed: int, prompt: str | None = None, length: int | None = None
 ) -> Iterator[tuple[int, Step]]:
     """One story of `length` tokens (the checkpoint's default if None) after `prompt`, step by step."""
-    length = length or ckpt.config.seq_len
+    length = ckpt.config.length_for(length or None)
     if length > ckpt.max_positions:
         raise ValueError(f"length {length} is above the model's {ckpt.max_positions} positions")
     yield from sample(ckpt.model, ckpt.tokenizer, settings, [seed], length, [prompt_ids(ckpt.tokenizer, prompt)])

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from app.api.errors import safe_text
-from app.api.openai_schemas import ErrorDetail, ErrorResponse
+from app.api.openai.protocol import ErrorDetail, ErrorResponse
 
 ERROR_TYPES = {
     400: "invalid_request_error",

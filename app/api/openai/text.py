@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from app.api.openai_schemas import FinishReason
+from app.api.openai.protocol import FinishReason
 from app.diffusion.text import FixedSpan, decode_story, render_draft, story_end
 
 

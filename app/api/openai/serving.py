@@ -1,13 +1,14 @@
 """The serving logic behind /v1/completions and /v1/models: OpenAI's request as storydiff jobs, answered
-by the same engine as /generate, as one JSON body or as OpenAI's `text_completion` chunks.
+through the serving core (app/api/submission.py) as /generate is, as one JSON body or as OpenAI's
+`text_completion` chunks.
 
-Each story (prompts × n) is its own engine request, built by /generate's own `build_job` (so the
-same checkpoint defaults, bounds and admission apply), the i-th story of a prompt with seed + i, and
-all are submitted at once, so they share the engine's batches. A stream sends, per story, what
-became final since its previous chunk (app/api/openai_text.py), or with `diffusing` every step's
-whole draft; a story's last chunk has its `finish_reason`; then `data: [DONE]`, as vLLM and OpenAI.
-A failure after the stream started is a `data: {"error": ...}` chunk (the `openai` library raises it
-as an APIError), then `[DONE]`.
+Each story (prompts × n) is its own engine request, laid out and sampled by /generate's own rules
+(app/api/jobs.py: the same checkpoint defaults, presets and admission), the i-th story of a prompt
+with seed + i, and all are submitted at once, so they share the engine's batches. A stream sends,
+per story, what became final since its previous chunk (app/api/openai/text.py), or with `diffusing`
+every step's whole draft; a story's last chunk has its `finish_reason`; then `data: [DONE]`, as vLLM
+and OpenAI. A failure after the stream started is a `data: {"error": ...}` chunk (the `openai`
+library raises it as an APIError), then `[DONE]`.
 """
 
 from __future__ import annotations
@@ -16,20 +17,17 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, replace
 
-import anyio
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.background import BackgroundTask
+from sse_starlette import ServerSentEvent
 
 from app.api.admission import admit
 from app.api.errors import safe_text
-from app.api.jobs import Job, build_job
-from app.api.openai_errors import ERROR_TYPES, OpenAIError
-from app.api.openai_schemas import (
+from app.api.jobs import Layout, new_job
+from app.api.openai.errors import ERROR_TYPES, OpenAIError
+from app.api.openai.protocol import (
     Completion,
     CompletionChoice,
     CompletionRequest,
@@ -40,25 +38,19 @@ from app.api.openai_schemas import (
     ModelCard,
     ModelList,
 )
-from app.api.openai_text import CompletionText
-from app.api.request_log import log_generation
+from app.api.openai.text import CompletionText
 from app.api.runtime import Serving
-from app.api.schemas import GenerateRequest
-from app.api.security import model_name
-from app.api.serving import CLIENT_CLOSED_REQUEST, FAILURE_STATUS, outcome_unless_gone
-from app.api.streaming import PING_COMMENT
+from app.api.submission import FAILURE_STATUS, Submission, cancel_all, event_stream, json_response
 from app.diffusion.checkpoint import Checkpoint
-from app.diffusion.sampler_settings import MAX_SEED, SamplerSettings, new_seed
+from app.diffusion.sampler_settings import MAX_SEED, new_seed
 from app.diffusion.template import prompt_template
-from app.diffusion.text import decode_story, prompt_ids, prompt_span
-from app.engine import Failed, Finished, RequestHandle, StepUpdate, Update, UpdateChannel
+from app.diffusion.text import decode_story
+from app.engine import Failed, Finished, StepUpdate, Update
 from app.logging_setup import current_request_id
 
 log = logging.getLogger(__name__)
 
 DONE = "[DONE]"
-PASSED_ON = {*SamplerSettings.model_fields, "preset"}
-"""CompletionRequest's fields that go to /generate's request as they are."""
 
 
 @dataclass
@@ -66,22 +58,24 @@ class Choice:
     """One story of a completion: its engine request, and its text as it becomes final."""
 
     index: int
-    job: Job
-    handle: RequestHandle
-    channel: UpdateChannel
+    submission: Submission
     text: CompletionText
     prompt_tokens: int
+
+    @property
+    def seed(self) -> int:
+        return self.submission.job.spec.seed
 
 
 def model_list(serving: Serving) -> ModelList:
     """GET /v1/models: the one model this server serves."""
     checkpoint = serving.checkpoint
-    card = ModelCard(id=model_name(checkpoint.source), created=int(time.time()), max_model_len=checkpoint.max_positions)
+    card = ModelCard(id=checkpoint.name, created=int(time.time()), max_model_len=checkpoint.max_positions)
     return ModelList(data=[card])
 
 
 def _check_model(body: CompletionRequest, checkpoint: Checkpoint) -> str:
-    served = model_name(checkpoint.source)
+    served = checkpoint.name
     if body.model is not None and body.model not in (served, checkpoint.source):
         raise OpenAIError(
             404,
@@ -104,43 +98,45 @@ def story_length(prompt_tokens: int, max_tokens: int | None, checkpoint: Checkpo
             "prompt",
             "context_length_exceeded",
         )
-    wanted = max(checkpoint.config.seq_len, prompt_tokens + 1) if max_tokens is None else prompt_tokens + max_tokens
-    return min(wanted, limit)
+    if max_tokens is None:
+        return min(max(checkpoint.config.length_for(None), prompt_tokens + 1), limit)
+    return min(prompt_tokens + max_tokens, limit)
+
+
+def _layout(prompt: str, max_tokens: int | None, checkpoint: Checkpoint) -> Layout:
+    """Where one prompt's stories lie: the prompt, then the story's tokens (no blanks in a completion)."""
+    if prompt_template(prompt) is not None:
+        raise OpenAIError(
+            400,
+            "The prompt holds a [___:N] blank, which a completion does not fill: send the story to "
+            "POST /generate, where the prompt's blanks (or `segments`) are written, or leave the blank out.",
+            "prompt",
+            None,
+        )
+    plain = Layout.of_prompt(prompt, 0, checkpoint)
+    return replace(plain, length=story_length(len(plain.prefix), max_tokens, checkpoint))
 
 
 def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
     """Every story of `body` submitted to the engine (429 for all if one does not fit)."""
     checkpoint, tokenizer = serving.checkpoint, serving.checkpoint.tokenizer
     first_seed = new_seed() if body.seed is None else body.seed
-    passed_on = body.model_dump(exclude_unset=True, include=PASSED_ON)
-    loop = asyncio.get_running_loop()
+    sampler = checkpoint.config.settings_for(body.preset).override(body)
     choices: list[Choice] = []
     try:
         for prompt in body.prompts:
-            if prompt_template(prompt) is not None:
-                raise OpenAIError(
-                    400,
-                    "The prompt holds a [___:N] blank, which a completion does not fill: send the story to "
-                    "POST /generate, where the prompt's blanks (or `segments`) are written, or leave the blank out.",
-                    "prompt",
-                    None,
-                )
-            prefix = prompt_ids(tokenizer, prompt)
-            length = story_length(len(prefix), body.max_tokens, checkpoint)
-            typed = prompt_span(tokenizer, prompt)
-            prompt_text = decode_story(prefix, tokenizer, typed)
+            layout = _layout(prompt, body.max_tokens, checkpoint)
+            prompt_text = decode_story(layout.prefix, tokenizer, layout.typed)
             for i in range(body.n):
                 seed = (first_seed + i) % (MAX_SEED + 1)
-                request = GenerateRequest(prompt=prompt or None, length=length, seed=seed, **passed_on)
-                job = build_job(request, checkpoint, 1 if body.stream else None)
+                job = new_job(layout, sampler, seed, 1 if body.stream else None, checkpoint)
                 admit(job.spec, serving)
-                channel = UpdateChannel(loop)
-                handle = serving.engine.submit(job.spec, channel.publish, serving.settings.timeout, job.request_id)
-                text = CompletionText(tokenizer, prompt_text, body.stops, typed)
-                choices.append(Choice(len(choices), job, handle, channel, text, len(prefix)))
+                index = len(choices)
+                submission = Submission.start(job, serving.engine, serving.settings.timeout, choice=index)
+                text = CompletionText(tokenizer, prompt_text, body.stops, layout.typed)
+                choices.append(Choice(index, submission, text, len(layout.prefix)))
     except BaseException:
-        for choice in choices:
-            choice.handle.cancel()
+        cancel_all(choice.submission for choice in choices)
         raise
     return choices
 
@@ -182,52 +178,39 @@ async def _json_answer(
     header: Completion, choices: list[Choice], body: CompletionRequest, request: Request, serving: Serving
 ) -> Response:
     """Every story, once all are done; the first failure fails the answer (and cancels the rest)."""
-    finished: list[Finished] = []
-    try:
-        for choice in choices:
-            outcome = await outcome_unless_gone(choice.channel, request)
-            log_generation(choice.handle, outcome or "cancelled", choice=choice.index)
-            if outcome is None:
-                return Response(status_code=CLIENT_CLOSED_REQUEST)
-            if isinstance(outcome, Failed):
-                return JSONResponse(_failure(outcome).model_dump(), status_code=FAILURE_STATUS[outcome.reason])
-            finished.append(outcome)
-    finally:
-        for choice in choices:
-            choice.handle.cancel()  # no-op for finished ones; frees the others' slots
-    answers = []
-    for choice, outcome in zip(choices, finished, strict=True):
-        text, reason = choice.text.final(outcome.ids)
-        answers.append(CompletionChoice(index=choice.index, text=text, finish_reason=reason, seed=choice.job.spec.seed))
-    usage = _usage(choices, [answer.text for answer in answers], body.n, serving)
-    return JSONResponse(header.model_copy(update={"choices": answers, "usage": usage}).model_dump())
+
+    def answer(finished: list[Finished]) -> Completion:
+        answers = []
+        for choice, outcome in zip(choices, finished, strict=True):
+            text, reason = choice.text.final(outcome.ids)
+            answers.append(CompletionChoice(index=choice.index, text=text, finish_reason=reason, seed=choice.seed))
+        usage = _usage(choices, [answer.text for answer in answers], body.n, serving)
+        return header.model_copy(update={"choices": answers, "usage": usage})
+
+    submissions = [choice.submission for choice in choices]
+    return await json_response(submissions, request, answer, lambda failed, _: _failure(failed))
 
 
 def _chunk_stream(header: Completion, choices: list[Choice], body: CompletionRequest, serving: Serving) -> Response:
-    """The `text/event-stream` of `text_completion` chunks; sse-starlette pings, watches the client and
-    ends the stream on shutdown, as for /generate (app/api/streaming.py)."""
-    shutdown, settings = anyio.Event(), serving.settings
+    """The `text/event-stream` of `text_completion` chunks, on the core's event stream (pings, the
+    client watched, shutdown) as /generate's."""
+    submissions = [choice.submission for choice in choices]
 
-    def cancel_all() -> None:
-        for choice in choices:
-            choice.handle.cancel()
+    def fail_all(failure: Failed) -> None:
+        for submission in submissions:
+            submission.channel.fail(failure)
 
-    return EventSourceResponse(
-        _chunks(header, choices, body, serving, shutdown),
-        ping=settings.ping_interval,
-        ping_message_factory=lambda: ServerSentEvent(comment=PING_COMMENT),
-        shutdown_event=shutdown,
-        shutdown_grace_period=settings.shutdown_grace + 1.0,
-        send_timeout=settings.send_timeout,
-        background=BackgroundTask(cancel_all),  # also when the stream never started
+    def render_failure(err: Exception) -> list[ServerSentEvent]:
+        failure = _failure(Failed("internal", f"streaming failed: {type(err).__name__}"))
+        return [ServerSentEvent(failure.model_dump_json()), ServerSentEvent(DONE)]
+
+    return event_stream(
+        _chunks(header, choices, body, serving),
+        serving.settings,
+        fail=fail_all,
+        render_failure=render_failure,
+        close=lambda: cancel_all(submissions),
     )
-
-
-async def _fail_after_shutdown(shutdown: anyio.Event, grace_s: float, choices: list[Choice]) -> None:
-    await shutdown.wait()
-    await asyncio.sleep(grace_s)
-    for choice in choices:
-        choice.channel.fail(Failed("shutdown", "the server is shutting down"))
 
 
 class _StreamState:
@@ -238,7 +221,7 @@ class _StreamState:
         self.texts: dict[int, str] = {}
 
     def chunk(self, choice: Choice, text: str, reason: FinishReason | None = None) -> ServerSentEvent:
-        answer = CompletionChoice(index=choice.index, text=text, finish_reason=reason, seed=choice.job.spec.seed)
+        answer = CompletionChoice(index=choice.index, text=text, finish_reason=reason, seed=choice.seed)
         return ServerSentEvent(self.header.model_copy(update={"choices": [answer]}).model_dump_json())
 
     def on_update(self, choice: Choice, update: Update) -> tuple[ServerSentEvent | None, bool]:
@@ -248,12 +231,12 @@ class _StreamState:
                 return self.chunk(choice, choice.text.draft(update.ids)), False
             delta = choice.text.delta(update.ids)
             if choice.text.stopped:  # a stop string is final text: the story ends here
-                choice.handle.cancel()
-                log_generation(choice.handle, "stopped", choice=choice.index)
+                choice.submission.handle.cancel()
+                choice.submission.log("stopped")
                 return self._end(choice, delta, "stop"), True
             return (self.chunk(choice, delta) if delta else None), False
         assert isinstance(update, Finished), "failures end the whole stream"
-        log_generation(choice.handle, update, choice=choice.index)
+        choice.submission.log(update)
         delta, reason = choice.text.final(update.ids)
         return self._end(choice, choice.text.sent if self.diffusing else delta, reason), True
 
@@ -263,12 +246,11 @@ class _StreamState:
 
 
 async def _chunks(
-    header: Completion, choices: list[Choice], body: CompletionRequest, serving: Serving, shutdown: anyio.Event
-) -> AsyncIterator[ServerSentEvent]:
+    header: Completion, choices: list[Choice], body: CompletionRequest, serving: Serving
+) -> AsyncGenerator[ServerSentEvent, None]:
     """Each story's chunks as its steps arrive, whichever story they are of; then usage and [DONE]."""
     loop, state = asyncio.get_running_loop(), _StreamState(header, body.diffusing)
-    reading = {loop.create_task(choice.channel.next()): choice for choice in choices}
-    watcher = loop.create_task(_fail_after_shutdown(shutdown, serving.settings.shutdown_grace, choices))
+    reading = {loop.create_task(choice.submission.channel.next()): choice for choice in choices}
     try:
         while reading:
             done, _ = await asyncio.wait(reading, return_when=asyncio.FIRST_COMPLETED)
@@ -276,7 +258,7 @@ async def _chunks(
                 choice, update = reading.pop(task), task.result()
                 if isinstance(update, Failed) or update is None:
                     failure = update or Failed("internal", "the story ended without an outcome")
-                    log_generation(choice.handle, failure, choice=choice.index)
+                    choice.submission.log(failure)
                     yield ServerSentEvent(_failure(failure).model_dump_json())
                     yield ServerSentEvent(DONE)
                     return
@@ -284,20 +266,14 @@ async def _chunks(
                 if chunk is not None:
                     yield chunk
                 if not ended:
-                    reading[loop.create_task(choice.channel.next())] = choice
+                    reading[loop.create_task(choice.submission.channel.next())] = choice
         if body.stream_options is not None and body.stream_options.include_usage:
             texts = [state.texts[choice.index] for choice in choices]
             usage = _usage(choices, texts, body.n, serving)
             yield ServerSentEvent(header.model_copy(update={"usage": usage}).model_dump_json())
         yield ServerSentEvent(DONE)
-    except Exception as err:  # e.g. rendering failed: tell the client rather than cutting the stream
-        log.exception("streaming a completion failed")
-        yield ServerSentEvent(_failure(Failed("internal", f"streaming failed: {type(err).__name__}")).model_dump_json())
-        yield ServerSentEvent(DONE)
     finally:
-        watcher.cancel()
         for task, choice in reading.items():
             task.cancel()
-            log_generation(choice.handle, "cancelled", choice=choice.index)  # the client left, or another failed
-        for choice in choices:
-            choice.handle.cancel()  # no-op once finished; frees the batch slots when the client left
+            choice.submission.log("cancelled")  # the client left, or another failed
+        cancel_all(choice.submission for choice in choices)  # no-op once finished; frees the slots
