@@ -25,7 +25,7 @@ def cycle_in(graph: grimp.ImportGraph) -> list[str] | None:
         path.append(module)
         for imported in sorted(graph.find_modules_directly_imported_by(module)):
             if state.get(imported) == 1:
-                return path[path.index(imported) :] + [imported]
+                return [*path[path.index(imported) :], imported]
             if imported not in state and (found := visit(imported)) is not None:
                 return found
         path.pop()
