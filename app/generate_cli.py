@@ -187,6 +187,7 @@ def _follow(
         return list(last.x[0].tolist()), forwards
     from rich.live import Live
 
+    from app.diffusion.sampling import diffusion_time
     from app.terminal_view import step_view
 
     start = time.perf_counter()
@@ -195,7 +196,7 @@ def _follow(
             forwards += step.model_called
             fresh = dict(zip(step.positions.tolist(), step.probs.tolist(), strict=True))
             ids = step.x[0].tolist()
-            t = 1 - done / num_steps
+            t = diffusion_time(done, num_steps)
             elapsed = time.perf_counter() - start
             view.update(step_view(ids, tokenizer, fresh, done, num_steps, t, elapsed, typed))
     return list(ids), forwards

@@ -70,6 +70,7 @@ from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, Checkpoint, load_checkpo
 from app.diffusion.devices import select_dtype
 from app.diffusion.diffusion_config import DiffusionConfig
 from app.diffusion.sampler_settings import Remasking, SamplerOverrides, SamplerSettings
+from app.diffusion.sampling import diffusion_time
 from app.diffusion.text import end_token_ids
 from app.engine import Engine, Failed, GenerationSpec, StepUpdate
 from app.engine.model_forward import CheckpointForward
@@ -212,7 +213,7 @@ def reference_step(
     forward: Callable, x: torch.Tensor, index: int, steps: int, mask_id: int, generator: torch.Generator
 ) -> torch.Tensor:
     """One step of the reference recipe: predict every masked token, keep each with probability 1 - s/t."""
-    t, s = 1 - index / steps, 1 - (index + 1) / steps
+    t, s = diffusion_time(index, steps), diffusion_time(index + 1, steps)
     logits = forward(x)  # (1, L, V) at every position
     logits[..., mask_id] = -math.inf
     x0 = logits.argmax(dim=-1)  # (1, L)

@@ -11,13 +11,10 @@ nothing else enters the loss, and the vocabulary head is skipped everywhere else
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
-LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(x_t (B, L), masked (B, L) bool) -> logits at the masked positions, row-major (N, V)."""
+from app.diffusion.sampling import LogitsFn as LogitsFn  # (x_t, query) -> logits at the queried positions
 
 
 def sample_t(

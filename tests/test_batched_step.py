@@ -9,7 +9,7 @@ import torch
 
 from app.diffusion.randomness import Purpose, uniform
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
-from app.diffusion.sampling import SamplerRows, apply_step, initial_tokens, plan_step, step_times
+from app.diffusion.sampling import SamplerRows, apply_step, diffusion_time, initial_tokens, plan_step
 from app.engine import Engine, Finished, GenerationSpec, StepUpdate
 from tests.support.engine import run_all
 
@@ -62,7 +62,7 @@ def reference_token(logits: torch.Tensor, cfg: SamplerSettings, u: float) -> tup
 
 def reference_step(x: list[int], index: int, cfg: SamplerSettings, seed: int) -> list[int]:
     """One request's step on its own, position by position."""
-    t, s = step_times(index, cfg.steps)
+    t, s = diffusion_time(index, cfg.steps), diffusion_time(index + 1, cfg.steps)
     masked = [p for p, token in enumerate(x) if token == MASK]
     if cfg.remasking is Remasking.RANDOM:
         candidates = [p for p in masked if draw(seed, index, p, Purpose.REMASK) >= s / t]

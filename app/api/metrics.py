@@ -94,11 +94,10 @@ class RuntimeCollector(Collector):
         yield GaugeMetricFamily(
             "storydiff_max_queue", "Queue places before requests get a 429.", value=engine.max_queue
         )
-        durations = engine.stats.durations()
         yield _histogram(
             "storydiff_request_duration_seconds",
             "Completed requests, from submission to the last step.",
-            Histogram(durations.buckets, durations.count, durations.sum_s),
+            engine.stats.durations(),
         )
         yield _histogram(
             "storydiff_request_forwards",

@@ -12,17 +12,35 @@ indexes them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-HEAD_INPUT_MODULES: dict[str, str] = {
-    "distilbert": "vocab_transform",
-    "bert": "cls",
-    "roberta": "lm_head",
+
+@dataclass(frozen=True)
+class MlmHead:
+    """A model family's masked-LM head: the submodule that receives the encoder's states, and the whole
+    head applied to them."""
+
+    input_module: str
+    apply: Callable[[Any, torch.Tensor], torch.Tensor]
+
+    def __call__(self, model: Any, states: torch.Tensor) -> torch.Tensor:
+        """The head on encoder states (N, D) -> logits (N, V)."""
+        return self.apply(model, states)
+
+
+HEADS: dict[str, MlmHead] = {
+    "distilbert": MlmHead(
+        "vocab_transform", lambda m, h: m.vocab_projector(m.vocab_layer_norm(m.activation(m.vocab_transform(h))))
+    ),
+    "bert": MlmHead("cls", lambda m, h: m.cls(h)),
+    "roberta": MlmHead("lm_head", lambda m, h: m.lm_head(h)),
 }
-"""Per model family, the submodule of the masked-LM head that receives the encoder's (B, L, D) states."""
+"""Per model family, its masked-LM head: the one table that the hooked forward here and the static
+forward (`StaticShapeForward`) read."""
 
 
 def at_query(states: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -58,17 +76,17 @@ def logits_at_positions(
     LM whose head is hooked. `head_only=False` always takes the full-logits path (for wrappers that
     do not allow hooks inside, such as torch.compile).
     """
-    name = HEAD_INPUT_MODULES.get(model.config.model_type) if head_only else None
+    head = HEADS.get(model.config.model_type) if head_only else None
     if attention_mask is not None and attention_mask.ndim == 2:
         attention_mask = attention_bias(model, attention_mask)
-    if name is None:
+    if head is None:
         logits: torch.Tensor = forward(input_ids=x, attention_mask=attention_mask).logits
         return at_query(logits, query)
 
     def keep_queried(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return (at_query(args[0], query), *args[1:])  # hidden states (B, L, D) -> (N, D)
 
-    handle = model.get_submodule(name).register_forward_pre_hook(keep_queried)
+    handle = model.get_submodule(head.input_module).register_forward_pre_hook(keep_queried)
     try:
         queried: torch.Tensor = forward(input_ids=x, attention_mask=attention_mask).logits
         return queried

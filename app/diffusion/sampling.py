@@ -90,9 +90,10 @@ class Step:
         return self.reveal_probs[self.revealed]
 
 
-def step_times(index: int, num_steps: int) -> tuple[float, float]:
-    """(t, s): the time at the start of step `index` (0-based) and the time after it."""
-    return 1 - index / num_steps, 1 - (index + 1) / num_steps
+def diffusion_time(steps_done: int, num_steps: int) -> float:
+    """t after `steps_done` of `num_steps` linear steps: 1 before the first, 0 after the last (a step
+    from t to s is step `steps_done` with s = diffusion_time(steps_done + 1, num_steps))."""
+    return 1 - steps_done / num_steps
 
 
 def fixed_until(prefix: Sequence[int], pinned: Pinned = ()) -> int:

@@ -14,24 +14,15 @@ eager path (`logits_at`) is faster: padding would only add work there.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from app.diffusion.logits import at_query, attention_bias
+from app.diffusion.logits import HEADS, at_query, attention_bias
 
 log = logging.getLogger(__name__)
 
 WIDTH_MULTIPLE = 64
-
-HEADS: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {
-    "distilbert": lambda m, h: m.vocab_projector(m.vocab_layer_norm(m.activation(m.vocab_transform(h)))),
-    "bert": lambda m, h: m.cls(h),
-    "roberta": lambda m, h: m.lm_head(h),
-}
-"""Per model family, the masked-LM head applied to encoder states (N, D) -> logits (N, V)."""
 
 
 def bucket_rows(rows: int) -> int:

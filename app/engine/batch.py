@@ -25,21 +25,13 @@ from app.diffusion.devices import to_device
 from app.diffusion.queried import Queried
 from app.diffusion.sampler_rows import RowKinds, SamplerRows
 from app.diffusion.sampler_settings import SamplerSettings
-from app.diffusion.sampling import Pinned, Step, StepPlan, apply_step, fixed_until, initial_tokens, plan_step
+from app.diffusion.sampling import Step, StepPlan, apply_step, fixed_until, initial_tokens, plan_step
 from app.diffusion.story_length import EndTokens
 from app.engine.forward_plan import ONE_PASS, BatchForward, group_by_length
+from app.engine.request import GenerationSpec
 
-
-@dataclass(frozen=True)
-class NewRow:
-    """A sequence joining the batch."""
-
-    prefix: Sequence[int]
-    length: int
-    settings: SamplerSettings
-    seed: int
-    stream_every: int | None  # publish every k-th step (and the last); None: only the end
-    pinned: Pinned = ()
+NewRow = GenerationSpec
+"""A sequence joining the batch: the spec its request was submitted with."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +88,7 @@ class RunningBatch:
         for i, row in enumerate(new):
             fresh[i, : row.length] = initial_tokens(row.prefix, row.length, self.mask_id, "cpu", row.pinned)
         fixed = [fixed_until(row.prefix, row.pinned) for row in new]
-        settings, seeds = [row.settings for row in new], [row.seed for row in new]
+        settings, seeds = [row.sampler for row in new], [row.seed for row in new]
         first = plan_step(
             fresh, torch.zeros(len(new), dtype=torch.long), SamplerRows.build(settings, seeds), self.mask_id
         )

@@ -24,8 +24,9 @@ import torch
 
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
+from app.diffusion.sampling import diffusion_time
 from app.diffusion.text import end_token_ids
-from app.engine.batch import NewRow, RowResult, RunningBatch
+from app.engine.batch import RowResult, RunningBatch
 from app.engine.forward_plan import BatchForward, ForwardCost
 from app.engine.model_forward import CheckpointForward
 from app.engine.request import (
@@ -259,10 +260,7 @@ class Engine:
 
     def _admit(self, handles: list[RequestHandle]) -> None:
         """Add requests to the running batch, as rows at its end; a request that cannot join fails alone."""
-        rows = [
-            NewRow(h.spec.prefix, h.spec.length, h.spec.sampler, h.spec.seed, h.spec.stream_every, h.spec.pinned)
-            for h in handles
-        ]
+        rows = [h.spec for h in handles]
         try:
             self._batch.add(rows)
             joined = handles
@@ -360,7 +358,7 @@ class Engine:
         if spec.stream_every is not None:
             seq.unsent += tuple(Reveal(pos, token, p) for pos, token, p in row.reveals)
             if row.ids is not None:
-                t = 1 - seq.index / num_steps
+                t = diffusion_time(seq.index, num_steps)
                 self._publish(seq.handle, StepUpdate(seq.index, num_steps, t, tuple(row.ids), seq.unsent))
                 seq.unsent = ()
         if seq.index == num_steps:

@@ -56,21 +56,17 @@ FIELD_DOCS = {f.name: str(f.metadata["doc"]) for f in fields(StatsSnapshot)}
 
 
 @dataclass(frozen=True)
-class DurationHistogram:
-    """Completed requests by duration (submission to last step): cumulative counts per upper bound."""
-
-    buckets: dict[float, int]  # upper bound -> requests that took at most that long
-    count: int
-    sum_s: float
-
-
-@dataclass(frozen=True)
 class Histogram:
     """Observations by upper bound, cumulative as Prometheus expects, with their count and sum."""
 
     buckets: dict[float, int]  # upper bound -> observations at most that large
     count: int
     sum: float
+
+    @property
+    def sum_s(self) -> float:
+        """The sum of a histogram of seconds (request durations)."""
+        return self.sum
 
 
 @dataclass
@@ -109,8 +105,7 @@ class EngineStats:
     _counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     _active: int = 0
     _waiting: int = 0
-    _duration_counts: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS_S))
-    _duration_sum_s: float = 0.0
+    _durations: _Observations = field(default_factory=lambda: _Observations(DURATION_BUCKETS_S))
     _forwards: _Observations = field(default_factory=lambda: _Observations(FORWARD_BUCKETS))
     _tokens_per_forward: _Observations = field(default_factory=lambda: _Observations(TOKENS_PER_FORWARD_BUCKETS))
 
@@ -128,19 +123,12 @@ class EngineStats:
                 if forwards:  # a request with nothing to write runs no forward: no ratio to count
                     self._tokens_per_forward.add(written / forwards)
             self._counts["completed"] += 1
-            self._duration_sum_s += elapsed_s
-            bucket = bisect.bisect_left(DURATION_BUCKETS_S, elapsed_s)  # the first bound >= elapsed_s
-            if bucket < len(DURATION_BUCKETS_S):  # above the last bound: counted under +Inf only
-                self._duration_counts[bucket] += 1
+            self._durations.add(elapsed_s)
 
-    def durations(self) -> DurationHistogram:
-        """The duration histogram of completed requests, cumulative as Prometheus expects."""
+    def durations(self) -> Histogram:
+        """Completed requests by duration (submission to last step), in seconds."""
         with self._lock:
-            cumulative, running = {}, 0
-            for bound, n in zip(DURATION_BUCKETS_S, self._duration_counts, strict=True):
-                running += n
-                cumulative[bound] = running
-            return DurationHistogram(cumulative, self._counts["completed"], self._duration_sum_s)
+            return self._durations.cumulative()
 
     def forwards_per_request(self) -> Histogram:
         """Completed requests by the model forwards each took."""
