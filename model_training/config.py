@@ -8,6 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from app.diffusion.sampler_settings import derived_field
 from model_training.errors import TrainingInputError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -82,10 +83,11 @@ class TrainConfig(BaseModel):
     eval_batch_size: int | None = Field(None, ge=1, description="validation batch size (default batch_size)")
     num_samples: int = Field(2, ge=0, description="sample stories written at each evaluation")
     sample_steps: int | None = Field(None, ge=1, description="denoising steps for samples (default seq_len)")
-    sample_temperature: float = Field(
-        1.0, ge=0, description="sampling temperature for samples and the checkpoint's default"
+    # the sampler's own fields (bounds and all), with the defaults training writes into its checkpoint
+    sample_temperature: float = derived_field(
+        "temperature", 1.0, "sampling temperature for samples and the checkpoint's default"
     )
-    sample_top_p: float | None = Field(0.9, gt=0, le=1, description="nucleus for samples and the checkpoint's default")
+    sample_top_p: float | None = derived_field("top_p", 0.9, "nucleus for samples and the checkpoint's default")
     log_every: int = Field(10, ge=1, description="log training metrics every N steps")
     log_with: Literal["auto", "tensorboard", "none"] = Field("auto", description="accelerate tracker")
     save_dtype: SaveDtype = Field("float32", description="dtype of the shipped weights in output/final")

@@ -47,15 +47,32 @@ class Endings(str, Enum):
     LENGTH_FIRST = "length_first"
 
 
+def _shown(title: str, hint: str, off: str | None = None, step: float | None = None) -> dict[str, Any]:
+    """How a form shows a field (the page builds its fields from these, in the OpenAPI schema): its
+    label, a short hint, the placeholder of a field whose null means off, and a number input's step."""
+    extra: dict[str, Any] = {"x-title": title, "x-hint": hint}  # pydantic drops `title` beside a $ref
+    if off is not None:
+        extra["x-off"] = off
+    if step is not None:
+        extra["x-step"] = step
+    return {"title": title, "json_schema_extra": extra}
+
+
 class SamplerSettings(BaseModel):
     """Complete settings for denoising one sequence: every field has a value."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    steps: int = Field(ge=1, le=MAX_STEPS, description="Denoising steps T (the checkpoint's; else one per token).")
+    steps: int = Field(
+        ge=1,
+        le=MAX_STEPS,
+        description="Denoising steps T (the checkpoint's; else one per token).",
+        **_shown("Steps", "denoising steps"),
+    )
     remasking: Remasking = Field(
         Remasking.RANDOM,
         strict=False,  # requests are strict, but JSON has no enum: the value's name is the way to say it
+        **_shown("Remasking", "which tokens to keep"),
         description="random: every masked position stays masked with probability s/t (the reference sampler); "
         "low_confidence: keep the step's k most confident predictions (LLaDA); threshold: also every "
         "prediction at least `confidence_threshold` likely (Fast-dLLM); entropy_bound: also the most confident "
@@ -63,13 +80,25 @@ class SamplerSettings(BaseModel):
         "an upper bound: a step reveals at least the schedule's k, so no mask is left at the end.",
     )
     temperature: float = Field(
-        0.0, ge=0.0, le=MAX_TEMPERATURE, description="0: always the most likely token; higher: more varied."
+        0.0,
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        description="0: always the most likely token; higher: more varied.",
+        **_shown("Temperature", "0: most likely", step=0.05),
     )
     top_k: int | None = Field(
-        None, ge=1, le=MAX_TOP_K, description="Sample among the k likeliest tokens; null: no limit."
+        None,
+        ge=1,
+        le=MAX_TOP_K,
+        description="Sample among the k likeliest tokens; null: no limit.",
+        **_shown("Top-k", "blank: no limit", off="no limit"),
     )
     top_p: float | None = Field(
-        None, gt=0.0, le=1.0, description="Sample from the nucleus of this probability mass; null: no limit."
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Sample from the nucleus of this probability mass; null: no limit.",
+        **_shown("Top-p", "blank: no limit", off="no limit", step=0.05),
     )
     block_length: int | None = Field(
         None,
@@ -77,26 +106,34 @@ class SamplerSettings(BaseModel):
         le=MAX_BLOCK_LENGTH,
         description="Confidence-ranked remasking only: reveal blocks of this many tokens, left to right "
         "(LLaDA's semi-autoregressive sampling); random ignores it. null: no blocks.",
+        **_shown("Block length", "confidence rules: left to right", off="no blocks"),
     )
     confidence_threshold: float = Field(
-        0.9, gt=0.0, le=1.0, description="threshold remasking: reveal every prediction at least this likely."
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="threshold remasking: reveal every prediction at least this likely.",
+        **_shown("Threshold", "threshold: reveal all this sure", step=0.05),
     )
     entropy_budget: float = Field(
         1.0,
         ge=0.0,
         le=MAX_ENTROPY_BUDGET,
         description="entropy_bound remasking: the summed entropy (nats) of the predictions one step may reveal.",
+        **_shown("Entropy budget", "entropy bound: nats a step", step=0.1),
     )
     guard_endings: bool = Field(
         False,
         description="Reveal an end token (PAD, SEP) only as part of a run of end tokens reaching the end of the "
         "sequence, so that a story ends only where the model is sure of everything after it (random remasking "
         "keeps a guarded end token masked for a later step; the ranked rules rank it last).",
+        **_shown("End guard", "end tokens only where sure"),
     )
 
     endings: Endings = Field(
         Endings.SAMPLED,
         strict=False,
+        **_shown("End rule", "where the story ends"),
         description="Where a story ends. sampled: end tokens (PAD, SEP) are drawn like any token, at the "
         "temperature and top-p (which sharpen PAD where it is the likeliest token: stories end early); "
         "calibrated: whether a revealed position ends is drawn at the model's own end probability (temperature "
@@ -120,6 +157,12 @@ NULLABLE_FIELDS = frozenset(
     name for name, info in SamplerSettings.model_fields.items() if not info.is_required() and info.default is None
 )
 """Fields where null means "off": the ones whose complete value may be None."""
+
+
+def derived_field(name: str, default: Any, description: str) -> Any:
+    """Sampler field `name` with its type's bounds, for another declaration that sets it (e.g. the
+    training config's sample settings): only the default and the description are its own."""
+    return FieldInfo.merge_field_infos(SamplerSettings.model_fields[name], default=default, description=description)
 
 
 def _optional(info: FieldInfo) -> tuple[Any, FieldInfo]:

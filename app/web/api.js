@@ -95,6 +95,19 @@ export async function fetchInfo(signal) {
   return response.json();
 }
 
+/** GET /openapi.json: the API's schema, where the sampler's fields are declared (open without a key). */
+export async function fetchOpenApi(signal) {
+  let response;
+  try {
+    response = await fetch("/openapi.json", { signal });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError("Cannot reach the server.");
+  }
+  if (!response.ok) throw await refusal(response);
+  return response.json();
+}
+
 /**
  * The request body as JSON. `seed` is a string of digits, written as a bare JSON number so that
  * seeds above 2^53 survive (a JS number would round them); anything else is sent as a string,

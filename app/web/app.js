@@ -1,7 +1,9 @@
-// The page: loads /info, builds one panel per settings group in the URL, runs them side by side.
+// The page: loads /info and the sampler's fields (GET /openapi.json), builds one panel per settings
+// group in the URL, runs them side by side.
 
-import { ApiError, KEY_NEEDED, fetchInfo, setApiKey } from "./api.js";
-import { FIELDS, Panel, settingsUrl } from "./panel.js";
+import { ApiError, KEY_NEEDED, fetchInfo, fetchOpenApi, setApiKey } from "./api.js";
+import { FIELDS, Panel, settingsUrl, useSamplerFields } from "./panel.js";
+import { samplerFields } from "./sampler_fields.js";
 
 const MAX_PANELS = 4; // browsers open at most 6 connections per host; keep some for /info
 const LOAD_RETRY_MS = 1000;
@@ -156,6 +158,7 @@ async function loadInfo() {
 
 async function main() {
   const info = await loadInfo();
+  useSamplerFields(samplerFields(await fetchOpenApi()));
   describeServer(info);
   const { groups, run } = settingsFromUrl(location.search);
   for (const values of groups.length ? groups : [{}]) addPanel(info, values);

@@ -3,19 +3,22 @@
 import { ApiError, cancelStream, seedOf } from "./api.js";
 import { StoryEditor, canvasBody, parseEdit } from "./editor.js";
 import { storyStream } from "./resume.js";
+import { bodyValue, fieldElement, shownValue } from "./sampler_fields.js";
 import { SequenceView } from "./view.js";
 
-/** The request fields, in the order the form shows them and URLs list them. */
-export const FIELDS = [
-  "prompt", "ending", "edit", "preset", "length", "steps", "remasking", "endings", "temperature", "top_k", "top_p",
-  "block_length", "confidence_threshold", "entropy_budget", "seed", "stream_every",
-];
-const NUMERIC = new Set([
-  "length", "steps", "temperature", "top_k", "top_p", "block_length", "confidence_threshold", "entropy_budget",
-  "stream_every",
-]);
-// blank means "no limit" (or "no blocks"): sent as null, where absent would mean the default
-const NULL_MEANS_NO_LIMIT = new Set(["top_k", "top_p", "block_length"]);
+/** The request fields, in the order the form shows them and URLs list them; the sampler's join after
+ * `length` once the schema is read (`useSamplerFields`). */
+export const FIELDS = ["prompt", "ending", "edit", "preset", "length", "seed", "stream_every"];
+const NUMERIC = new Set(["length", "stream_every"]);
+/** The sampler's fields by name (sampler_fields.js), from the schema. */
+const SAMPLER = new Map();
+
+/** Take the sampler's fields (from GET /openapi.json) into every panel made from now on. */
+export function useSamplerFields(fields) {
+  for (const field of fields) SAMPLER.set(field.name, field);
+  FIELDS.splice(FIELDS.indexOf("length") + 1, 0, ...fields.map((field) => field.name));
+}
+
 const BLOCKS_HINT = "confidence rules: left to right";
 const NO_BLOCKS_HINT = "not for random remasking";
 const NO_BLOCKS_WHY =
@@ -34,7 +37,7 @@ export function settingsUrl(groups, run = true) {
     for (const field of FIELDS) {
       const value = values[field];
       // a blank top-k/p/block length means "none" and must survive the trip (absent: "default")
-      if (value === undefined || (value === "" && !NULL_MEANS_NO_LIMIT.has(field))) continue;
+      if (value === undefined || (value === "" && !SAMPLER.get(field)?.nullable)) continue;
       params.set(groups.length === 1 ? field : `${i + 1}.${field}`, value);
     }
   });
@@ -60,6 +63,9 @@ export class Panel {
     for (const el of this.root.querySelectorAll("[data-ref]")) this.ref[el.dataset.ref] = el;
     this.inputs = {};
     this.errors = {};
+    const settings = this.ref.advanced.querySelector(".settings");
+    const showEvery = settings.querySelector('[data-field="stream_every"]');
+    for (const field of SAMPLER.values()) settings.insertBefore(fieldElement(field), showEvery);
     for (const field of this.root.querySelectorAll("[data-field]")) this.wireField(field);
     this.view = new SequenceView(this.ref.cells);
     this.editor = new StoryEditor(this); // blanks, an ending, rewriting a selection
@@ -119,17 +125,15 @@ export class Panel {
 
   /** Show sampler settings (the defaults, or a preset's values) in the form. */
   applySampler(d) {
-    const { steps, remasking, temperature, top_k: topK, top_p: topP, block_length: blocks } = this.inputs;
-    steps.value = String(d.steps);
-    remasking.value = d.remasking;
-    this.inputs.endings.value = d.endings;
-    temperature.value = String(d.temperature);
-    topK.value = d.top_k == null ? "" : String(d.top_k);
-    topP.value = d.top_p == null ? "" : String(d.top_p);
-    blocks.value = d.block_length == null ? "" : String(d.block_length);
-    this.inputs.confidence_threshold.value = String(d.confidence_threshold);
-    this.inputs.entropy_budget.value = String(d.entropy_budget);
+    for (const field of SAMPLER.values()) this.show(field.name, shownValue(field, d[field.name]));
     this.showRuleFields();
+  }
+
+  /** Show `text` in a field (a checkbox: checked for "true"). */
+  show(name, text) {
+    const input = this.inputs[name];
+    if (input.type === "checkbox") input.checked = text === "true";
+    else input.value = text;
   }
 
   /**
@@ -153,7 +157,12 @@ export class Panel {
 
   /** The form as strings, field by field (what a URL carries). */
   values() {
-    return Object.fromEntries(FIELDS.map((field) => [field, this.inputs[field].value.trim()]));
+    return Object.fromEntries(
+      FIELDS.map((field) => {
+        const input = this.inputs[field];
+        return [field, input.type === "checkbox" ? String(input.checked) : input.value.trim()];
+      }),
+    );
   }
 
   setValues(values) {
@@ -161,7 +170,7 @@ export class Panel {
     const preset = this.info.presets?.[values.preset];
     if (preset) this.applySampler(preset);
     for (const [field, value] of Object.entries(values)) {
-      if (this.inputs[field]) this.inputs[field].value = value;
+      if (this.inputs[field]) this.show(field, value);
     }
     this.showRuleFields();
     this.editor.sync();
@@ -189,11 +198,10 @@ export class Panel {
         if (text) body.preset = text;
       } else if (field === "ending" || field === "edit") {
         if (text) body[field] = field === "edit" ? parseEdit(text) : text;
-      } else if (field === "remasking" || field === "endings") body[field] = text;
-      else if (NUMERIC.has(field)) {
-        if (text !== "") body[field] = Number(text); // 1.5 steps: sent as is, the server says why not
-        else if (NULL_MEANS_NO_LIMIT.has(field)) body[field] = null;
-      }
+      } else if (SAMPLER.has(field)) {
+        const value = bodyValue(SAMPLER.get(field), text);
+        if (value !== undefined) body[field] = value;
+      } else if (NUMERIC.has(field) && text !== "") body[field] = Number(text);
     }
     return { body: canvasBody(body), unreadable };
   }
