@@ -1,17 +1,48 @@
 """Service settings: environment variables `STORYDIFF_<NAME>`, overridden by `storydiff serve` flags.
 
-Built by `create_app` callers and `storydiff serve`, never at import.
+Built by `create_app` callers and `storydiff serve`, never at import. Durations end in `_s`; their
+names before that (`RENAMED`) still work as keywords, environment variables and flags, each use
+logging one deprecation line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from app.paths import DEFAULT_MODEL_DIR
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "STORYDIFF_"
+RENAMED = {
+    name: f"{name}_s"
+    for name in (
+        "timeout",
+        "ping_interval",
+        "shutdown_grace",
+        "resume_grace",
+        "retry_after",
+        "body_timeout",
+        "header_timeout",
+        "keep_alive_timeout",
+        "send_timeout",
+        "exit_on_engine_failure_after",
+    )
+}
+"""Duration settings by their old names, which still work (deprecated), and their names in seconds."""
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one line a use of an old setting name logs."""
+    log.warning("%s is deprecated: use %s (same value, in seconds)", old, new)
+
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 LogFormat = Literal["text", "json"]
@@ -20,7 +51,7 @@ LogFormat = Literal["text", "json"]
 class Settings(BaseSettings):
     """Everything the service needs to start: model, device, network and engine bounds."""
 
-    model_config = SettingsConfigDict(env_prefix="STORYDIFF_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     model: str = Field(str(DEFAULT_MODEL_DIR), description="Checkpoint directory or hub id.")
     device: str | None = Field(
@@ -37,22 +68,22 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     max_batch: int = Field(32, ge=1, le=4096, description="Most sequences in one forward pass.")
     max_queue: int = Field(64, ge=0, le=100_000, description="Most requests waiting for a batch slot.")
-    timeout: float = Field(300.0, gt=0, description="Seconds a request may take, queueing included.")
-    ping_interval: float = Field(15.0, ge=0, description="Seconds between SSE keep-alive comments; 0: none.")
-    shutdown_grace: float = Field(
+    timeout_s: float = Field(300.0, gt=0, description="Seconds a request may take, queueing included.")
+    ping_interval_s: float = Field(15.0, ge=0, description="Seconds between SSE keep-alive comments; 0: none.")
+    shutdown_grace_s: float = Field(
         10.0,
         ge=0,
         description="Seconds in-flight requests get to finish when the server stops. On SIGTERM or Ctrl-C it "
         "drains: /ready and new requests get 503 at once, and the streams still running after this long end "
         "with their draft in an error event; a second signal stops it at once.",
     )
-    resume_grace: float = Field(
+    resume_grace_s: float = Field(
         15.0,
         ge=0,
         description="Seconds a stream whose client left keeps running, and a finished one keeps its outcome, for "
         "the client to resume it (GET /generate/{id}); 0: a client that leaves cancels its request at once.",
     )
-    retry_after: int = Field(1, ge=0, description="Retry-After seconds sent with 429 when the queue is full.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429 when the queue is full.")
     threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads for torch ops; None: torch's default (all cores)."
     )
@@ -67,8 +98,8 @@ class Settings(BaseSettings):
     max_body_size: int = Field(
         65_536, ge=1, description="Largest request body in bytes; a larger one gets 413 before it is read."
     )
-    body_timeout: float = Field(10.0, gt=0, description="Seconds a client may take to send a request body (408).")
-    header_timeout: float = Field(
+    body_timeout_s: float = Field(10.0, gt=0, description="Seconds a client may take to send a request body (408).")
+    header_timeout_s: float = Field(
         10.0,
         gt=0,
         description="Seconds a connection may take to send a request's headers, counted from connecting or from "
@@ -77,11 +108,11 @@ class Settings(BaseSettings):
     max_header_size: int = Field(
         16_384, ge=1024, description="Largest request line plus headers in bytes; a larger request gets 400."
     )
-    keep_alive_timeout: int = Field(5, ge=1, description="Seconds an idle connection stays open between requests.")
+    keep_alive_timeout_s: int = Field(5, ge=1, description="Seconds an idle connection stays open between requests.")
     max_connections: int | None = Field(
         1000, ge=1, description="Most open connections; a request beyond them gets 503. None: no limit."
     )
-    send_timeout: float | None = Field(
+    send_timeout_s: float | None = Field(
         30.0,
         gt=0,
         description="Seconds one SSE event may wait for a client that stopped reading; then it is "
@@ -95,7 +126,7 @@ class Settings(BaseSettings):
         description="Refuse (429) a request that, by the forward cost measured at startup and the requests "
         "admitted now, cannot finish within the timeout, rather than time it out later.",
     )
-    exit_on_engine_failure_after: float | None = Field(
+    exit_on_engine_failure_after_s: float | None = Field(
         10.0,
         ge=0,
         description="Seconds after the engine thread dies before the process exits with status 1, for a "
@@ -120,3 +151,54 @@ class Settings(BaseSettings):
         if value.lstrip().startswith("["):
             return json.loads(value)
         return [item.strip() for item in value.split(",") if item.strip()]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, values: Any) -> Any:
+        """`Settings(timeout=5)` as `Settings(timeout_s=5)`, with a deprecation line; the new name wins."""
+        if not isinstance(values, dict) or not RENAMED.keys() & values.keys():
+            return values
+        values = dict(values)
+        for old, new in RENAMED.items():
+            if old in values:
+                deprecated(old, new)
+                value = values.pop(old)
+                values.setdefault(new, value)
+        return values
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The usual sources, plus the old variable names below the new ones."""
+        return init_settings, env_settings, OldEnvironmentNames(settings_cls), dotenv_settings, file_secret_settings
+
+
+class OldEnvironmentNames(PydanticBaseSettingsSource):
+    """`STORYDIFF_TIMEOUT` and the other old names of `RENAMED`, read as their new fields (deprecated)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the old names itself
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        environment = {name.upper(): value for name, value in os.environ.items()}
+        for old, new in RENAMED.items():
+            value = environment.get(f"{ENV_PREFIX}{old.upper()}")
+            if value is not None:
+                deprecated(f"{ENV_PREFIX}{old.upper()}", f"{ENV_PREFIX}{new.upper()}")
+                found[new] = value
+        return found
+
+
+def _old_name(new: str) -> property:
+    return property(lambda settings: getattr(settings, new), doc=f"Deprecated: `{new}`.")
+
+
+for _old, _new in RENAMED.items():  # `settings.timeout` reads `settings.timeout_s`
+    setattr(Settings, _old, _old_name(_new))

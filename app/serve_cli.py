@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from app.config import Settings
-from app.flags import add_field_flags, error_line, flag_name, given_fields
+from app.config import RENAMED, Settings, deprecated
+from app.flags import add_field_flags, error_line, flag_kwargs, flag_name, given_fields
 from app.logging_setup import configure_logging
 from app.port_check import bind_error
 
@@ -31,8 +31,24 @@ log = logging.getLogger(__name__)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per `Settings` field; a flag left out keeps STORYDIFF_<NAME>, else the default."""
+    """One flag per `Settings` field; a flag left out keeps STORYDIFF_<NAME>, else the default. The old
+    names of the durations (`--timeout` for `--timeout-s`, ...) still work, hidden from --help."""
     add_field_flags(parser, Settings.model_fields, show_default=True)
+    for old, new in RENAMED.items():
+        kwargs = flag_kwargs(Settings.model_fields[new].annotation)
+        parser.add_argument(
+            flag_name(old), dest=new, default=argparse.SUPPRESS, help=argparse.SUPPRESS, action=RenamedFlag, **kwargs
+        )
+
+
+class RenamedFlag(argparse.Action):
+    """A flag under its old name: sets the new field, logging one deprecation line."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        deprecated(option or self.dest, flag_name(self.dest))
+        setattr(namespace, self.dest, values)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -53,12 +69,12 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         workers=1,
         log_level=settings.log_level,
         log_config=None,  # uvicorn's records go through storydiff's logging (app/logging_setup.py)
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
-        http=header_deadline_protocol(settings.header_timeout),  # h11: headers bounded in size and in time
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) + 5,
+        http=header_deadline_protocol(settings.header_timeout_s),  # h11: headers bounded in size and in time
         h11_max_incomplete_event_size=settings.max_header_size,
         ws="none",  # no websocket routes: an upgrade request is served as plain HTTP
         limit_concurrency=settings.max_connections,
-        timeout_keep_alive=settings.keep_alive_timeout,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
     )
 
 
@@ -129,7 +145,7 @@ async def _supervise(server: Any, serving: asyncio.Future[None], runtime: ModelR
                 announce_forward_cost(runtime)
             if died.done():
                 watched.discard(died)
-                if settings.exit_on_engine_failure_after:
+                if settings.exit_on_engine_failure_after_s:
                     await _exit_after_engine_failure(died.result(), serving, drain, settings)
                     return 1
     finally:
@@ -144,9 +160,9 @@ async def _exit_after_engine_failure(
     log.critical(
         "%s; exiting in %gs (exit_on_engine_failure_after) for a supervisor to restart the server",
         reason,
-        settings.exit_on_engine_failure_after,
+        settings.exit_on_engine_failure_after_s,
     )
-    await asyncio.wait({serving, drain}, timeout=settings.exit_on_engine_failure_after)
+    await asyncio.wait({serving, drain}, timeout=settings.exit_on_engine_failure_after_s)
 
 
 def announce_ready(server: uvicorn.Server, settings: Settings) -> None:

@@ -114,7 +114,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]
         "1",
         "--log-level",
         "error",
-        "--header-timeout",
+        "--header-timeout-s",
         str(args.header_timeout),
     ]
     flags += ["--max-connections", str(args.max_connections)] + (["--model", args.model] if args.model else [])

@@ -182,7 +182,7 @@ def test_the_grace_period_covers_the_prestop_sleep_and_the_drain(rendered, name:
     command = server(rendered[name])["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pre_stop_s = int(command[1])
-    drain_s = float(config(rendered[name])["STORYDIFF_SHUTDOWN_GRACE"])
+    drain_s = float(config(rendered[name])["STORYDIFF_SHUTDOWN_GRACE_S"])
     assert pre_stop_s >= 5, "the endpoint needs time to leave the Service and the Ingress first"
     assert spec["terminationGracePeriodSeconds"] >= pre_stop_s + drain_s + TEARDOWN_S
 

@@ -63,16 +63,16 @@ def admit(spec: GenerationSpec, serving: Serving) -> None:
     if not settings.refuse_over_timeout:
         return
     alone = estimate_s(spec, serving.engine, 0)
-    if alone is not None and alone > settings.timeout:
+    if alone is not None and alone > settings.timeout_s:
         raise _invalid(
             f"this request alone would take about {alone:.0f} s on this server, longer than its timeout of "
-            f"{settings.timeout:g} s; ask for fewer steps or a shorter length"
+            f"{settings.timeout_s:g} s; ask for fewer steps or a shorter length"
         )
     stats = serving.engine.stats.snapshot()
     admitted = stats.active + stats.waiting
     behind = estimate_s(spec, serving.engine, admitted)
-    if behind is not None and behind > settings.timeout:
-        raise TooMuchWork(behind, settings.timeout, admitted)
+    if behind is not None and behind > settings.timeout_s:
+        raise TooMuchWork(behind, settings.timeout_s, admitted)
 
 
 def _invalid(message: str) -> RequestValidationError:

@@ -46,9 +46,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(metrics_router)
     app.include_router(public)
-    add_exception_handlers(app, settings.retry_after)
+    add_exception_handlers(app, settings.retry_after_s)
     app.add_middleware(
-        BodyLimit, max_bytes=settings.max_body_size, timeout_s=settings.body_timeout, refusals=runtime.refusals
+        BodyLimit, max_bytes=settings.max_body_size, timeout_s=settings.body_timeout_s, refusals=runtime.refusals
     )
     install_security(app, settings)  # CORS, added last: outermost, so refusals carry its headers too
     app.add_middleware(RequestIdMiddleware)  # outside even CORS: every answer and log line has the id

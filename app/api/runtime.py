@@ -129,7 +129,7 @@ class ModelRuntime:
             except BaseException:
                 await anyio.to_thread.run_sync(engine.stop)
                 raise
-            self.loaded = Serving(checkpoint, engine, settings, StreamRegistry(settings.resume_grace))
+            self.loaded = Serving(checkpoint, engine, settings, StreamRegistry(settings.resume_grace_s))
             log.info(
                 "ready: model %s on %s (%s, %s forward), %.1fM parameters, max length %d; loaded in %.1fs, "
                 "warm-up %.2fs; max_batch %d, max_queue %d",
@@ -170,7 +170,7 @@ class ModelRuntime:
         loaded = self.loaded
         if loaded is None:
             return
-        engine, grace_s = loaded.engine, self.settings.shutdown_grace
+        engine, grace_s = loaded.engine, self.settings.shutdown_grace_s
         log.info("draining: %d requests running or queued get %gs to finish", _in_flight(engine), grace_s)
         deadline = time.monotonic() + grace_s
         while _in_flight(engine) and time.monotonic() < deadline:
@@ -186,5 +186,5 @@ class ModelRuntime:
         if self._loader is not None and not self._loader.done():
             await asyncio.wait({self._loader})  # a thread cannot be cancelled; let the load end
         if self.loaded is not None:
-            log.info("stopping the engine (grace %.1fs)", self.settings.shutdown_grace)
-            await anyio.to_thread.run_sync(self.loaded.engine.stop, self.settings.shutdown_grace)
+            log.info("stopping the engine (grace %.1fs)", self.settings.shutdown_grace_s)
+            await anyio.to_thread.run_sync(self.loaded.engine.stop, self.settings.shutdown_grace_s)

@@ -241,7 +241,7 @@ EngineInfo: type[BaseModel] = create_model(
     __doc__="The engine's limits and its counters at the time of the request.",
     max_batch=(int, Field(description=Settings.model_fields["max_batch"].description)),
     max_queue=(int, Field(description=Settings.model_fields["max_queue"].description)),
-    timeout_s=(float, Field(description=Settings.model_fields["timeout"].description)),
+    timeout_s=(float, Field(description=Settings.model_fields["timeout_s"].description)),
     **_engine_fields(),
 )
 

@@ -46,7 +46,7 @@ async def generate_response(body: GenerateRequest, request: Request, serving: Se
     streaming = wants_stream(body, request)
     job = build_job(body, serving.checkpoint, body.stream_every if streaming else None)
     admit(job.spec, serving)  # 422 over the cost cap, 429 when it cannot finish in time
-    engine, timeout_s, checkpoint = serving.engine, serving.settings.timeout, serving.checkpoint
+    engine, timeout_s, checkpoint = serving.engine, serving.settings.timeout_s, serving.checkpoint
     if streaming:  # QueueFull -> 429, here and below
         return _stream_response(serving.streams.open(job, engine, timeout_s), serving)
     submission = Submission.start(job, engine, timeout_s)
@@ -127,7 +127,7 @@ def describe(serving: Serving) -> Info:
         engine=EngineInfo(
             max_batch=engine.max_batch,
             max_queue=engine.max_queue,
-            timeout_s=serving.settings.timeout,
+            timeout_s=serving.settings.timeout_s,
             **vars(engine.stats.snapshot()),
         ),
         version=__version__,

@@ -146,14 +146,14 @@ def event_stream(
     response ends, also when the stream never started."""
     shutdown = anyio.Event()
     return EventSourceResponse(
-        _guarded(events, shutdown, settings.shutdown_grace, fail, render_failure),
+        _guarded(events, shutdown, settings.shutdown_grace_s, fail, render_failure),
         headers=headers,
-        ping=settings.ping_interval,
+        ping=settings.ping_interval_s,
         ping_message_factory=lambda: ServerSentEvent(comment=PING_COMMENT),
         shutdown_event=shutdown,
         # sse-starlette cancels the stream this long after shutdown began; the watcher ends it first.
-        shutdown_grace_period=settings.shutdown_grace + 1.0,
-        send_timeout=settings.send_timeout,  # a client that stopped reading is dropped
+        shutdown_grace_period=settings.shutdown_grace_s + 1.0,
+        send_timeout=settings.send_timeout_s,  # a client that stopped reading is dropped
         background=BackgroundTask(close),
     )
 

@@ -167,14 +167,16 @@ def derived_field(name: str, default: Any, description: str) -> Any:
 
 def _optional(info: FieldInfo) -> tuple[Any, FieldInfo]:
     """The field as an override: same type, bounds and strictness, absent by default (no default shown)."""
+    shown = dict(info.json_schema_extra) if isinstance(info.json_schema_extra, dict) else {}
+
+    def without_default(schema: dict[str, Any]) -> None:
+        schema.update(shown)
+        schema.pop("default", None)  # absent is not null: the default comes from the layer below
+
     optional = FieldInfo.merge_field_infos(
-        info, default=None, description=f"{info.description} Absent: the default.", json_schema_extra=_without_default
+        info, default=None, description=f"{info.description} Absent: the default.", json_schema_extra=without_default
     )
     return info.annotation, optional
-
-
-def _without_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)  # absent is not null: the default comes from the layer below
 
 
 class _OverridesBase(BaseModel):

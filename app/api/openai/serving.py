@@ -132,7 +132,7 @@ def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
                 job = new_job(layout, sampler, seed, 1 if body.stream else None, checkpoint)
                 admit(job.spec, serving)
                 index = len(choices)
-                submission = Submission.start(job, serving.engine, serving.settings.timeout, choice=index)
+                submission = Submission.start(job, serving.engine, serving.settings.timeout_s, choice=index)
                 text = CompletionText(tokenizer, prompt_text, body.stops, layout.typed)
                 choices.append(Choice(index, submission, text, len(layout.prefix)))
     except BaseException:
