@@ -15,14 +15,15 @@ from app.engine.request import FailureReason
 
 log = logging.getLogger(__name__)
 
-Ending = Outcome | Literal["cancelled", "stopped"]
-"""What became of a generation: the engine's outcome, the client left, or a stop string ended it."""
+Conclusion = Outcome | Literal["cancelled", "stopped"]
+"""What became of a generation: the engine's outcome, the client left, or a stop string ended it. (Not
+an `ending`, the fixed last words of a story, nor `endings`, the rule for where a story ends.)"""
 
 FAILURE_OUTCOME: dict[FailureReason, str] = {"timeout": "timed_out", "shutdown": "failed", "internal": "failed"}
 """Failures by the name `storydiff_requests_total` counts them under."""
 
 
-def log_generation(handle: RequestHandle, ending: Ending, **fields: Any) -> None:
+def log_generation(handle: RequestHandle, conclusion: Conclusion, **fields: Any) -> None:
     """Log how the generation behind `handle` ended; `fields` (a choice index; the `request_id` where the
     context has none, e.g. on the engine's hop to the loop) join the line."""
     spec = handle.spec
@@ -34,12 +35,12 @@ def log_generation(handle: RequestHandle, ending: Ending, **fields: Any) -> None
         "duration_s": duration_s,
         **fields,
     }
-    if isinstance(ending, Finished):
-        record.update(outcome="completed", steps=ending.num_steps, forwards=ending.forwards)
-    elif isinstance(ending, Failed):
-        record.update(outcome=FAILURE_OUTCOME[ending.reason], reason=ending.reason, steps=spec.sampler.steps)
+    if isinstance(conclusion, Finished):
+        record.update(outcome="completed", steps=conclusion.num_steps, forwards=conclusion.forwards)
+    elif isinstance(conclusion, Failed):
+        record.update(outcome=FAILURE_OUTCOME[conclusion.reason], reason=conclusion.reason, steps=spec.sampler.steps)
     else:
-        record.update(outcome=ending, steps=spec.sampler.steps)
+        record.update(outcome=conclusion, steps=spec.sampler.steps)
     log.info(
         "generation %s after %.2fs: %d steps, length %d",
         record["outcome"],

@@ -30,7 +30,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from app.api.jobs import Job
-from app.api.request_log import Ending, log_generation
+from app.api.request_log import Conclusion, log_generation
 from app.config import Settings
 from app.engine import Engine, Failed, Finished, Outcome, RequestHandle, UpdateChannel
 from app.engine.request import FailureReason, Publish
@@ -65,8 +65,8 @@ class Submission:
         channel = UpdateChannel(asyncio.get_running_loop())
         return cls(job, submit(job, engine, timeout_s, channel.publish), channel, log_fields)
 
-    def log(self, ending: Ending) -> None:
-        log_generation(self.handle, ending, **self.log_fields)
+    def log(self, conclusion: Conclusion) -> None:
+        log_generation(self.handle, conclusion, **self.log_fields)
 
 
 def cancel_all(submissions: Iterable[Submission]) -> None:

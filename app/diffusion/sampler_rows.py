@@ -19,7 +19,7 @@ from app.diffusion.sampler_settings import Endings, Remasking, SamplerSettings
 RULE_CODES = {remasking: code for code, remasking in enumerate(Remasking)}
 """Each remasking as the integer its rows carry on the device."""
 
-ENDING_CODES = {endings: code for code, endings in enumerate(Endings)}
+END_RULE_CODES = {endings: code for code, endings in enumerate(Endings)}
 """Each `endings` value as the integer its rows carry on the device."""
 
 
@@ -73,7 +73,7 @@ class SamplerRows:
     threshold: torch.Tensor  # (B,) float64: threshold rows' confidence_threshold
     entropy_budget: torch.Tensor  # (B,) float64: entropy_bound rows' budget
     guard_endings: torch.Tensor  # (B,) bool
-    endings: torch.Tensor  # (B,) long: ENDING_CODES[endings]
+    endings: torch.Tensor  # (B,) long: END_RULE_CODES[endings]
     seed: torch.Tensor  # (B,) long
     fixed_until: torch.Tensor  # (B,) long: `fixed_until` of the row's canvas; its story ends no earlier
     kinds: RowKinds = RowKinds()  # on the host: what the rows use (every kind when unknown)
@@ -81,7 +81,7 @@ class SamplerRows:
     @property
     def length_first(self) -> torch.Tensor:
         """(B,) bool: rows that draw their story's length at their first step."""
-        return self.endings == ENDING_CODES[Endings.LENGTH_FIRST]
+        return self.endings == END_RULE_CODES[Endings.LENGTH_FIRST]
 
     @property
     def ranked(self) -> torch.Tensor:
@@ -108,7 +108,7 @@ class SamplerRows:
             "threshold": ([s.confidence_threshold for s in settings], torch.float64),
             "entropy_budget": ([s.entropy_budget for s in settings], torch.float64),
             "guard_endings": ([s.guard_endings for s in settings], torch.bool),
-            "endings": ([ENDING_CODES[s.endings] for s in settings], torch.long),
+            "endings": ([END_RULE_CODES[s.endings] for s in settings], torch.long),
             "seed": (list(seeds), torch.long),
             "fixed_until": (list(fixed) if fixed is not None else [0] * len(settings), torch.long),
         }

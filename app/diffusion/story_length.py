@@ -39,7 +39,7 @@ import torch
 
 from app.diffusion.queried import Queried
 from app.diffusion.randomness import Purpose, uniform
-from app.diffusion.sampler_rows import ENDING_CODES, SamplerRows
+from app.diffusion.sampler_rows import END_RULE_CODES, SamplerRows
 from app.diffusion.sampler_settings import Endings
 
 
@@ -98,9 +98,9 @@ def step_ends(
     if Endings.LENGTH_FIRST in rows.kinds.endings:
         chosen = chosen_ending(x, at, ends_here, rows.length_first & (index == 0), rows, mask_id, ends)
     row_endings = rows.endings[at.row]  # (N,)
-    own = row_endings != ENDING_CODES[Endings.SAMPLED]
+    own = row_endings != END_RULE_CODES[Endings.SAMPLED]
     chosen_here = at.gather(chosen)
-    calibrated = (row_endings == ENDING_CODES[Endings.CALIBRATED]) & open_end
+    calibrated = (row_endings == END_RULE_CODES[Endings.CALIBRATED]) & open_end
     drawn = calibrated & (uniform(rows.seed[at.row], index[at.row], at.position, Purpose.END) < ends_here)
     word_logits = without_endings(logits, ~open_end | (own & ~chosen_here), ends.ids)
     ended = chosen_here | drawn  # (N,)

@@ -231,14 +231,14 @@ class Engine:
         finally:
             if self.failure is not None and self._on_failure is not None:
                 self._on_failure(self.failure)  # before anyone is answered: /ready says why as the 500s go out
-            ending = Failed("internal", "the engine stopped working") if self.failure else SHUTDOWN
-            self._fail_active(ending, "failed")
+            failure = Failed("internal", "the engine stopped working") if self.failure else SHUTDOWN
+            self._fail_active(failure, "failed")
             with self._cond:
                 self._accepting = False
                 waiting, self._waiting = list(self._waiting), deque()
             for handle in waiting:
                 self.stats.count("failed")
-                self._publish(handle, ending)
+                self._publish(handle, failure)
             self._release(len(waiting))
             self.stats.occupancy(0, 0)
 
