@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import free_port
 from tests.support.browser import needs_chromium, open_advanced, panel
+from tests.support.server_process import wait_ready
 
 pytestmark = needs_chromium
 
@@ -51,22 +51,12 @@ def run_env(scratch: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(scratch, tiny_checkpoint_dir):
+    """`storydiff serve` run from the scratch copy (`python -m app` in it: the copy comes first on sys.path)."""
     port = free_port()
-    command = [*STORYDIFF, "serve", "--model", str(tiny_checkpoint_dir), "--device", "cpu"]
-    process = subprocess.Popen(
-        [*command, "--port", str(port), "--log-level", "warning"], env=run_env(scratch), cwd=scratch
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    flags = ["--model", str(tiny_checkpoint_dir), "--device", "cpu", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen([sys.executable, "-m", "app", *flags], env=run_env(scratch), cwd=scratch)
     try:
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, "the scratch server did not start"
-            try:
-                if httpx.get(f"{url}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_ready(process, url := f"http://127.0.0.1:{port}", timeout_s=90)
         yield url
     finally:
         process.terminate()
