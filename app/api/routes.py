@@ -20,13 +20,14 @@ from app.api.metrics import exposition
 from app.api.openapi import GENERATE_RESPONSES, RESUME_DESCRIPTION, RESUME_RESPONSES, STREAM_DESCRIPTION
 from app.api.resumable import STREAM_ID_PATTERN
 from app.api.schemas import GenerateRequest, GenerateResponse, Health, Info, Readiness
-from app.api.security import require_api_key, require_metrics_key
+from app.api.security import bearer, require_api_key, require_metrics_key
 from app.api.serving import cancel_stream, describe, generate_response, resume_response
 from app.api.web import index_page, static_files
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
-public = APIRouter()
-"""Routes that need no API key: the probes, and the page (which asks for a key when the API answers 401)."""
+public = APIRouter(dependencies=[Depends(bearer)])
+"""Routes that need no API key: the probes, and the page (which asks for a key when the API answers 401).
+A key may come along (the page sends its own), so their schema lists the optional bearer as before."""
 metrics_router = APIRouter(dependencies=[Depends(require_metrics_key)])
 
 OptionalBody = Annotated[GenerateRequest | None, Body(description="Every field is optional: no body is `{}`.")]

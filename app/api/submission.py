@@ -8,7 +8,7 @@ event. What they share lives here once:
   offers a non-blocking `Request.is_disconnected()` poll, so the answer waits for whichever comes
   first, as vLLM's `with_cancellation`), and `FAILURE_STATUS`, the status of each way a request fails;
 - `event_stream`: one sse-starlette response (ping comments, send timeout, shutdown grace, close),
-  one shutdown watcher that fails what is still running `shutdown_grace` seconds after shutdown
+  one shutdown watcher that fails what is still running `shutdown_grace_s` seconds after shutdown
   began, and one rule for a failure while rendering: logged with its traceback, then told to the
   client in the front end's own shape, never swallowed.
 Resumable streams (app/api/resumable.py) read the engine through an `UpdateChannel` as JSON answers do.
@@ -142,7 +142,7 @@ def event_stream(
     headers: dict[str, str] | None = None,
 ) -> EventSourceResponse:
     """The `text/event-stream` response of `events`: pings, a send timeout, and on shutdown `fail`
-    after `shutdown_grace` (the front end's events then end the stream); `close` runs when the
+    after `shutdown_grace_s` (the front end's events then end the stream); `close` runs when the
     response ends, also when the stream never started."""
     shutdown = anyio.Event()
     return EventSourceResponse(
