@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from app.diffusion.checkpoint import load_checkpoint
-from app.diffusion.static_forward import StaticShapeForward
 from app.diffusion.text import end_token_ids
 from app.engine.batch import RunningBatch
 from app.engine.forward_plan import ONE_PASS, ForwardCost
 from app.engine.model_forward import CheckpointForward
+from app.engine.static_forward import StaticShapeForward
 from tests.support.host_syncs import count_host_syncs
 from tests.support.sync_workloads import Config, canvas_rows, grid, syncs_per_advance
 

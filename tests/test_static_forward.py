@@ -7,9 +7,9 @@ import torch
 
 from app.diffusion.checkpoint import load_checkpoint
 from app.diffusion.logits import logits_at
-from app.diffusion.static_forward import StaticShapeForward, bucket_rows, bucket_width
 from app.engine import Engine, Finished, GenerationSpec
 from app.engine.model_forward import CheckpointForward
+from app.engine.static_forward import StaticShapeForward, bucket_rows, bucket_width
 from tests.support.engine import Collector
 
 

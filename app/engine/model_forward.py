@@ -14,7 +14,7 @@ import torch
 
 from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.logits import logits_at
-from app.diffusion.static_forward import StaticShapeForward, supports_static_forward
+from app.engine.static_forward import StaticShapeForward, supports_static_forward
 
 log = logging.getLogger(__name__)
 

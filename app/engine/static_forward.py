@@ -1,4 +1,4 @@
-"""A forward pass with static shapes, so that a GPU can replay it as a CUDA graph.
+"""A forward pass with static shapes, so that a GPU can replay it as a CUDA graph (used by the engine only).
 
 A small model's forward at batch 1 is dozens of short kernels, and on a GPU it is bound by launching
 them rather than by arithmetic; replaying them as one CUDA graph removes the launches (unmeasured
