@@ -137,6 +137,7 @@ class Engine:
 
     def _warm_up(self, length: int, timeout_s: float) -> None:
         length = min(length, self.typical_length)  # a model with fewer positions than the default
+        self.warming = "warming up"
         if isinstance(self._forward, CheckpointForward):
 
             def progress(done: int, planned: int) -> None:

@@ -12,8 +12,8 @@ when the engine is built, from its two limits: rows up to `max_batch` and positi
   step. A shape is cheap to prepare when it is a captured graph (a few eager passes, no compiler:
   `static_forward.py`), so the plan keeps the widths and pays for them once, at warm-up.
 
-For the shipped defaults (max_batch 32, 512 positions) that is 6 x 8 = 48 shapes; at max_batch 256,
-9 x 8 = 72. A call outside the plan is a bug, not a slow path: `bucket` asserts.
+The shipped model (256 positions) at max_batch 32 has 6 x 4 = 24 shapes; a 512-position model at
+max_batch 256, 9 x 8 = 72. A call outside the plan is a bug, not a slow path: `bucket` asserts.
 """
 
 from __future__ import annotations
