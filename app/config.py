@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     dtype: str | None = Field(None, description="float32, bfloat16, float16; None: bf16 on GPUs, fp32 on CPU.")
     compile: bool | None = Field(
         None,
-        description="Run the model with static shapes and CUDA graphs, compiled during warm-up (slower to "
-        "start, much faster per step on a GPU); unset: on for CUDA devices, off on CPUs, where eager is faster.",
+        description="Run the model over a fixed plan of batch shapes, each captured as a CUDA graph (on a CPU: "
+        "compiled) during warm-up, before /ready; unset: on for CUDA devices, off on CPUs, where eager is faster.",
     )
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")

@@ -21,9 +21,10 @@ Each `--sampler` (repeatable) runs the grid again with the model's settings chan
 headed by the CPU model and the load average before and after (Linux).
 
 Columns: stories/s and tokens/s (length x stories / wall); p50/p99 of the time from submission to the
-first step event (ttfs) and to the end (done); forward calls per story and mean sequences per forward
-call; per engine iteration: wall time, time inside the forward (the forward callable is wrapped in a
-timer that synchronises CUDA before reading the clock) and engine overhead = iteration - forward.
+first step event (ttfs; p95 too in --json) and to the end (done); forward calls per story and mean
+sequences per forward call; per engine iteration: wall time, time inside the forward (the forward
+callable is wrapped in a timer that synchronises CUDA before reading the clock) and engine overhead =
+iteration - forward.
 Each (model, C) runs `--rounds` waves of C requests after one warm-up request; the reference runs one
 warm-up forward first.
 
@@ -161,7 +162,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def story_columns(subject: Subject, timelines: Sequence[Timeline], wall_s: float) -> dict[str, Any]:
-    """Stories and tokens per second, and p50/p99 time to the first step and to the end."""
+    """Stories and tokens per second, and p50/p95/p99 time to the first step, p50/p99 to the end."""
     complete = [t for t in timelines if t.done is not None and t.failure is None]
     ttfs_ms = [(t.first_step - t.submitted) * 1e3 for t in complete if t.first_step is not None]
     done_s = [t.done - t.submitted for t in complete]
@@ -174,7 +175,7 @@ def story_columns(subject: Subject, timelines: Sequence[Timeline], wall_s: float
         "wall_s": wall_s,
         "stories_per_s": len(complete) / wall_s,
         "tokens_per_s": subject.length * len(complete) / wall_s,
-        **{f"ttfs_p{q}_ms": percentile(ttfs_ms, q) for q in (50, 99)},
+        **{f"ttfs_p{q}_ms": percentile(ttfs_ms, q) for q in (50, 95, 99)},
         **{f"done_p{q}_s": percentile(done_s, q) for q in (50, 99)},
     }
 
@@ -506,25 +507,28 @@ def stub_vocabularies(subject: Subject, args: argparse.Namespace) -> list[int]:
     return vocabs
 
 
-def run_subject(subject: Subject, args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> str:
+def run_subject(subject: Subject, args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Every row of one model: the reference, then per sampler the engine (or the stub, per vocabulary)
-    at each concurrency, then HTTP. Returns the name of the engine's forward."""
+    at each concurrency, then HTTP. Returns the engine's forward: its name, warm-up seconds (every planned
+    shape prepared) and which shapes run compiled and which eagerly, in-process and in the server."""
     levels, ckpt = [int(c) for c in args.concurrency.split(",")], subject.ckpt
     if args.stub:
         forwards = {vocab: stub_forward(vocab, ckpt.device) for vocab in stub_vocabularies(subject, args)}
-        name = "stub"
+        facts = {"forward": "stub"}
     else:
         if args.reference_stories:
             fp32 = ckpt if ckpt.dtype == torch.float32 else load_checkpoint(subject.directory, ckpt.device, "float32")
             emit(reference_row(subject, fp32.model, args.reference_stories))
             del fp32
-        forward = CheckpointForward(ckpt, compile=False if args.eager else None)  # the server's forward
+        forward = CheckpointForward(ckpt, compile=False if args.eager else None, max_rows=max(levels))  # the server's
         started = time.perf_counter()
-        forward.prepare(max(levels), subject.length)  # on a GPU: compile and capture every batch bucket now
-        forwards, name = (
-            {ckpt.model.config.vocab_size: forward},
-            f"{forward.name}, prepared in {time.perf_counter() - started:.1f} s",
+        forward.prepare()  # on a GPU: capture every planned shape now
+        forwards = {ckpt.model.config.vocab_size: forward}
+        facts = {"forward": forward.name, "warm_up_s": time.perf_counter() - started} | shape_split(
+            [f"{r}x{w}" for r, w in forward.compiled_shapes],
+            {f"{r}x{w}": why for (r, w), why in forward.eager_shapes.items()},
         )
+        print(f"{subject.name}: {facts['forward']}, warm-up {facts['warm_up_s']:.1f} s, {facts['split']}", flush=True)
     variants = [(label, dataclasses.replace(subject, sampler=subject.sampler.override(o))) for label, o in args.sampler]
     for label, variant in variants:
         for vocab, forward in forwards.items():
@@ -533,10 +537,23 @@ def run_subject(subject: Subject, args: argparse.Namespace, emit: Callable[[dict
                 emit(row | {"sampler": label, "vocab_size": vocab})
     if args.http:
         with running_server(subject, max(levels), args) as (url, pid):
+            info = httpx.get(f"{url}/info", timeout=30).json()
+            server = {"forward": info["forward"], "warm_up_s": info["warm_up_s"]}
+            facts["server"] = server | shape_split(info["compiled_shapes"], info["eager_shapes"])
+            print(f"{subject.name} server: {info['forward']}, {facts['server']['split']}", flush=True)
             for label, variant in variants:
                 for concurrency in levels:
                     emit(http_row(variant, url, pid, concurrency, args.rounds) | {"sampler": label})
-    return name
+    return facts
+
+
+def shape_split(compiled: list[str], eager: dict[str, str]) -> dict[str, Any]:
+    """The compiled vs eager split of the planned shapes, and why each eager one is."""
+    return {
+        "compiled_shapes": compiled,
+        "eager_shapes": eager,
+        "split": f"{len(compiled)} compiled, {len(eager)} eager",
+    }
 
 
 def cpu_model() -> str:
@@ -708,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "length": subject.length,
                 "sampler": subject.sampler.model_dump(mode="json"),
             }
-            report["models"][model]["forward"] = run_subject(subject, args, emit)
+            report["models"][model] |= run_subject(subject, args, emit)
             del subject
             if device.type == "cuda":
                 torch.cuda.empty_cache()

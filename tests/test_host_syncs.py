@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from app.diffusion.checkpoint import load_checkpoint
-from app.diffusion.static_forward import StaticShapeForward
 from app.diffusion.text import end_token_ids
 from app.engine.batch import RunningBatch
 from app.engine.forward_plan import ONE_PASS, ForwardCost
 from app.engine.model_forward import CheckpointForward
+from app.engine.shape_plan import ShapePlan
+from app.engine.static_forward import StaticShapeForward
 from tests.support.host_syncs import count_host_syncs
 from tests.support.sync_workloads import Config, canvas_rows, grid, syncs_per_advance
 
@@ -82,7 +83,8 @@ def test_one_host_copy_per_advance_in_a_batch_of_everything(ckpt, words, cost):
 
 def test_the_static_forward_needs_no_host_sync(ckpt):
     """The bucketed forward (eager here; compiled on a GPU) with padding and flat queried positions."""
-    forward = StaticShapeForward(ckpt.model, ckpt.tokenizer.pad_token_id, ckpt.max_positions, compile=False)
+    plan = ShapePlan.of(4, ckpt.max_positions)
+    forward = StaticShapeForward(ckpt.model, ckpt.tokenizer.pad_token_id, plan, "eager")
     x = torch.full((3, 20), ckpt.mask_id)
     attention_mask = (torch.arange(20)[None, :] < torch.tensor([[20], [12], [7]])).long()
     with count_host_syncs() as syncs:

@@ -96,7 +96,7 @@ async def health() -> Health:
     responses={503: {"model": Readiness, "description": "Loading, failed or stopped."}},
 )
 async def ready(runtime: RuntimeDep) -> JSONResponse:
-    readiness = Readiness(status=runtime.state, detail=runtime.error)
+    readiness = Readiness(status=runtime.state, detail=runtime.detail)
     return JSONResponse(readiness.model_dump(), status_code=200 if runtime.ready else 503)
 
 

@@ -68,6 +68,7 @@ class ModelRuntime:
         self.refusals = Refusals()  # requests refused in front of the engine, for /metrics
         self._engine_failed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._warming: Engine | None = None  # the engine while it warms up, for `detail`
 
     @property
     def ready(self) -> bool:
@@ -82,6 +83,13 @@ class ModelRuntime:
         if self._draining:
             return "draining"
         return "ready" if self.ready else "loading"
+
+    @property
+    def detail(self) -> str | None:
+        """Why /ready says what it says: the error, or how far the warm-up has come ("warming up: 5/12 shapes")."""
+        if self.error is not None or self._warming is None:
+            return self.error
+        return self._warming.warming
 
     def serving(self) -> Serving:
         """What requests are served with; raises ModelNotReady unless the engine runs."""
@@ -124,11 +132,17 @@ class ModelRuntime:
                 on_failure=self._engine_died,
             )
             engine.start()
+            self._warming = engine
             try:
                 warmup_s = await anyio.to_thread.run_sync(engine.warm_up)
             except BaseException:
                 await anyio.to_thread.run_sync(engine.stop)
                 raise
+            finally:
+                self._warming = None
+            compiled, eager = engine.forward_shapes
+            if compiled or eager:
+                log.info("warm-up %.2fs: %d shapes compiled, %d eager", warmup_s, len(compiled), len(eager))
             self.loaded = Serving(checkpoint, engine, settings, StreamRegistry(settings.resume_grace_s))
             log.info(
                 "ready: model %s on %s (%s, %s forward), %.1fM parameters, max length %d; loaded in %.1fs, "

@@ -221,7 +221,9 @@ ModelState = Literal["loading", "ready", "draining", "failed", "stopped"]
 
 class Readiness(BaseModel):
     status: ModelState
-    detail: str | None = None
+    detail: str | None = Field(
+        None, description='Why it is not ready: the error, or the warm-up\'s progress ("warming up: 5/12 shapes").'
+    )
 
 
 class SamplerInfo(SamplerSettings):
@@ -251,6 +253,17 @@ class Info(BaseModel):
     device: str
     dtype: str
     forward: str = Field(description="How the model runs: eager, or compiled with CUDA graphs (--compile).")
+    warm_up_s: float = Field(
+        description="Seconds the warm-up took before /ready turned 200: every planned shape prepared, a first "
+        "story, the forward's cost measured."
+    )
+    compiled_shapes: list[str] = Field(
+        description="The planned `ROWSxWIDTH` shapes whose pass runs compiled, all prepared during the warm-up; "
+        "empty for an eager forward, where every shape runs eagerly."
+    )
+    eager_shapes: dict[str, str] = Field(
+        description="Planned shapes that run eagerly because compiling them failed, with the reason."
+    )
     parameters: int
     max_length: int = Field(description="The longest `length` a request may ask for: the model's positions.")
     mask_placeholder: str

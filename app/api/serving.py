@@ -114,11 +114,15 @@ def _stream_response(reader: StreamReader, serving: Serving) -> EventSourceRespo
 def describe(serving: Serving) -> Info:
     """GET /info: the model, its limits and defaults, and the engine's counters."""
     checkpoint, engine = serving.checkpoint, serving.engine
+    compiled, eager = engine.forward_shapes
     return Info(
         model=checkpoint.name,
         device=str(checkpoint.device),
         dtype=str(checkpoint.dtype).removeprefix("torch."),
         forward=engine.forward_name,
+        warm_up_s=engine.warm_up_s or 0.0,
+        compiled_shapes=[f"{rows}x{width}" for rows, width in compiled],
+        eager_shapes={f"{rows}x{width}": why for (rows, width), why in eager.items()},
         parameters=checkpoint.num_parameters,
         max_length=checkpoint.max_positions,
         mask_placeholder=MASK_PLACEHOLDER,

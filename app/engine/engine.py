@@ -95,6 +95,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # why the engine thread died, if it did
         self._on_failure = on_failure  # called on the engine thread when it dies
+        self.warming: str | None = None  # what `warm_up` is doing now, for /ready's 503; None outside it
+        self.warm_up_s: float | None = None  # how long the warm-up took, once it ended
 
     @classmethod
     def from_checkpoint(
@@ -110,7 +112,7 @@ class Engine:
         `CheckpointForward` (None: CUDA graphs on GPUs, eager on CPUs)."""
         pad = checkpoint.tokenizer.pad_token_id
         return cls(
-            CheckpointForward(checkpoint, compile),
+            CheckpointForward(checkpoint, compile, max_rows=max_batch),
             mask_id=checkpoint.mask_id,
             pad_id=checkpoint.mask_id if pad is None else int(pad),
             device=checkpoint.device,
@@ -122,13 +124,28 @@ class Engine:
         )
 
     def warm_up(self, length: int = WARMUP_LENGTH, timeout_s: float = 600.0) -> float:
-        """Compile the forward's shapes (if it compiles), denoise one short sequence through the started
-        engine, so that the first client pays for no lazy initialisation, then measure the forward's
-        cost model; blocks, returns the seconds it took, raises RuntimeError if it failed."""
+        """Prepare every planned shape of the forward (if it compiles), denoise one short sequence through
+        the started engine, so that the first client pays for no lazy initialisation, then measure the
+        forward's cost model; blocks, returns the seconds it took, raises RuntimeError if it failed.
+        `warming` says which part runs meanwhile."""
         started = time.perf_counter()
+        try:
+            self._warm_up(length, timeout_s)
+        finally:
+            self.warming = None
+        self.warm_up_s = time.perf_counter() - started
+        return self.warm_up_s
+
+    def _warm_up(self, length: int, timeout_s: float) -> None:
         length = min(length, self.typical_length)  # a model with fewer positions than the default
+        self.warming = "warming up"
         if isinstance(self._forward, CheckpointForward):
-            self._forward.prepare(self.max_batch, self.typical_length)
+
+            def progress(done: int, planned: int) -> None:
+                self.warming = f"warming up: {done}/{planned} shapes"
+
+            self._forward.prepare(progress)
+        self.warming = "warming up: a first story"
         ended = threading.Event()
         updates: list[Update] = []
 
@@ -142,18 +159,22 @@ class Engine:
         if not ended.wait(timeout_s) or isinstance(updates[-1], Failed):
             reason = updates[-1].message if updates and isinstance(updates[-1], Failed) else "no answer"
             raise RuntimeError(f"warm-up failed: {reason}")
-        self.forward_cost = ForwardCost.measure(self._forward, self.typical_length, self.mask_id, self.device)
-        log.info(
-            "forward cost: %.2f ms a pass + %.2f us a position",
-            self.forward_cost.per_pass_s * 1e3,
-            self.forward_cost.per_position_s * 1e6,
-        )
-        return time.perf_counter() - started
+        self.warming = "warming up: measuring the forward"
+        cost = ForwardCost.measure(self._forward, self.typical_length, self.mask_id, self.device, self.max_batch)
+        self.forward_cost = cost
+        log.info("forward cost: %.2f ms a pass + %.2f us a position", cost.per_pass_s * 1e3, cost.per_position_s * 1e6)
 
     @property
     def forward_name(self) -> str:
         """Which forward runs: "eager", "compiled (CUDA graphs)", ... (for GET /info and the log)."""
         return self._forward.name if isinstance(self._forward, CheckpointForward) else "custom"
+
+    @property
+    def forward_shapes(self) -> tuple[list[tuple[int, int]], dict[tuple[int, int], str]]:
+        """The (rows, width) shapes that run compiled, and those that run eagerly with why (GET /info)."""
+        if isinstance(self._forward, CheckpointForward):
+            return self._forward.compiled_shapes, self._forward.eager_shapes
+        return [], {}
 
     @property
     def forward_cost(self) -> ForwardCost:

@@ -32,9 +32,10 @@ class ForwardCost:
 
     @classmethod
     def measure(
-        cls, forward: BatchForward, width: int, mask_id: int, device: torch.device, repeats: int = 3
+        cls, forward: BatchForward, width: int, mask_id: int, device: torch.device, max_rows: int, repeats: int = 3
     ) -> ForwardCost:
-        """Fit the model from timed passes over (1, 8) and (4, `width`) masked rows, best of `repeats`."""
+        """Fit the model from timed passes over (1, 8) and (4, `width`) masked rows, best of `repeats`; never
+        more than `max_rows` rows, so that a static-shape forward meets no shape outside its plan."""
 
         def seconds(rows: int, length: int) -> float:
             x = torch.full((rows, length), mask_id, dtype=torch.long, device=device)
@@ -48,9 +49,10 @@ class ForwardCost:
                 best = min(best, time.perf_counter() - started)
             return best
 
-        small, large = seconds(1, 8), seconds(4, width)
-        per_position = max(large - small, 0.0) / (4 * width - 8)
-        return cls(per_pass_s=max(small - 8 * per_position, 0.0), per_position_s=per_position)
+        rows, short = min(4, max_rows), min(8, width)
+        small, large = seconds(1, short), seconds(rows, width)
+        per_position = max(large - small, 0.0) / max(rows * width - short, 1)
+        return cls(per_pass_s=max(small - short * per_position, 0.0), per_position_s=per_position)
 
 
 ONE_PASS = ForwardCost(per_pass_s=float("inf"), per_position_s=0.0)
