@@ -39,6 +39,7 @@ class Job:
     stream_format: StreamFormat = "json"  # what its stream's `step` events carry
     canvas: Canvas | None = None  # the text fixed around its blanks, if it asked for any
     typed: tuple[FixedSpan, ...] = ()  # where a plain request's prompt lies, to show it as typed
+    client: str = ""  # who asked (app/api/clients.py): its quota and its turn in the engine (issue 29)
 
     def text(self, ids: Sequence[int], checkpoint: Checkpoint) -> str:
         """The story (or draft) in `ids`: typed text as typed, written text decoded, masks as placeholders."""
@@ -96,14 +97,16 @@ def build_job(body: GenerateRequest, checkpoint: Checkpoint, stream_every: int |
     return Job(spec, model_name(checkpoint.source), stream_format=body.stream_format, canvas=canvas, typed=typed)
 
 
-def step_delta(update: StepUpdate, checkpoint: Checkpoint) -> StepDelta:
-    """What an update revealed: each position's token, as the tokenizer spells it, and its probability."""
+def step_delta(update: StepUpdate, checkpoint: Checkpoint, full: bool = False) -> StepDelta:
+    """What an update revealed: each position's token, as the tokenizer spells it, and its probability;
+    `full`: every reveal so far, a frame that replaces what the client had (issue 29)."""
     pieces = checkpoint.tokenizer.convert_ids_to_tokens([reveal.id for reveal in update.changed])
     return StepDelta(
         step=update.step,
         steps=update.num_steps,
         t=update.t,
         masked=update.ids.count(checkpoint.mask_id),
+        full=full,
         changed=[
             Revealed(pos=reveal.pos, id=reveal.id, text=piece, p=reveal.p)
             for reveal, piece in zip(update.changed, pieces, strict=True)
@@ -111,15 +114,15 @@ def step_delta(update: StepUpdate, checkpoint: Checkpoint) -> StepDelta:
     )
 
 
-def step_event(update: StepUpdate, job: Job, checkpoint: Checkpoint) -> StepEvent:
+def step_event(update: StepUpdate, job: Job, checkpoint: Checkpoint, full: bool = False) -> StepEvent:
     """The `step` event for an update: the tokens revealed and the draft with visible masks."""
-    return StepEvent(**dict(step_delta(update, checkpoint)), text=job.text(update.ids, checkpoint))
+    return StepEvent(**dict(step_delta(update, checkpoint, full)), text=job.text(update.ids, checkpoint))
 
 
-STEP_DATA: dict[StreamFormat, Callable[[StepUpdate, Job, Checkpoint], str]] = {
-    "json": lambda update, job, checkpoint: step_event(update, job, checkpoint).model_dump_json(),
-    "deltas": lambda update, job, checkpoint: step_delta(update, checkpoint).model_dump_json(),
-    "text": lambda update, job, checkpoint: job.text(update.ids, checkpoint),
+STEP_DATA: dict[StreamFormat, Callable[[StepUpdate, Job, Checkpoint, bool], str]] = {
+    "json": lambda update, job, checkpoint, full: step_event(update, job, checkpoint, full).model_dump_json(),
+    "deltas": lambda update, job, checkpoint, full: step_delta(update, checkpoint, full).model_dump_json(),
+    "text": lambda update, job, checkpoint, full: job.text(update.ids, checkpoint),  # always the whole draft
 }
 """The data of a `step` event in each `stream_format`."""
 
@@ -142,5 +145,8 @@ def result(job: Job, finished: Finished, checkpoint: Checkpoint) -> GenerateResp
 
 def error_event(failed: Failed, job: Job, checkpoint: Checkpoint) -> ErrorEvent:
     """Why the request ended early, with its draft so far: a timeout need not throw the work away."""
-    draft = None if failed.draft is None else job.text(failed.draft, checkpoint)
+    ids = failed.draft
+    if ids is None and failed.reason in ("shutdown", "timeout"):  # ended before its first step: the canvas
+        ids = job.spec.start_ids(checkpoint.mask_id)
+    draft = None if ids is None else job.text(ids, checkpoint)
     return ErrorEvent(error=failed.reason, detail=failed.message, draft=draft)

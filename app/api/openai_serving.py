@@ -26,6 +26,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from app.api.admission import admit
+from app.api.clients import client_of
 from app.api.errors import safe_text
 from app.api.jobs import Job, build_job
 from app.api.openai_errors import ERROR_TYPES, OpenAIError
@@ -108,7 +109,7 @@ def story_length(prompt_tokens: int, max_tokens: int | None, checkpoint: Checkpo
     return min(wanted, limit)
 
 
-def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
+def _submit(body: CompletionRequest, serving: Serving, client: str) -> list[Choice]:
     """Every story of `body` submitted to the engine (429 for all if one does not fit)."""
     checkpoint, tokenizer = serving.checkpoint, serving.checkpoint.tokenizer
     first_seed = new_seed() if body.seed is None else body.seed
@@ -133,9 +134,10 @@ def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
                 seed = (first_seed + i) % (MAX_SEED + 1)
                 request = GenerateRequest(prompt=prompt or None, length=length, seed=seed, **passed_on)
                 job = build_job(request, checkpoint, 1 if body.stream else None)
-                admit(job.spec, serving)
+                admit(job.spec, serving, client)  # issue 29: the client's quota and turn
                 channel = UpdateChannel(loop)
-                handle = serving.engine.submit(job.spec, channel.publish, serving.settings.timeout, job.request_id)
+                timeout = serving.settings.timeout
+                handle = serving.engine.submit(job.spec, channel.publish, timeout, job.request_id, client)
                 text = CompletionText(tokenizer, prompt_text, body.stops, typed)
                 choices.append(Choice(len(choices), job, handle, channel, text, len(prefix)))
     except BaseException:
@@ -150,7 +152,7 @@ async def completion_response(body: CompletionRequest, request: Request, serving
     model = _check_model(body, serving.checkpoint)
     if body.ignored_fields:
         log.warning("ignored fields this API does not know: %s", safe_text(repr(body.ignored_fields)))
-    choices = _submit(body, serving)
+    choices = _submit(body, serving, client_of(request, serving.settings))  # issue 29: whose quota
     header = Completion(
         id=f"cmpl-{current_request_id() or uuid.uuid4().hex}", created=int(time.time()), model=model, choices=[]
     )

@@ -18,7 +18,13 @@ log = logging.getLogger(__name__)
 Ending = Outcome | Literal["cancelled", "stopped"]
 """What became of a generation: the engine's outcome, the client left, or a stop string ended it."""
 
-FAILURE_OUTCOME: dict[FailureReason, str] = {"timeout": "timed_out", "shutdown": "failed", "internal": "failed"}
+FAILURE_OUTCOME: dict[FailureReason, str] = {
+    "timeout": "timed_out",
+    "shutdown": "failed",
+    "internal": "failed",
+    "cancelled": "cancelled",
+    "taken_over": "cancelled",
+}
 """Failures by the name `storydiff_requests_total` counts them under."""
 
 

@@ -10,6 +10,7 @@ whichever comes first, the outcome or the client's `http.disconnect` (as vLLM's 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import anyio
 from fastapi import Request, Response
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from app import __version__
 from app.api.admission import admit
+from app.api.clients import client_of
 from app.api.jobs import Job, build_job, error_event, preset_settings, result, sampler_defaults
 from app.api.request_log import log_generation
 from app.api.runtime import Serving
@@ -27,7 +29,13 @@ from app.diffusion.text import MASK_PLACEHOLDER
 from app.engine import Failed, Outcome, RequestHandle, UpdateChannel
 from app.engine.request import FailureReason
 
-FAILURE_STATUS: dict[FailureReason, int] = {"timeout": 504, "shutdown": 503, "internal": 500}
+FAILURE_STATUS: dict[FailureReason, int] = {
+    "timeout": 504,
+    "shutdown": 503,
+    "internal": 500,
+    "cancelled": 499,  # issue 29: stream endings only, never a JSON answer's status
+    "taken_over": 409,
+}
 """The status of a JSON answer for each way a request can fail."""
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; nobody reads it, uvicorn drops it
@@ -44,11 +52,12 @@ async def generate_response(body: GenerateRequest, request: Request, serving: Se
     """Submit `body` to the engine and answer as the client asked: one JSON body, or an SSE stream."""
     streaming = wants_stream(body, request)
     job = build_job(body, serving.checkpoint, body.stream_every if streaming else None)
-    admit(job.spec, serving)  # 422 over the cost cap, 429 when it cannot finish in time
+    job = dataclasses.replace(job, client=client_of(request, serving.settings))  # issue 29: quotas and turns
+    admit(job.spec, serving, job.client)  # 422 over the cost cap, 429 past the client's quota or the timeout
     if streaming:  # QueueFull -> 429, here and below
         return event_stream_response(serving.streams.open(job, serving.engine, serving.settings.timeout), serving)
     channel = UpdateChannel(asyncio.get_running_loop())
-    handle = serving.engine.submit(job.spec, channel.publish, serving.settings.timeout, job.request_id)
+    handle = serving.engine.submit(job.spec, channel.publish, serving.settings.timeout, job.request_id, job.client)
     return await _json_response(job, handle, channel, request, serving)
 
 

@@ -30,14 +30,17 @@ RECONNECT_MS = 1000
 """The SSE `retry` of each connection's first event: how long an EventSource waits to reconnect."""
 
 
-def _event(name: str, payload: str, event_id: int, first: bool) -> ServerSentEvent:
-    return ServerSentEvent(payload, event=name, id=str(event_id), retry=RECONNECT_MS if first else None)
+def _event(name: str, payload: str, event_id: int | None, first: bool) -> ServerSentEvent:
+    # No id (issue 29): a connection's `cancelled` / `taken_over` ending is not an event of the stream.
+    event = None if event_id is None else str(event_id)
+    return ServerSentEvent(payload, event=name, id=event, retry=RECONNECT_MS if first else None)
 
 
 async def _fail_after_shutdown(shutdown: anyio.Event, grace_s: float, stream: ResumableStream) -> None:
     await shutdown.wait()
     await asyncio.sleep(grace_s)
-    stream.fail(Failed("shutdown", "the server is shutting down"))
+    draft = None if stream.latest is None else stream.latest.ids  # issue 29: the draft, as a timeout's
+    stream.fail(Failed("shutdown", "the server is shutting down", draft=draft))
 
 
 async def step_events(
@@ -50,9 +53,9 @@ async def step_events(
         while (sent := await reader.next()) is not None:
             event_id, update = sent
             if isinstance(update, StepUpdate):
-                yield _event(
-                    "step", STEP_DATA[stream.job.stream_format](update, stream.job, checkpoint), event_id, first
-                )
+                full, reader.full = reader.full, False  # issue 29: a resume's full frame says so
+                data = STEP_DATA[stream.job.stream_format](update, stream.job, checkpoint, full)
+                yield _event("step", data, event_id, first)
             elif isinstance(update, Finished):
                 yield _event("done", result(stream.job, update, checkpoint).model_dump_json(), event_id, first)
             else:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from app.diffusion.checkpoint import Checkpoint
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.text import end_token_ids
 from app.engine.batch import NewRow, RowResult, RunningBatch
+from app.engine.fair_queue import FairQueue
 from app.engine.forward_plan import BatchForward, ForwardCost
 from app.engine.model_forward import CheckpointForward
 from app.engine.request import (
@@ -41,6 +41,7 @@ from app.engine.request import (
     Update,
 )
 from app.engine.stats import EngineStats
+from app.engine.step_cost import StepCostModel, Work
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class Engine:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.stats = EngineStats()
         self._cond = threading.Condition()
-        self._waiting: deque[RequestHandle] = deque()  # guarded by _cond
+        self._waiting = FairQueue()  # guarded by _cond; round-robin across clients
         self._admitted = 0  # waiting + active; guarded by _cond
         self._accepting = False
         self._stopping = False
@@ -94,6 +95,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # why the engine thread died, if it did
         self._on_failure = on_failure  # called on the engine thread when it dies
+        self.step_cost: StepCostModel | None = None  # measured from the first iteration after warm-up
 
     @classmethod
     def from_checkpoint(
@@ -162,6 +164,7 @@ class Engine:
     @forward_cost.setter
     def forward_cost(self, cost: ForwardCost) -> None:
         self._batch.cost = cost  # read by the engine thread at its next iteration
+        self.step_cost = StepCostModel(cost)  # iterations from now on are measured for admission
 
     @property
     def running(self) -> bool:
@@ -187,10 +190,15 @@ class Engine:
             self._thread.join()
 
     def submit(
-        self, spec: GenerationSpec, publish: Publish, timeout_s: float, request_id: str | None = None
+        self,
+        spec: GenerationSpec,
+        publish: Publish,
+        timeout_s: float,
+        request_id: str | None = None,
+        client: str = "",
     ) -> RequestHandle:
         """Queue `spec`; raises QueueFull when every slot and queue place is taken. `request_id` tags
-        the engine's log lines about it."""
+        the engine's log lines about it; `client` is whose turn it waits for in the fair queue."""
         with self._cond:
             if not self._accepting:
                 raise EngineStopped("the engine is not running")
@@ -198,7 +206,7 @@ class Engine:
                 self.stats.count("rejected")
                 raise QueueFull(f"{self.max_batch} requests running and {self.max_queue} waiting")
             deadline = time.monotonic() + timeout_s
-            handle = RequestHandle(spec, publish, deadline, request_id=request_id, _on_cancel=self._wake)
+            handle = RequestHandle(spec, publish, deadline, request_id=request_id, client=client, _on_cancel=self._wake)
             self._waiting.append(handle)
             self._admitted += 1
             self.stats.count("submitted")
@@ -214,6 +222,15 @@ class Engine:
         with self._cond:
             self._admitted -= n
             self._cond.notify_all()
+
+    def workload(self, extra: RequestHandle | None = None) -> list[Work]:
+        """The admitted work, running rows first, then the queue in admission order (with `extra` where
+        the fair queue would put it); what the admission estimate simulates. Any thread."""
+        with self._cond:
+            running = [seq for seq in self._active if not seq.done]
+            order = self._waiting.order(extra)
+        work = [Work.of(seq.handle, seq.index, seq.forwards, running=True) for seq in running]
+        return work + [Work.of(handle, 0, 0, running=False) for handle in order]
 
     def _run(self) -> None:
         try:
@@ -234,7 +251,7 @@ class Engine:
             self._fail_active(ending, "failed")
             with self._cond:
                 self._accepting = False
-                waiting, self._waiting = list(self._waiting), deque()
+                waiting, self._waiting = list(self._waiting), FairQueue()
             for handle in waiting:
                 self.stats.count("failed")
                 self._publish(handle, ending)
@@ -317,14 +334,18 @@ class Engine:
         self._drop_departed()
         if not self._active:
             return
+        started, clock = time.perf_counter(), [0.0, 0.0]  # forward seconds taken, and predicted
+        forward = self._forward if self.step_cost is None else self._timed(clock)
         try:
-            result = self._batch.advance(self._forward)
+            result = self._batch.advance(forward)
         except Exception:
             if not self._fail_culprits():
                 raise  # no single request fails alone: the batch as a whole (e.g. out of memory)
             if not self._active:
                 return
-            result = self._batch.advance(self._forward)
+            result = self._batch.advance(forward)
+        if self.step_cost is not None:
+            self.step_cost.observe(len(self._active), time.perf_counter() - started, clock[0], clock[1])
         for size in result.pass_sizes:
             self.stats.forward(size)
         for seq, row in zip(self._active, result.rows, strict=True):
@@ -332,6 +353,20 @@ class Engine:
         self.stats.count("iterations")
         self._keep([not seq.done for seq in self._active])
         self.stats.occupancy(len(self._active), len(self._waiting))
+
+    def _timed(self, clock: list[float]) -> BatchForward:
+        """The forward, adding its seconds to clock[0] and what `ForwardCost` predicted to clock[1]."""
+        cost = self.forward_cost
+
+        def forward(x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+            started = time.perf_counter()
+            try:
+                return self._forward(x, query, attention_mask)
+            finally:
+                clock[0] += time.perf_counter() - started
+                clock[1] += cost.of(x.shape[0], x.shape[1])
+
+        return forward
 
     def _fail_culprits(self) -> bool:
         """After a failed step, try each request's step alone (on a copy) and fail those that fail
@@ -372,10 +407,12 @@ class Engine:
             self._release()
 
     def _fail_active(self, failure: Failed, counter: str) -> None:
-        unfinished = [seq for seq in self._active if not seq.done]  # finished ones were released
-        for seq in unfinished:
+        unfinished = [(i, seq) for i, seq in enumerate(self._active) if not seq.done]  # finished: released
+        for i, seq in unfinished:
             self.stats.count(counter)  # counters first: a client that got its answer sees it counted
-            self._publish(seq.handle, failure)
+            # On shutdown each story hands back its draft, as a timeout does (issue 29).
+            draft = tuple(self._batch.tokens(i)) if failure.reason == "shutdown" else failure.draft
+            self._publish(seq.handle, Failed(failure.reason, failure.message, draft=draft))
         self._release(len(unfinished))
         self._keep([False] * len(self._active))
 

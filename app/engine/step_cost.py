@@ -1,0 +1,103 @@
+"""What an engine iteration costs, measured as the engine runs: the model's forwards and everything else.
+
+The warm-up measures the forward alone (`ForwardCost`); an iteration also plans and applies the step
+for every row, and a step that reveals nothing skips the model but not that work (the stub table in
+docs/benchmarks.md: 3.5 ms an iteration alone, 19.3 ms at 8 rows). Admission must count both, or many
+more steps than tokens look free. Each iteration the engine reports its rows, its wall time and the
+time spent in forwards; this keeps
+
+    iteration_s(rows, forward) = base_s + per_row_s × rows + scale × forward
+    forward                     = Σ ForwardCost.of(rows, width) over its passes
+
+with `base_s`, `per_row_s` a least-squares fit of the non-forward time over recent iterations and
+`scale` the ratio of the forward time taken to the time `ForwardCost` predicted (a busy machine runs
+slower than at warm-up), both forgetting old iterations at `DECAY` each.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from app.engine.forward_plan import ForwardCost
+from app.engine.request import RequestHandle
+
+DECAY = 0.98
+"""Weight kept by the past at each iteration: about the last 50 iterations count."""
+PRIOR_PER_ROW_S = 0.003
+"""Non-forward seconds per row before any iteration was measured (a CPU's engine overhead alone)."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """What an admitted request has left to do, for the admission estimate."""
+
+    handle: RequestHandle
+    length: int
+    steps_left: int
+    forwards_left: int  # at most one forward a step and one a position still to write: an upper bound
+    running: bool  # in the batch now, rather than waiting for a slot
+
+    @classmethod
+    def of(cls, handle: RequestHandle, steps_done: int, forwards_done: int, *, running: bool) -> Work:
+        spec = handle.spec
+        steps_left = spec.sampler.steps - steps_done
+        forwards_left = max(min(steps_left, spec.written - forwards_done), 0)
+        return cls(handle, spec.length, steps_left, forwards_left, running)
+
+
+@dataclass(frozen=True)
+class IterationCost:
+    """A snapshot of the fitted model, for the admission estimate on another thread."""
+
+    forward: ForwardCost
+    base_s: float
+    per_row_s: float
+    scale: float
+
+    def of(self, rows: int, forward_s: float) -> float:
+        """Seconds of an iteration over `rows` rows whose forwards `ForwardCost` puts at `forward_s`."""
+        return self.base_s + self.per_row_s * rows + self.scale * forward_s
+
+
+@dataclass
+class StepCostModel:
+    """The fit, written by the engine thread (`observe`), read by any thread (`snapshot`)."""
+
+    forward: ForwardCost
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Decayed sums for the non-forward time y against rows x, and for the forward's scale.
+    _n: float = 0.0
+    _x: float = 0.0
+    _y: float = 0.0
+    _xx: float = 0.0
+    _xy: float = 0.0
+    _taken: float = 0.0
+    _predicted: float = 0.0
+
+    def observe(self, rows: int, iteration_s: float, forward_s: float, predicted_forward_s: float) -> None:
+        """One iteration over `rows` rows took `iteration_s`, `forward_s` of it in forwards that
+        `ForwardCost` put at `predicted_forward_s`."""
+        other = max(iteration_s - forward_s, 0.0)
+        with self._lock:
+            self._n = DECAY * self._n + 1
+            self._x = DECAY * self._x + rows
+            self._y = DECAY * self._y + other
+            self._xx = DECAY * self._xx + rows * rows
+            self._xy = DECAY * self._xy + rows * other
+            if predicted_forward_s > 0:
+                self._taken = DECAY * self._taken + forward_s
+                self._predicted = DECAY * self._predicted + predicted_forward_s
+
+    def snapshot(self) -> IterationCost:
+        with self._lock:
+            scale = self._taken / self._predicted if self._predicted > 0 else 1.0
+            if self._n < 1:
+                return IterationCost(self.forward, 0.0, PRIOR_PER_ROW_S, 1.0)
+            mean_x, mean_y = self._x / self._n, self._y / self._n
+            var = self._xx / self._n - mean_x * mean_x
+            if var <= 1e-9:  # every iteration had the same rows: all of it per row, the cautious reading
+                return IterationCost(self.forward, 0.0, mean_y / max(mean_x, 1.0), max(scale, 1.0))
+            slope = max((self._xy / self._n - mean_x * mean_y) / var, 0.0)
+            base = max(mean_y - slope * mean_x, 0.0)
+            return IterationCost(self.forward, base, slope, max(scale, 1.0))
