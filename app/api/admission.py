@@ -6,8 +6,9 @@ forwards left, then the queue in the fair queue's order, this request where it w
 iteration cost the engine measures as it runs (`app.engine.step_cost`: its forwards and its work on
 every row, on steps that skip the model too):
 
-    iteration_s = base_s + per_row_s × rows + scale × Σ_groups (per_pass_s × P(a forward) + per_position_s × L × Σ f)
+    iteration_s = base_s + per_row_s × rows + scale × Σ_lengths (per_pass_s × P(a pass) + per_position_s × L × Σ f)
     f           = forwards left / steps left     a row's chance to need the model at a step
+    P(a pass)   = min(1, Σ f over the distinct schedules)    rows on one schedule reveal at the same steps
 
 one phase per request that finishes. A request is admitted when it finishes within `timeout` with
 the margin (`estimate × admission_margin ≤ timeout`) and no request admitted earlier, on time with
@@ -65,7 +66,7 @@ def finish_times(work: Sequence[Work], cost: IterationCost, max_batch: int) -> l
         k = min(steps[i] for i in batch)
         if k > 0:
             share = {i: forwards[i] / steps[i] for i in batch}
-            now += k * cost.of(len(batch), _forward_s(work, batch, share, cost))
+            now += k * cost.of(len(batch), _forward_s(work, batch, steps, share, cost))
             for i in batch:
                 steps[i] -= k
                 forwards[i] = max(forwards[i] - k * share[i], 0.0)
@@ -75,14 +76,22 @@ def finish_times(work: Sequence[Work], cost: IterationCost, max_batch: int) -> l
     return finish
 
 
-def _forward_s(work: Sequence[Work], batch: list[int], share: dict[int, float], cost: IterationCost) -> float:
-    """The expected forward seconds of one iteration: one pass per length group that needs the model."""
-    by_length: dict[int, float] = defaultdict(float)
+def _forward_s(
+    work: Sequence[Work], batch: list[int], steps: list[float], share: dict[int, float], cost: IterationCost
+) -> float:
+    """The expected forward seconds of one iteration: one pass per length group that needs the model.
+    Rows at the same point of the same schedule reveal at the same steps (the schedule is not random),
+    so they share their passes; other rows' passes are counted as if they never coincided."""
+    positions: dict[int, float] = defaultdict(float)
+    passes: dict[int, dict[tuple[int, int, float], float]] = defaultdict(dict)
     for i in batch:
-        by_length[work[i].length] += share[i]
+        w = work[i]
+        positions[w.length] += share[i] * w.length
+        passes[w.length][(w.handle.spec.sampler.steps, w.handle.spec.written, steps[i])] = share[i]
     forward = cost.forward
     return sum(
-        forward.per_pass_s * min(1.0, f) + forward.per_position_s * length * f for length, f in by_length.items()
+        forward.per_pass_s * min(1.0, sum(passes[length].values())) + forward.per_position_s * n
+        for length, n in positions.items()
     )
 
 

@@ -130,26 +130,46 @@ class Engine:
         length = min(length, self.typical_length)  # a model with fewer positions than the default
         if isinstance(self._forward, CheckpointForward):
             self._forward.prepare(self.max_batch, self.typical_length)
-        ended = threading.Event()
-        updates: list[Update] = []
-
-        def publish(update: Update) -> None:
-            updates.append(update)
-            if not isinstance(update, StepUpdate):
-                ended.set()
-
         settings = SamplerSettings(steps=2, remasking=Remasking.LOW_CONFIDENCE)
-        self.submit(GenerationSpec((), length, settings, seed=0), publish, timeout_s)
-        if not ended.wait(timeout_s) or isinstance(updates[-1], Failed):
-            reason = updates[-1].message if updates and isinstance(updates[-1], Failed) else "no answer"
-            raise RuntimeError(f"warm-up failed: {reason}")
+        self._denoise([GenerationSpec((), length, settings, seed=0)], timeout_s)
         self.forward_cost = ForwardCost.measure(self._forward, self.typical_length, self.mask_id, self.device)
+        # Steps that skip the model still cost the engine's own work: measure some, at two batch sizes
+        # (a fixed part and a part per row), before the first client, so that admission counts them
+        # from the start (app/engine/step_cost.py).
+        skipping = GenerationSpec((), length, SamplerSettings(steps=4 * length, remasking=Remasking.RANDOM), seed=0)
+        for rows in (1, min(4, self.max_batch)):
+            self._denoise([skipping] * rows, timeout_s)
+        assert self.step_cost is not None
+        cost = self.step_cost.snapshot()
         log.info(
-            "forward cost: %.2f ms a pass + %.2f us a position",
+            "forward cost: %.2f ms a pass + %.2f us a position; engine work %.2f ms an iteration + %.2f ms a row",
             self.forward_cost.per_pass_s * 1e3,
             self.forward_cost.per_position_s * 1e6,
+            cost.base_s * 1e3,
+            cost.per_row_s * 1e3,
         )
         return time.perf_counter() - started
+
+    def _denoise(self, specs: list[GenerationSpec], timeout_s: float) -> None:
+        """Submit `specs` together and wait for their ends; RuntimeError if one failed or took longer
+        than `timeout_s`."""
+        outcomes: list[Update] = []
+        ended = threading.Semaphore(0)
+
+        def publish(update: Update) -> None:
+            if not isinstance(update, StepUpdate):
+                outcomes.append(update)
+                ended.release()
+
+        for spec in specs:
+            self.submit(spec, publish, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for _ in specs:
+            if not ended.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                raise RuntimeError("warm-up failed: no answer")
+        failed = [outcome for outcome in outcomes if isinstance(outcome, Failed)]
+        if failed:
+            raise RuntimeError(f"warm-up failed: {failed[0].message}")
 
     @property
     def forward_name(self) -> str:

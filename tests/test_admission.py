@@ -1,0 +1,84 @@
+"""Admission on its own: the fair queue's turns, the finish-time estimate, client identity, the step-cost fit."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.api.admission import finish_times
+from app.api.clients import client_address
+from app.diffusion.sampler_settings import SamplerSettings
+from app.engine import GenerationSpec, RequestHandle
+from app.engine.fair_queue import FairQueue
+from app.engine.forward_plan import ForwardCost
+from app.engine.step_cost import IterationCost, StepCostModel, Work
+
+
+def handle(client: str, steps: int = 8, length: int = 8) -> RequestHandle:
+    spec = GenerationSpec((), length, SamplerSettings(steps=steps), seed=0)
+    return RequestHandle(spec, lambda update: None, time.monotonic() + 60, client=client)
+
+
+def test_the_fair_queue_takes_clients_in_turn_not_first_come_first_served():
+    queue = FairQueue()
+    greedy = [handle("greedy") for _ in range(4)]
+    alice, bob = handle("alice"), handle("bob")
+    for h in [*greedy, alice, bob]:  # the greedy client queued everything first
+        queue.append(h)
+    expected = [greedy[0], alice, bob, greedy[1], greedy[2], greedy[3]]
+    assert queue.order() == expected, "each client's turn in order, its own requests oldest first"
+    assert [queue.popleft() for _ in range(len(queue))] == expected
+    assert not queue
+
+
+def test_the_fair_queue_puts_a_new_request_where_it_will_wait():
+    queue = FairQueue()
+    early = [handle("greedy"), handle("greedy")]
+    for h in early:
+        queue.append(h)
+    late = handle("late")
+    assert queue.order(late) == [early[0], late, early[1]]
+    queue.remove(early[0])
+    assert queue.order() == [early[1]] and len(queue) == 1
+
+
+COST = IterationCost(ForwardCost(per_pass_s=0.01, per_position_s=0.0), base_s=0.0, per_row_s=0.005, scale=1.0)
+
+
+def test_the_estimate_counts_the_steps_that_skip_the_model():
+    # 1024 steps over 16 positions: 16 forwards, and 1008 steps of engine work that no forward pays for
+    work = [Work.of(handle("a", steps=1024, length=16), 0, 0, running=False)]
+    (finish,) = finish_times(work, COST, max_batch=4)
+    assert finish == pytest.approx(1024 * 0.005 + 16 * 0.01)
+
+
+def test_queued_work_waits_for_a_slot_and_shares_the_batch_after():
+    a, b = (Work.of(handle(c, steps=100, length=100), 0, 0, running=c == "a") for c in "ab")
+    alone = finish_times([a], COST, max_batch=1)[0]
+    first, second = finish_times([a, b], COST, max_batch=1)
+    assert first == pytest.approx(alone) and second == pytest.approx(2 * alone), "one slot: b waits for a"
+    together = finish_times([a, b], COST, max_batch=2)
+    assert together[0] == together[1] > alone, "two rows: both slower than one alone, neither waits"
+
+
+def test_the_step_cost_fit_separates_a_fixed_cost_from_the_cost_per_row():
+    model = StepCostModel(ForwardCost(0.0, 0.0))
+    for rows in [1, 2, 4, 8] * 20:
+        model.observe(rows, iteration_s=0.002 + 0.003 * rows + 0.01, forward_s=0.01, predicted_forward_s=0.005)
+    cost = model.snapshot()
+    assert cost.base_s == pytest.approx(0.002) and cost.per_row_s == pytest.approx(0.003)
+    assert cost.scale == pytest.approx(2.0), "forwards ran twice as slow as the warm-up measured"
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "proxies", "client"),
+    [
+        ("10.0.0.5", "203.0.113.7, 10.0.0.9", ["10.0.0.0/8"], "203.0.113.7"),  # the proxy's first hop
+        ("198.51.100.1", "203.0.113.7", ["10.0.0.0/8"], "198.51.100.1"),  # anyone can send the header
+        ("10.0.0.5", "203.0.113.7", [], "10.0.0.5"),  # no proxy trusted
+        ("10.0.0.5", None, ["10.0.0.5"], "10.0.0.5"),
+    ],
+)
+def test_a_client_is_its_address_or_a_trusted_proxys_first_forwarded_hop(peer, forwarded, proxies, client):
+    assert client_address(peer, forwarded, proxies) == client
