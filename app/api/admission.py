@@ -100,7 +100,7 @@ def admit(spec: GenerationSpec, serving: Serving, client: str = "") -> None:
     time, ClientOverQuota (429) past the client's share, TooMuchWork (429) when it or admitted work
     would not finish in time."""
     settings = serving.settings
-    cap_cost(spec, serving)
+    cap_cost(spec, settings.max_request_cost)
     engine = serving.engine
     candidate = RequestHandle(spec, lambda update: None, time.monotonic() + settings.timeout, client=client)
     work = engine.workload(candidate)  # cancelled requests leave at the next step: not counted
@@ -114,9 +114,9 @@ def admit(spec: GenerationSpec, serving: Serving, client: str = "") -> None:
     _check_time(work, candidate, model.snapshot(), serving)
 
 
-def cap_cost(spec: GenerationSpec, serving: Serving) -> None:
-    """422 on `steps` when steps × length passes `max_request_cost` (/generate, /canvas and /v1 alike)."""
-    cap, cost = serving.settings.max_request_cost, spec.sampler.steps * spec.length
+def cap_cost(spec: GenerationSpec, cap: int | None) -> None:
+    """422 on `steps` when steps × length passes `cap`, `max_request_cost` (/generate, /canvas and /v1 alike)."""
+    cost = spec.sampler.steps * spec.length
     if cap is not None and cost > cap:
         raise _invalid(
             f"steps x length is {spec.sampler.steps} x {spec.length} = {cost}, above this server's cap of "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from app import __version__
 from app.api.docs_pages import add_docs_pages
@@ -16,7 +16,7 @@ from app.api.openapi import add_event_schemas
 from app.api.request_ids import RequestIdMiddleware
 from app.api.routes import router
 from app.api.runtime import ModelRuntime
-from app.api.security import install_security, require_api_key
+from app.api.security import install_security
 from app.config import Settings
 
 
@@ -41,14 +41,15 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = runtime  # what the routes' dependencies read (app/api/deps.py)
-    # Every route needs an API key where the server has any, unless security.OPEN_ROUTES names it.
-    app.include_router(router, dependencies=[Depends(require_api_key)])
-    app.include_router(openai_router, dependencies=[Depends(require_api_key)])
+    # Every path needs an API key where the server has any, unless security.OPEN_ROUTES names it
+    # (security.ApiKeyGate, installed below: checked before the body is read).
+    app.include_router(router)
+    app.include_router(openai_router)
     add_exception_handlers(app, settings.retry_after)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_size, timeout_s=settings.body_timeout, refusals=runtime.refusals
     )
-    install_security(app, settings)  # CORS, added last: outermost, so refusals carry its headers too
+    install_security(app, settings, runtime.refusals)  # key gate, then CORS outermost: refusals carry its headers
     app.add_middleware(RequestIdMiddleware)  # outside even CORS: every answer and log line has the id
     add_event_schemas(app)
     add_docs_pages(app)

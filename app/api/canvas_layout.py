@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from app.api.admission import cap_cost
 from app.api.jobs import build_job
 from app.api.schemas import GenerateRequest
 from app.diffusion.canvas import Canvas
@@ -45,10 +46,12 @@ class CanvasLayout(BaseModel):
     )
 
 
-def canvas_layout(body: GenerateRequest, checkpoint: Checkpoint) -> CanvasLayout:
-    """Where `body`'s fixed tokens lie; raises RequestValidationError (422) as POST /generate would."""
+def canvas_layout(body: GenerateRequest, checkpoint: Checkpoint, max_request_cost: int | None = None) -> CanvasLayout:
+    """Where `body`'s fixed tokens lie; raises RequestValidationError (422) as POST /generate would,
+    the cost cap included."""
     job = build_job(body, checkpoint, None)
     spec = job.spec
+    cap_cost(spec, max_request_cost)
     fixed = dict(sorted((dict(enumerate(spec.prefix)) | dict(spec.pinned)).items()))
     pieces = checkpoint.tokenizer.convert_ids_to_tokens(list(fixed.values()))
     canvas = Canvas(tuple(fixed.get(pos, checkpoint.mask_id) for pos in range(spec.length)), checkpoint.mask_id)

@@ -83,7 +83,7 @@ def model_list(serving: Serving) -> ModelList:
 
 def _check_model(body: CompletionRequest, checkpoint: Checkpoint) -> str:
     served = model_name(checkpoint.source)
-    if body.model is not None and body.model not in (served, checkpoint.source):
+    if body.model is not None and body.model != served:  # the published name only, never a path (issue 29)
         raise OpenAIError(
             404,
             f"The model `{safe_text(body.model)}` does not exist; this server serves `{served}`.",

@@ -41,7 +41,7 @@ async def generate(request: Request, serving: AdmittingDep, body: OptionalBody =
     "(docs/infilling.md). Streams carry only what the model reveals: this is the rest.",
 )
 async def canvas(serving: ServingDep, body: OptionalBody = None) -> CanvasLayout:
-    return canvas_layout(body or GenerateRequest(), serving.checkpoint)
+    return canvas_layout(body or GenerateRequest(), serving.checkpoint, serving.settings.max_request_cost)
 
 
 StreamId = Annotated[str, Path(pattern=STREAM_ID_PATTERN, description="The stream's `X-Stream-ID` header.")]

@@ -1,18 +1,28 @@
 """Who may call the API and what it tells them: optional bearer API keys, CORS, the page's security
-headers, and model names without filesystem paths."""
+headers, and model names without filesystem paths.
+
+The auth surface is declared once, `OPEN_ROUTES` and `OPEN_PREFIXES` (plus /metrics where
+`metrics_need_key` is off): `ApiKeyGate` checks every other path, and `declare_security` marks every
+other operation of the OpenAPI schema as needing the bearer key, so code, schema and
+docs/operations.md say the same. The gate is an ASGI middleware outside the body limits, so a
+request without a valid key is refused before its body is read or parsed (malformed JSON without a
+key is a 401, not a 422). /docs, /redoc and /openapi.json are not open: with keys set they need one
+too (`curl -H "Authorization: Bearer KEY" .../openapi.json`)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Sequence
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.deps import RuntimeDep
+from app.api.refusals import Refusals
 from app.config import Settings
 from app.paths import model_name as model_name  # re-exported: how the API names a model
 
@@ -29,15 +39,24 @@ PAGE_HEADERS = {
 """Headers of GET /: what the page may load and run, and that no other site may frame it."""
 
 OPEN_ROUTES = frozenset({"/health", "/ready", "/"})
-"""Routes that need no API key: probes, and the page (which asks for a key when the API answers 401).
-GET /metrics too where `metrics_need_key` is off; static files, /docs and /openapi.json are not routes
-of the API router and stay open."""
+"""Paths that need no API key: probes, and the page (which asks for a key when the API answers 401).
+GET /metrics too where `metrics_need_key` is off. Every other path needs one where the server has keys."""
+OPEN_PREFIXES = ("/static/",)
+"""The page's files."""
 
-bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="api_key",
-    description="`Authorization: Bearer KEY`, one of the server's STORYDIFF_API_KEYS; only when it has any.",
-)
+SECURITY_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "`Authorization: Bearer KEY`, one of the server's STORYDIFF_API_KEYS; only when it has any.",
+}
+SCHEME_NAME = "api_key"
+
+
+def is_open(path: str, settings: Settings) -> bool:
+    """Whether `path` is served without a key: the one declaration of the auth surface."""
+    if path in OPEN_ROUTES or path.startswith(OPEN_PREFIXES):
+        return True
+    return path == "/metrics" and not settings.metrics_need_key
 
 
 class ApiKeys:
@@ -62,30 +81,70 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
 
 
-def require_api_key(
-    request: Request, runtime: RuntimeDep, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
-) -> None:
-    """401 with `WWW-Authenticate: Bearer`, unless the server needs no key, the route is open, or the
-    request has a key the server knows. Every route depends on it (`create_app`), so a new route is
-    closed until `OPEN_ROUTES` names it."""
-    keys: ApiKeys = request.app.state.api_keys
-    route = request.scope.get("route")
-    path = getattr(route, "path", None)
-    if not keys.required or path in OPEN_ROUTES or (path == "/metrics" and not runtime.settings.metrics_need_key):
-        return
-    if credentials is None:
-        runtime.refusals.count("unauthorized")
-        raise HTTPException(
-            401, "this server needs an API key: send 'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"}
-        )
-    if not keys.accepts(credentials.credentials):
-        runtime.refusals.count("unauthorized")
-        raise HTTPException(401, "the API key is not valid", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+class ApiKeyGate:
+    """401 with `WWW-Authenticate: Bearer` for any path but the open ones, unless the server needs no
+    key or the request has one it knows; before anything reads the body. A new route is closed until
+    `OPEN_ROUTES` names it."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys, settings: Settings, refusals: Refusals) -> None:
+        self.app, self.keys, self.settings, self.refusals = app, keys, settings, refusals
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys.required or is_open(scope["path"], self.settings):
+            await self.app(scope, receive, send)
+            return
+        token = _bearer_token(scope)
+        if token is not None and self.keys.accepts(token):
+            await self.app(scope, receive, send)
+            return
+        self.refusals.count("unauthorized")
+        if token is None:
+            detail, challenge = "this server needs an API key: send 'Authorization: Bearer KEY'", "Bearer"
+        else:
+            detail, challenge = "the API key is not valid", 'Bearer error="invalid_token"'
+        body = json.dumps({"detail": detail}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", challenge.encode()),
+        ]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
-def install_security(app: FastAPI, settings: Settings) -> None:
-    """The keys `require_api_key` checks, and CORS for the configured origins (none: same origin only)."""
+def _bearer_token(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def declare_security(app: FastAPI, settings: Settings) -> None:
+    """Mark every operation the gate closes as needing the bearer key in the OpenAPI schema (the open
+    ones, /health and /ready, declare none)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME_NAME] = SECURITY_SCHEME
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                if is_open(path, settings):
+                    operation.pop("security", None)
+                else:
+                    operation["security"] = [{SCHEME_NAME: []}]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def install_security(app: FastAPI, settings: Settings, refusals: Refusals) -> None:
+    """The API key gate (before the body limits read a byte), and CORS for the configured origins (none:
+    same origin only), outside it so that refusals carry its headers too."""
     app.state.api_keys = ApiKeys(settings.api_keys)
+    app.add_middleware(ApiKeyGate, keys=app.state.api_keys, settings=settings, refusals=refusals)
+    declare_security(app, settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
