@@ -82,3 +82,16 @@ def test_the_step_cost_fit_separates_a_fixed_cost_from_the_cost_per_row():
 )
 def test_a_client_is_its_address_or_a_trusted_proxys_first_forwarded_hop(peer, forwarded, proxies, client):
     assert client_address(peer, forwarded, proxies) == client
+
+
+def test_a_request_that_ends_before_its_first_step_hands_back_its_canvas_as_the_draft(cased_tokenizer):
+    from types import SimpleNamespace
+
+    from app.api.jobs import Job, error_event
+    from app.engine import Failed
+
+    spec = GenerationSpec((101, 102), 6, SamplerSettings(steps=6), seed=0, pinned=((5, 103),))
+    assert spec.start_ids(0) == (101, 102, 0, 0, 0, 103)
+    checkpoint = SimpleNamespace(mask_id=cased_tokenizer.mask_token_id, tokenizer=cased_tokenizer)
+    error = error_event(Failed("shutdown", "the server is shutting down"), Job(spec, "m"), checkpoint)
+    assert error.draft is not None and error.error == "shutdown"

@@ -102,7 +102,7 @@ class ApiKeyGate:
             detail, challenge = "this server needs an API key: send 'Authorization: Bearer KEY'", "Bearer"
         else:
             detail, challenge = "the API key is not valid", 'Bearer error="invalid_token"'
-        body = json.dumps({"detail": detail}).encode()
+        body = json.dumps(_unauthorized(scope["path"], detail)).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -110,6 +110,13 @@ class ApiKeyGate:
         ]
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _unauthorized(path: str, detail: str) -> dict[str, Any]:
+    """A 401's body: OpenAI's error shape under /v1 (what its SDKs parse), FastAPI's `detail` elsewhere."""
+    if path.startswith("/v1/"):
+        return {"error": {"message": detail, "type": "authentication_error", "param": None, "code": None}}
+    return {"detail": detail}
 
 
 def _bearer_token(scope: Scope) -> str | None:
