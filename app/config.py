@@ -100,7 +100,8 @@ class Settings(BaseSettings):
         1.5,
         ge=1.0,
         description="With refuse_over_timeout, a request is admitted when its estimate times this margin fits "
-        "within the timeout, and no admitted request's does not any more (docs/operations.md).",
+        "within the timeout and, with it added, every admitted request's still fits within its own "
+        "(docs/operations.md).",
     )
     client_max_requests: int | None = Field(
         8,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,3 +96,49 @@ def test_a_request_that_ends_before_its_first_step_hands_back_its_canvas_as_the_
     checkpoint = SimpleNamespace(mask_id=cased_tokenizer.mask_token_id, tokenizer=cased_tokenizer)
     error = error_event(Failed("shutdown", "the server is shutting down"), Job(spec, "m"), checkpoint)
     assert error.draft is not None and error.error == "shutdown"
+
+
+class FakeEngine:
+    """What admission reads of an engine: its admitted work, measured cost, batch size and counters."""
+
+    def __init__(self, work: list[Work]) -> None:
+        from app.engine import EngineStats
+
+        self.work, self.max_batch, self.stats = work, 4, EngineStats()
+        self.step_cost = SimpleNamespace(snapshot=lambda: COST)
+
+    def workload(self, extra: RequestHandle | None = None) -> list[Work]:
+        return self.work + ([Work.of(extra, 0, 0, running=False)] if extra is not None else [])
+
+
+def serving_with(work: list[Work], **settings):
+    from app.config import Settings
+
+    config = Settings(**{"timeout": 10, "client_max_requests": None, "client_max_cost": None, **settings})
+    return SimpleNamespace(settings=config, engine=FakeEngine(work), streams=SimpleNamespace(detached=lambda c: []))
+
+
+def running(steps: int, deadline_in_s: float) -> Work:
+    h = handle("old", steps=steps, length=8)
+    h.deadline = time.monotonic() + deadline_in_s
+    return Work.of(h, 0, 0, running=True)
+
+
+def test_a_request_that_would_make_an_admitted_one_late_is_refused():
+    from app.api.admission import TooMuchWork, admit
+
+    on_time = running(steps=1000, deadline_in_s=9.0)  # alone 1000 x 15 ms = 5 s (x1.5 = 7.5 s): on time
+    serving = serving_with([on_time], timeout=60)  # the new one would finish within its own timeout
+    with pytest.raises(TooMuchWork) as refused:  # beside it the old one takes ~10 s: late
+        admit(handle("new", steps=1000, length=8).spec, serving, "new")
+    assert refused.value.retry_after_s >= 5.0, "Retry-After: when the admitted one ends"
+    admit(handle("new", steps=100, length=8).spec, serving, "new")  # a short one fits beside it
+
+
+def test_an_admitted_request_found_behind_its_deadline_is_counted_once():
+    from app.api.admission import admit
+
+    serving = serving_with([running(steps=1000, deadline_in_s=2.0)])  # 5 s of work left, 2 s to go
+    for _ in range(2):
+        admit(handle("new", steps=10, length=8).spec, serving, "new")
+    assert serving.engine.stats.snapshot().behind == 1
