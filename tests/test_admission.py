@@ -44,11 +44,11 @@ def test_the_fair_queue_puts_a_new_request_where_it_will_wait():
     assert queue.order() == [early[1]] and len(queue) == 1
 
 
-COST = IterationCost(ForwardCost(per_pass_s=0.01, per_position_s=0.0), base_s=0.0, per_row_s=0.005, scale=1.0)
+COST = IterationCost(ForwardCost(per_pass_s=0.01, per_position_s=0.0), base_s=0.0, per_position_s=0.005 / 16, scale=1.0)
 
 
 def test_the_estimate_counts_the_steps_that_skip_the_model():
-    # 1024 steps over 16 positions: 16 forwards, and 1008 steps of engine work that no forward pays for
+    # 1024 steps over 16 positions: 16 forwards, and 1008 steps of engine work (5 ms a 16-token row) no forward pays for
     work = [Work.of(handle("a", steps=1024, length=16), 0, 0, running=False)]
     (finish,) = finish_times(work, COST, max_batch=4)
     assert finish == pytest.approx(1024 * 0.005 + 16 * 0.01)
@@ -63,12 +63,13 @@ def test_queued_work_waits_for_a_slot_and_shares_the_batch_after():
     assert together[0] == together[1] > alone, "two rows: both slower than one alone, neither waits"
 
 
-def test_the_step_cost_fit_separates_a_fixed_cost_from_the_cost_per_row():
+def test_the_step_cost_fit_separates_a_fixed_cost_from_the_cost_per_position():
     model = StepCostModel(ForwardCost(0.0, 0.0))
-    for rows in [1, 2, 4, 8] * 20:
-        model.observe(rows, iteration_s=0.002 + 0.003 * rows + 0.01, forward_s=0.01, predicted_forward_s=0.005)
+    for positions in [16, 32, 64, 128] * 20:
+        iteration_s = 0.002 + 0.0001 * positions + 0.01
+        model.observe(positions, iteration_s=iteration_s, forward_s=0.01, predicted_forward_s=0.005)
     cost = model.snapshot()
-    assert cost.base_s == pytest.approx(0.002) and cost.per_row_s == pytest.approx(0.003)
+    assert cost.base_s == pytest.approx(0.002) and cost.per_position_s == pytest.approx(0.0001)
     assert cost.scale == pytest.approx(2.0), "forwards ran twice as slow as the warm-up measured"
 
 
@@ -119,7 +120,7 @@ def serving_with(work: list[Work], **settings):
 
 
 def running(steps: int, deadline_in_s: float) -> Work:
-    h = handle("old", steps=steps, length=8)
+    h = handle("old", steps=steps, length=16)
     h.deadline = time.monotonic() + deadline_in_s
     return Work.of(h, 0, 0, running=True)
 
@@ -130,9 +131,9 @@ def test_a_request_that_would_make_an_admitted_one_late_is_refused():
     on_time = running(steps=1000, deadline_in_s=9.0)  # alone 1000 x 15 ms = 5 s (x1.5 = 7.5 s): on time
     serving = serving_with([on_time], timeout=60)  # the new one would finish within its own timeout
     with pytest.raises(TooMuchWork) as refused:  # beside it the old one takes ~10 s: late
-        admit(handle("new", steps=1000, length=8).spec, serving, "new")
+        admit(handle("new", steps=1000, length=16).spec, serving, "new")
     assert refused.value.retry_after_s >= 5.0, "Retry-After: when the admitted one ends"
-    admit(handle("new", steps=100, length=8).spec, serving, "new")  # a short one fits beside it
+    admit(handle("new", steps=100, length=16).spec, serving, "new")  # a short one fits beside it
 
 
 def test_an_admitted_request_found_behind_its_deadline_is_counted_once():
@@ -140,5 +141,5 @@ def test_an_admitted_request_found_behind_its_deadline_is_counted_once():
 
     serving = serving_with([running(steps=1000, deadline_in_s=2.0)])  # 5 s of work left, 2 s to go
     for _ in range(2):
-        admit(handle("new", steps=10, length=8).spec, serving, "new")
+        admit(handle("new", steps=10, length=16).spec, serving, "new")
     assert serving.engine.stats.snapshot().behind == 1

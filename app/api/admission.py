@@ -6,7 +6,7 @@ forwards left, then the queue in the fair queue's order, this request where it w
 iteration cost the engine measures as it runs (`app.engine.step_cost`: its forwards and its work on
 every row, on steps that skip the model too):
 
-    iteration_s = base_s + per_row_s × rows + scale × Σ_lengths (per_pass_s × P(a pass) + per_position_s × L × Σ f)
+    iteration_s = base_s + per_position_s × Σ L + scale × Σ_lengths (per_pass_s × P(a pass) + per_position_s × L × Σ f)
     f           = forwards left / steps left     a row's chance to need the model at a step
     P(a pass)   = min(1, Σ f over the distinct schedules)    rows on one schedule reveal at the same steps
 
@@ -66,7 +66,8 @@ def finish_times(work: Sequence[Work], cost: IterationCost, max_batch: int) -> l
         k = min(steps[i] for i in batch)
         if k > 0:
             share = {i: forwards[i] / steps[i] for i in batch}
-            now += k * cost.of(len(batch), _forward_s(work, batch, steps, share, cost))
+            positions = sum(work[i].length for i in batch)
+            now += k * cost.of(positions, _forward_s(work, batch, steps, share, cost))
             for i in batch:
                 steps[i] -= k
                 forwards[i] = max(forwards[i] - k * share[i], 0.0)

@@ -91,6 +91,7 @@ class Engine:
         self._stopping = False
         self._active: list[_Sequence] = []  # engine thread only, in the order of the batch's rows
         self._batch = RunningBatch(mask_id, pad_id, self.device, end_ids)  # engine thread only
+        self._end_ids = tuple(end_ids)
         self.typical_length = typical_length  # the width `warm_up` measures the forward's cost at
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # why the engine thread died, if it did
@@ -133,22 +134,30 @@ class Engine:
         settings = SamplerSettings(steps=2, remasking=Remasking.LOW_CONFIDENCE)
         self._denoise([GenerationSpec((), length, settings, seed=0)], timeout_s)
         self.forward_cost = ForwardCost.measure(self._forward, self.typical_length, self.mask_id, self.device)
-        # Steps that skip the model still cost the engine's own work: measure some, at two batch sizes
-        # (a fixed part and a part per row), before the first client, so that admission counts them
-        # from the start (app/engine/step_cost.py).
-        skipping = GenerationSpec((), length, SamplerSettings(steps=4 * length, remasking=Remasking.RANDOM), seed=0)
+        # Steps that skip the model still cost the engine's own work over every position: measure some
+        # at the typical length, at two batch sizes (a fixed part and a part per position), before the
+        # first client, so that admission counts them from the start (app/engine/step_cost.py).
         for rows in (1, min(4, self.max_batch)):
-            self._denoise([skipping] * rows, timeout_s)
+            self._denoise([self._skipping_spec()] * rows, timeout_s)
         assert self.step_cost is not None
         cost = self.step_cost.snapshot()
         log.info(
-            "forward cost: %.2f ms a pass + %.2f us a position; engine work %.2f ms an iteration + %.2f ms a row",
+            "forward cost: %.2f ms a pass + %.2f us a position; engine work %.2f ms an iteration + %.2f us a position",
             self.forward_cost.per_pass_s * 1e3,
             self.forward_cost.per_position_s * 1e6,
             cost.base_s * 1e3,
-            cost.per_row_s * 1e3,
+            cost.per_position_s * 1e6,
         )
         return time.perf_counter() - started
+
+    def _skipping_spec(self, written: int = 4) -> GenerationSpec:
+        """A typical-length sequence with `written` positions to write in 8 times as many steps: mostly
+        steps that skip the model. Its fixed prefix is any token that is no mask, pad or end."""
+        length = self.typical_length
+        special = {self.mask_id, self.pad_id, *self._end_ids}
+        token = next(t for t in range(len(special) + 1) if t not in special)
+        settings = SamplerSettings(steps=8 * written, remasking=Remasking.RANDOM)
+        return GenerationSpec((token,) * (length - written), length, settings, seed=0)
 
     def _denoise(self, specs: list[GenerationSpec], timeout_s: float) -> None:
         """Submit `specs` together and wait for their ends; RuntimeError if one failed or took longer
@@ -365,7 +374,8 @@ class Engine:
                 return
             result = self._batch.advance(forward)
         if self.step_cost is not None:
-            self.step_cost.observe(len(self._active), time.perf_counter() - started, clock[0], clock[1])
+            positions = sum(seq.handle.spec.length for seq in self._active)
+            self.step_cost.observe(positions, time.perf_counter() - started, clock[0], clock[1])
         for size in result.pass_sizes:
             self.stats.forward(size)
         for seq, row in zip(self._active, result.rows, strict=True):
