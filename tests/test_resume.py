@@ -248,6 +248,8 @@ async def test_a_resume_without_last_event_id_starts_with_a_full_frame(client):
     stream_id, seen = await first_steps(client, request, 2)
     rest = await resumed(client, stream_id)
     frame = json.loads(rest[0].data)
+    assert frame["full"] is True, "a full frame says so (issue 29)"
+    assert all("full" not in json.loads(event.data) for event in [*seen, *rest[1:]] if event.event == "step")
     prompt_positions = 48 - json.loads(seen[0].data)["masked"] - len(json.loads(seen[0].data)["changed"])
     assert len(frame["changed"]) == 48 - prompt_positions - frame["masked"] > 0  # all revealed so far
     assert set(reveals(seen)) <= {reveal["pos"] for reveal in frame["changed"]}

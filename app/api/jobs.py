@@ -119,9 +119,16 @@ def step_event(update: StepUpdate, job: Job, checkpoint: Checkpoint, full: bool 
     return StepEvent(**dict(step_delta(update, checkpoint, full)), text=job.text(update.ids, checkpoint))
 
 
+ONLY_WHEN_FULL: dict[bool, set[str] | None] = {True: None, False: {"full"}}
+"""What a step event leaves out: `full` except on a full frame, which is rare (events stay small)."""
+
 STEP_DATA: dict[StreamFormat, Callable[[StepUpdate, Job, Checkpoint, bool], str]] = {
-    "json": lambda update, job, checkpoint, full: step_event(update, job, checkpoint, full).model_dump_json(),
-    "deltas": lambda update, job, checkpoint, full: step_delta(update, checkpoint, full).model_dump_json(),
+    "json": lambda update, job, checkpoint, full: step_event(update, job, checkpoint, full).model_dump_json(
+        exclude=ONLY_WHEN_FULL[full]
+    ),
+    "deltas": lambda update, job, checkpoint, full: step_delta(update, checkpoint, full).model_dump_json(
+        exclude=ONLY_WHEN_FULL[full]
+    ),
     "text": lambda update, job, checkpoint, full: job.text(update.ids, checkpoint),  # always the whole draft
 }
 """The data of a `step` event in each `stream_format`."""

@@ -194,8 +194,8 @@ class StepDelta(BaseModel):
     changed: list[Revealed] = Field(description="Everything revealed since the previous event sent.")
     full: bool = Field(
         False,
-        description="True on a resume's first event when `Last-Event-ID` was missing or unknown: `changed` is "
-        "every reveal so far, a frame that replaces what the client had, not an addition to it.",
+        description="Present (true) only on a resume's first event when `Last-Event-ID` was missing or unknown: "
+        "`changed` is every reveal so far, a frame that replaces what the client had, not an addition to it.",
     )
 
 
