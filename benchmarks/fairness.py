@@ -36,7 +36,7 @@ class Tally:
 
     seconds: list[float] = field(default_factory=list)
     refused: int = 0
-    failed: int = 0
+    failed: dict[str, int] = field(default_factory=dict)  # status and detail -> normal requests that failed
     greedy: dict[str, int] = field(default_factory=dict)  # status (or "held": still running at the end) -> count
 
     def line(self, name: str) -> str:
@@ -45,7 +45,8 @@ class Tally:
         greedy = " ".join(f"{status}:{n}" for status, n in sorted(self.greedy.items())) or "-"
         return (
             f"{name:<14} normal stories {len(self.seconds):>3}, p50 {statistics.median(times):6.2f} s, "
-            f"p90 {p90:6.2f} s; refused {self.refused}, failed {self.failed}; greedy answers {greedy}"
+            f"p90 {p90:6.2f} s; refused {self.refused}, failed {sum(self.failed.values())} {self.failed or ''}; "
+            f"greedy answers {greedy}"
         )
 
 
@@ -60,7 +61,8 @@ async def normal_client(url: str, key: str, request: dict, stories: int, tally: 
             elif answer.status_code == 429:
                 tally.refused += 1
             else:
-                tally.failed += 1
+                key = f"{answer.status_code} {answer.text[:80]}"
+                tally.failed[key] = tally.failed.get(key, 0) + 1
 
 
 async def greedy_client(url: str, request: dict, stop: asyncio.Event, tally: Tally) -> None:

@@ -143,3 +143,14 @@ def test_an_admitted_request_found_behind_its_deadline_is_counted_once():
     for _ in range(2):
         admit(handle("new", steps=10, length=16).spec, serving, "new")
     assert serving.engine.stats.snapshot().behind == 1
+
+
+def test_iterations_too_alike_to_separate_a_fixed_cost_are_read_all_per_position():
+    model = StepCostModel(ForwardCost(0.0, 0.0))
+    for i in range(300):  # a steady batch whose noise happens to follow 1% more positions: no slope in that
+        positions = 768 if i % 2 else 760
+        model.observe(
+            positions, iteration_s=0.03 + (0.002 if i % 2 else -0.002), forward_s=0.0, predicted_forward_s=0.0
+        )
+    cost = model.snapshot()
+    assert cost.base_s == 0.0 and cost.per_position_s == pytest.approx(0.03 / 764, rel=0.05)

@@ -25,6 +25,9 @@ from app.engine.request import RequestHandle
 
 DECAY = 0.98
 """Weight kept by the past at each iteration: about the last 50 iterations count."""
+SPREAD = 0.1
+"""The least spread of recent iterations' positions (standard deviation over mean) that separates a
+fixed cost from one per position; below it a slope is noise over noise."""
 PRIOR_PER_POSITION_S = 1e-5
 """Non-forward seconds per position before any iteration was measured (a CPU's engine overhead, 3 ms a
 256-token row)."""
@@ -99,8 +102,9 @@ class StepCostModel:
                 return IterationCost(self.forward, 0.0, PRIOR_PER_POSITION_S, 1.0)
             mean_x, mean_y = self._x / self._n, self._y / self._n
             var = self._xx / self._n - mean_x * mean_x
-            if var <= 1e-9:  # every iteration had as many positions: all of it per position, the cautious reading
-                return IterationCost(self.forward, 0.0, mean_y / max(mean_x, 1.0), max(scale, 1.0))
-            slope = max((self._xy / self._n - mean_x * mean_y) / var, 0.0)
+            proportional = mean_y / max(mean_x, 1.0)
+            if var < (SPREAD * mean_x) ** 2:  # too alike to separate: all of it per position, the cautious reading
+                return IterationCost(self.forward, 0.0, proportional, max(scale, 1.0))
+            slope = min(max((self._xy / self._n - mean_x * mean_y) / var, 0.0), proportional)
             base = max(mean_y - slope * mean_x, 0.0)
             return IterationCost(self.forward, base, slope, max(scale, 1.0))
