@@ -7,6 +7,7 @@ logging one deprecation line.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -126,6 +127,30 @@ class Settings(BaseSettings):
         description="Refuse (429) a request that, by the forward cost measured at startup and the requests "
         "admitted now, cannot finish within the timeout, rather than time it out later.",
     )
+    admission_margin: float = Field(
+        1.5,
+        ge=1.0,
+        description="With refuse_over_timeout, a request is admitted when its estimate times this margin fits "
+        "within the timeout and, with it added, every admitted request's still fits within its own "
+        "(docs/operations.md).",
+    )
+    client_max_requests: int | None = Field(
+        8,
+        ge=1,
+        description="Most requests one client (its API key, or its address without keys) may have running, "
+        "queued or awaiting resume (a dropped stream); one more gets 429. None: no limit.",
+    )
+    client_max_cost: int | None = Field(
+        262_144,
+        ge=1,
+        description="Most steps x length one client may have running, queued or awaiting resume together "
+        "(429 past it); a client over it loses its oldest dropped streams first. None: no limit.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Addresses (or networks, 10.0.0.0/8) of reverse proxies whose X-Forwarded-For names the "
+        "client, separated by commas; none: a client is the address that connects.",
+    )
     exit_on_engine_failure_after_s: float | None = Field(
         10.0,
         ge=0,
@@ -142,7 +167,7 @@ class Settings(BaseSettings):
         [], description="Origins whose pages may call the API (CORS), separated by commas; none: same origin only."
     )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         """`a,b` or a JSON list, as the environment variable gives it; a list stays a list."""
@@ -151,6 +176,14 @@ class Settings(BaseSettings):
         if value.lstrip().startswith("["):
             return json.loads(value)
         return [item.strip() for item in value.split(",") if item.strip()]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        """Each an address or a network (ValueError names the bad one)."""
+        for proxy in value:
+            ipaddress.ip_network(proxy, strict=False)
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -214,6 +214,7 @@ def test_stop_fails_what_is_left_and_refuses_new_requests(make_engine):
     engine.stop(grace_s=0.0)
     outcome = collector.outcome()
     assert isinstance(outcome, Failed) and outcome.reason == "shutdown"
+    assert outcome.draft is not None and len(outcome.draft) == 48, "shutdown hands back the draft, as a timeout"
     with pytest.raises(EngineStopped):
         engine.submit(spec(), Collector(), 60.0)
     assert not engine.running

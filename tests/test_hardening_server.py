@@ -104,6 +104,23 @@ def test_a_body_over_the_limit_is_413_before_it_is_sent(hardened):
     assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower()
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_async_client_sending_a_large_body_reads_the_413(hardened, chunked, anyio_backend):
+    """httpx's async client writes the whole body before it reads: a server that answers and closes
+    mid-body gives it a connection reset instead of the 413 (issue 29)."""
+    url, _ = hardened
+    body = b'{"prompt": "' + b"x" * 300_000 + b'"}'
+
+    async def pieces():
+        for start in range(0, len(body), 16384):
+            yield body[start : start + 16384]
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        answer = await client.post("/generate", content=pieces() if chunked else body)
+    assert answer.status_code == 413 and "larger than 4096 bytes" in answer.json()["detail"]
+
+
 def test_a_stalled_body_is_408(hardened):
     _, port = hardened
     with socket.create_connection(("127.0.0.1", port)) as sock:

@@ -158,9 +158,12 @@ def test_harmless_fields_and_unknown_ones_are_accepted(client, model):
     assert len(answer.choices) == 1
 
 
-def test_unknown_model_too_long_prompt_and_no_key_are_openai_errors(client, model, server):
+def test_unknown_model_too_long_prompt_and_no_key_are_openai_errors(client, model, server, tiny_checkpoint_dir):
     with pytest.raises(openai.NotFoundError) as raised:
         client.completions.create(model="gpt-3.5-turbo-instruct", prompt=PROMPT)
+    assert raised.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as raised:  # the server's own path is no name a client may use
+        client.completions.create(model=str(tiny_checkpoint_dir), prompt=PROMPT)
     assert raised.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as raised:
         client.completions.create(model=model, prompt="once " * 100)

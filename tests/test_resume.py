@@ -36,8 +36,8 @@ class FakeEngine:
     def __init__(self) -> None:
         self.handles: list[RequestHandle] = []
 
-    def submit(self, spec, publish, timeout_s, request_id=None) -> RequestHandle:
-        self.handles.append(RequestHandle(spec, publish, deadline=time.monotonic() + timeout_s))
+    def submit(self, spec, publish, timeout_s, request_id=None, client="") -> RequestHandle:
+        self.handles.append(RequestHandle(spec, publish, deadline=time.monotonic() + timeout_s, client=client))
         return self.handles[-1]
 
 
@@ -73,7 +73,7 @@ async def test_a_slow_reader_gets_every_reveal_in_one_event_then_the_outcome():
     assert await reader.next() is None
 
 
-async def test_a_resume_gets_the_reveals_it_missed_or_a_full_frame():
+async def test_a_resume_gets_exactly_the_reveals_it_missed_or_a_marked_full_frame():
     engine, registry = FakeEngine(), StreamRegistry(GRACE_S)
     first = registry.open(job(), engine, 60)
     stream, handle = first.stream, engine.handles[0]
@@ -88,11 +88,38 @@ async def test_a_resume_gets_the_reveals_it_missed_or_a_full_frame():
     event_id, update = await in_sync.next()
     assert event_id == 3 and update.step == 3 and [r.pos for r in update.changed] == [2]
 
-    behind = registry.get(stream.id).attach(last_event_id=2)  # event 3 was in flight: a full frame
+    behind = registry.get(stream.id).attach(last_event_id=2)  # event 3 was sent but never arrived
+    assert not behind.full
     event_id, update = await behind.next()
-    assert event_id == 4 and update.step == 3 and [r.pos for r in update.changed] == [0, 1, 2]
-    assert await in_sync.next() is None, "the connection that was taken over must end"
+    assert event_id == 4 and update.step == 3 and [r.pos for r in update.changed] == [2], "only what it missed"
+    ended = await in_sync.next()
+    assert ended is not None and ended[0] is None and ended[1].reason == "taken_over", "the old one says why"
+    assert await in_sync.next() is None
+
+    lost = registry.get(stream.id).attach(last_event_id=None)  # no id: every reveal, marked as a full frame
+    assert lost.full
+    event_id, update = await lost.next()
+    assert event_id == 5 and [r.pos for r in update.changed] == [0, 1, 2]
     assert not handle.cancelled
+
+
+async def test_a_cancelled_stream_ends_its_connection_with_an_error_that_says_so():
+    engine, registry = FakeEngine(), StreamRegistry(GRACE_S)
+    reader = registry.open(job(), engine, 60)
+    registry.get(reader.stream.id).cancel()
+    ended = await reader.next()
+    assert ended is not None and ended[0] is None and ended[1].reason == "cancelled"
+    assert engine.handles[0].cancelled and await reader.next() is None
+
+
+async def test_a_client_dropping_streams_finds_its_oldest_detached_one_first():
+    engine, registry = FakeEngine(), StreamRegistry(GRACE_S)
+    readers = [registry.open(Job(job().spec, "fake", client="greedy"), engine, 60) for _ in range(3)]
+    registry.open(Job(job().spec, "fake", client="other"), engine, 60).close()
+    for reader in (readers[1], readers[0]):  # the second drops first
+        reader.close()
+    assert [s.handle for s in registry.detached("greedy")] == [engine.handles[1], engine.handles[0]]
+    assert [s.handle for s in registry.detached("other")] == [engine.handles[3]]
 
 
 async def test_an_abandoned_stream_is_cancelled_after_the_grace_unless_resumed():
@@ -221,6 +248,8 @@ async def test_a_resume_without_last_event_id_starts_with_a_full_frame(client):
     stream_id, seen = await first_steps(client, request, 2)
     rest = await resumed(client, stream_id)
     frame = json.loads(rest[0].data)
+    assert frame["full"] is True, "a full frame says so (issue 29)"
+    assert all("full" not in json.loads(event.data) for event in [*seen, *rest[1:]] if event.event == "step")
     prompt_positions = 48 - json.loads(seen[0].data)["masked"] - len(json.loads(seen[0].data)["changed"])
     assert len(frame["changed"]) == 48 - prompt_positions - frame["masked"] > 0  # all revealed so far
     assert set(reveals(seen)) <= {reveal["pos"] for reveal in frame["changed"]}
@@ -261,7 +290,8 @@ async def test_cancel_frees_the_slot_at_once_and_the_stream_is_gone(client, serv
         await anext(events)
         assert (await client.delete(f"/generate/{stream_id}")).status_code == 204
         leftover = [event async for event in events]  # the server ends the connection
-    assert all(event.event == "step" for event in leftover)
+    assert all(event.event == "step" for event in leftover[:-1])
+    assert leftover[-1].event == "error" and json.loads(leftover[-1].data)["error"] == "cancelled"
     # far sooner than the grace: the cancel, not the expiry, freed it
     await wait_for(lambda: engine.stats.snapshot().active == 0, "the cancelled story kept its slot")
     assert engine.stats.snapshot().cancelled == before.cancelled + 1

@@ -56,16 +56,42 @@ async def test_protected_routes_need_a_known_key(keyed, method, path):
 
 
 async def test_probes_and_the_page_stay_open(keyed):
-    for path in ("/health", "/ready", "/", "/static/app.js", "/openapi.json"):
+    for path in ("/health", "/ready", "/", "/static/app.js"):
         assert (await keyed.get(path)).status_code == 200, path
     metrics = (await keyed.get("/metrics", headers=bearer("first-key"))).text
     assert 'storydiff_refused_requests_total{reason="unauthorized"}' in metrics
 
 
+async def test_the_api_docs_need_the_key_as_docs_operations_md_says(keyed):
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert (await keyed.get(path)).status_code == 401, path
+        assert (await keyed.get(path, headers=bearer("first-key"))).status_code == 200, path
+
+
+async def test_the_key_is_checked_before_the_body_is_parsed(keyed):
+    broken, as_json = b'{"length": ', {"content-type": "application/json"}
+    assert (await keyed.post("/generate", content=broken, headers=as_json)).status_code == 401
+    keyed_json = {**as_json, **bearer("first-key")}
+    assert (await keyed.post("/generate", content=broken, headers=keyed_json)).status_code == 422
+
+
+async def test_the_schema_declares_the_key_exactly_where_the_server_asks_for_it(keyed):
+    schema = (await keyed.get("/openapi.json", headers=bearer("first-key"))).json()
+    declared = {
+        (path, method): "security" in operation
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+    }
+    for (path, method), needs_key in declared.items():
+        answer = await keyed.request(method, re.sub(r"{[^}]+}", "x" * 22, path))
+        assert needs_key == (answer.status_code == 401), (method, path, answer.status_code)
+    assert not declared[("/health", "get")] and not declared[("/ready", "get")] and declared[("/generate", "post")]
+
+
 async def test_every_route_is_closed_unless_named_open(tiny_checkpoint_dir):
     """A route added later needs a key without anyone remembering to ask for one."""
     async with Service(settings_for(tiny_checkpoint_dir, api_keys=KEYS)) as client:
-        paths = (await client.get("/openapi.json")).json()["paths"]
+        paths = (await client.get("/openapi.json", headers=bearer("first-key"))).json()["paths"]
         closed = {path: methods for path, methods in paths.items() if path not in OPEN_ROUTES}
         assert {"/generate", "/info", "/metrics"} <= set(closed)
         for path, methods in closed.items():

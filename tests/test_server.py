@@ -31,6 +31,7 @@ def server(tiny_checkpoint_dir):
         max_batch=16,
         ping_interval=0.1,
         resume_grace=0,  # a client that leaves cancels at once; tests/test_resume.py has the grace
+        client_max_requests=None,  # every stream here comes from one address; tests/test_quotas.py has quotas
         log_level="warning",
     )
     with slowed_forward(FORWARD_DELAY_S), running_server(settings) as (url, app):

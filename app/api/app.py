@@ -14,7 +14,7 @@ from app.api.limits import BodyLimit
 from app.api.openai.routes import router as openai_router
 from app.api.openapi import add_event_schemas
 from app.api.request_ids import RequestIdMiddleware
-from app.api.routes import metrics_router, public, router
+from app.api.routes import OPEN_ROUTES, public, router
 from app.api.runtime import ModelRuntime
 from app.api.security import install_security
 from app.config import Settings
@@ -41,16 +41,18 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = runtime  # what the routes' dependencies read (app/api/deps.py)
-    # Each router declares whether its routes need an API key (app/api/routes.py).
+    # Every path needs an API key where the server has any, unless it is routed on `public`
+    # (security.ApiKeyGate, installed below: checked before the body is read).
     app.include_router(router)
     app.include_router(openai_router)
-    app.include_router(metrics_router)
     app.include_router(public)
     add_exception_handlers(app, settings.retry_after_s)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_size, timeout_s=settings.body_timeout_s, refusals=runtime.refusals
     )
-    install_security(app, settings)  # CORS, added last: outermost, so refusals carry its headers too
+    install_security(
+        app, settings, runtime.refusals, OPEN_ROUTES
+    )  # key gate, then CORS outermost: refusals carry its headers
     app.add_middleware(RequestIdMiddleware)  # outside even CORS: every answer and log line has the id
     add_event_schemas(app)
     add_docs_pages(app)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from app.api.admission import cap_cost
 from app.api.jobs import request_layout
 from app.api.schemas import GenerateRequest
 from app.diffusion.canvas import Canvas
@@ -45,9 +46,11 @@ class CanvasLayout(BaseModel):
     )
 
 
-def canvas_layout(body: GenerateRequest, checkpoint: Checkpoint) -> CanvasLayout:
-    """Where `body`'s fixed tokens lie; raises RequestValidationError (422) as POST /generate would."""
+def canvas_layout(body: GenerateRequest, checkpoint: Checkpoint, max_request_cost: int | None = None) -> CanvasLayout:
+    """Where `body`'s fixed tokens lie; raises RequestValidationError (422) as POST /generate would,
+    the cost cap included."""
     layout = request_layout(body, checkpoint)
+    cap_cost(checkpoint.config.settings_for(body.preset).override(body).steps, layout.length, max_request_cost)
     fixed = dict(sorted((dict(enumerate(layout.prefix)) | dict(layout.pinned)).items()))
     pieces = checkpoint.tokenizer.convert_ids_to_tokens(list(fixed.values()))
     canvas = Canvas(tuple(fixed.get(pos, checkpoint.mask_id) for pos in range(layout.length)), checkpoint.mask_id)

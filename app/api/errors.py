@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.api.admission import TooMuchWork
+from app.api.admission import ClientOverQuota, TooMuchWork, retry_after
 from app.api.resumable import StreamNotFound
 from app.api.runtime import ModelNotReady
 from app.engine import EngineStopped, QueueFull
@@ -127,7 +127,14 @@ def add_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def too_much_work(request: Request, err: TooMuchWork) -> JSONResponse:
         request.app.state.runtime.refusals.count("over_timeout")
         body = {"detail": str(err), "estimate_s": round(err.estimate_s, 1), "timeout_s": err.timeout_s}
-        return JSONResponse(body, status_code=429, headers={"Retry-After": str(retry_after_s)})
+        return JSONResponse(body, status_code=429, headers={"Retry-After": retry_after(err.retry_after_s)})
+
+    @app.exception_handler(ClientOverQuota)
+    async def over_quota(request: Request, err: ClientOverQuota) -> JSONResponse:
+        request.app.state.runtime.refusals.count("client_quota")
+        return JSONResponse(
+            {"detail": str(err)}, status_code=429, headers={"Retry-After": retry_after(err.retry_after_s)}
+        )
 
     @app.exception_handler(StreamNotFound)
     async def stream_not_found(request: Request, err: StreamNotFound) -> JSONResponse:

@@ -12,14 +12,16 @@ from app.diffusion.text import without_pad_tail
 from app.engine import Failed, Finished, StepUpdate
 
 
-def step_delta(update: StepUpdate, checkpoint: Checkpoint) -> StepDelta:
-    """What an update revealed: each position's token, as the tokenizer spells it, and its probability."""
+def step_delta(update: StepUpdate, checkpoint: Checkpoint, full: bool = False) -> StepDelta:
+    """What an update revealed: each position's token, as the tokenizer spells it, and its probability;
+    `full`: every reveal so far, a frame that replaces what the client had."""
     pieces = checkpoint.tokenizer.convert_ids_to_tokens([reveal.id for reveal in update.changed])
     return StepDelta(
         step=update.step,
         steps=update.num_steps,
         t=update.t,
         masked=update.ids.count(checkpoint.mask_id),
+        full=full,
         changed=[
             Revealed(pos=reveal.pos, id=reveal.id, text=piece, p=reveal.p)
             for reveal, piece in zip(update.changed, pieces, strict=True)
@@ -27,15 +29,22 @@ def step_delta(update: StepUpdate, checkpoint: Checkpoint) -> StepDelta:
     )
 
 
-def step_event(update: StepUpdate, job: Job, checkpoint: Checkpoint) -> StepEvent:
+def step_event(update: StepUpdate, job: Job, checkpoint: Checkpoint, full: bool = False) -> StepEvent:
     """The `step` event for an update: the tokens revealed and the draft with visible masks."""
-    return StepEvent(**dict(step_delta(update, checkpoint)), text=job.text(update.ids, checkpoint))
+    return StepEvent(**dict(step_delta(update, checkpoint, full)), text=job.text(update.ids, checkpoint))
 
 
-STEP_DATA: dict[StreamFormat, Callable[[StepUpdate, Job, Checkpoint], str]] = {
-    "json": lambda update, job, checkpoint: step_event(update, job, checkpoint).model_dump_json(),
-    "deltas": lambda update, job, checkpoint: step_delta(update, checkpoint).model_dump_json(),
-    "text": lambda update, job, checkpoint: job.text(update.ids, checkpoint),
+ONLY_WHEN_FULL: dict[bool, set[str] | None] = {True: None, False: {"full"}}
+"""What a step event leaves out: `full` except on a full frame, which is rare (events stay small)."""
+
+STEP_DATA: dict[StreamFormat, Callable[[StepUpdate, Job, Checkpoint, bool], str]] = {
+    "json": lambda update, job, checkpoint, full: step_event(update, job, checkpoint, full).model_dump_json(
+        exclude=ONLY_WHEN_FULL[full]
+    ),
+    "deltas": lambda update, job, checkpoint, full: step_delta(update, checkpoint, full).model_dump_json(
+        exclude=ONLY_WHEN_FULL[full]
+    ),
+    "text": lambda update, job, checkpoint, full: job.text(update.ids, checkpoint),  # always the whole draft
 }
 """The data of a `step` event in each `stream_format`."""
 
@@ -58,5 +67,8 @@ def result(job: Job, finished: Finished, checkpoint: Checkpoint) -> GenerateResp
 
 def error_event(failed: Failed, job: Job, checkpoint: Checkpoint) -> ErrorEvent:
     """Why the request ended early, with its draft so far: a timeout need not throw the work away."""
-    draft = None if failed.draft is None else job.text(failed.draft, checkpoint)
+    ids = failed.draft
+    if ids is None and failed.reason in ("shutdown", "timeout"):  # ended before its first step: the canvas
+        ids = job.spec.start_ids(checkpoint.mask_id)
+    draft = None if ids is None else job.text(ids, checkpoint)
     return ErrorEvent(error=failed.reason, detail=failed.message, draft=draft)

@@ -28,6 +28,7 @@ class Job:
     stream_format: StreamFormat = "json"  # what its stream's `step` events carry
     canvas: Canvas | None = None  # the text fixed around its blanks, if it asked for any
     typed: tuple[FixedSpan, ...] = ()  # where a plain request's prompt lies, to show it as typed
+    client: str = ""  # who asked (app/api/clients.py): its quota and its turn in the engine
 
     def text(self, ids: Sequence[int], checkpoint: Checkpoint) -> str:
         """The story (or draft) in `ids`: typed text as typed, written text decoded, masks as placeholders."""

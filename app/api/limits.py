@@ -5,6 +5,11 @@ length), and hands it to the app whole. A body known to be too large gets 413 at
 Content-Length before a byte of it is read, else as soon as the count passes the limit. A body
 that takes longer than `timeout_s` to arrive gets 408. Both answers close the connection, since
 the rest of the body is never read.
+
+A client that writes its whole body before it reads (httpx's async client) sees a connection reset,
+not the 413, when the server answers and closes mid-body; so a body over the limit but under
+`DRAIN_BYTES` is read to its end (and thrown away, within `timeout_s`) before the 413 goes out. A
+larger one is answered at once: reading it would cost more than the answer is worth.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.refusals import Refusals
+
+DRAIN_BYTES = 1 << 20
+"""The most of a too-large body read and discarded so that its client reads the 413 (1 MiB)."""
 
 
 class BodyTooLarge(Exception):
@@ -34,12 +42,15 @@ class BodyLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            if declared <= DRAIN_BYTES:
+                await self._drain(receive, 0)
             await self._refuse(send, 413, f"the request body ({declared} bytes) is larger than {self.max_bytes} bytes")
             return
         try:
             with anyio.fail_after(self.timeout_s):
                 body = await self._read(receive)
-        except BodyTooLarge:
+        except BodyTooLarge as err:
+            await self._drain(receive, err.args[0])
             await self._refuse(send, 413, f"the request body is larger than {self.max_bytes} bytes")
             return
         except TimeoutError:
@@ -59,10 +70,19 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                raise BodyTooLarge
+                raise BodyTooLarge(size if message.get("more_body", False) else DRAIN_BYTES)  # bytes read
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+    async def _drain(self, receive: Receive, size: int) -> None:
+        """Read and discard the body's rest, up to `DRAIN_BYTES` in all and for at most `timeout_s`."""
+        with anyio.move_on_after(self.timeout_s):
+            while size < DRAIN_BYTES:
+                message = await receive()
+                size += len(message.get("body", b""))
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
 
     async def _refuse(self, send: Send, status: int, detail: str) -> None:
         self.refusals.count("body_too_large" if status == 413 else "body_timeout")

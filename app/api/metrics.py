@@ -73,6 +73,7 @@ class RuntimeCollector(Collector):
         for outcome in OUTCOMES:
             requests.add_metric([outcome], getattr(stats, outcome))
         yield requests
+        yield CounterMetricFamily("storydiff_requests_behind", FIELD_DOCS["behind"], value=stats.behind)
         yield CounterMetricFamily(
             "storydiff_engine_iterations",
             "Engine steps; each advances every active sequence by one.",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-RefusalReason = Literal["body_too_large", "body_timeout", "unauthorized", "over_timeout"]
-"""413, 408, 401, and 429 for work that could not finish within the timeout."""
+RefusalReason = Literal["body_too_large", "body_timeout", "unauthorized", "over_timeout", "client_quota"]
+"""413, 408, 401, 429 for work that could not finish within the timeout, 429 past a client's quota."""
 
 REFUSAL_REASONS: tuple[RefusalReason, ...] = get_args(RefusalReason)
 

@@ -19,7 +19,13 @@ Conclusion = Outcome | Literal["cancelled", "stopped"]
 """What became of a generation: the engine's outcome, the client left, or a stop string ended it. (Not
 an `ending`, the fixed last words of a story, nor `endings`, the rule for where a story ends.)"""
 
-FAILURE_OUTCOME: dict[FailureReason, str] = {"timeout": "timed_out", "shutdown": "failed", "internal": "failed"}
+FAILURE_OUTCOME: dict[FailureReason, str] = {
+    "timeout": "timed_out",
+    "shutdown": "failed",
+    "internal": "failed",
+    "cancelled": "cancelled",
+    "taken_over": "cancelled",
+}
 """Failures by the name `storydiff_requests_total` counts them under."""
 
 

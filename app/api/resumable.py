@@ -18,12 +18,15 @@ instead; access logs see the id in resume URLs, where it is worthless once the s
 - Event ids count a stream's events, 1, 2, 3, ..., across its connections (numbers, as before; the
   brief's `<stream-id>:<n>` would repeat the secret in every event, and clients read them as numbers).
 - Resuming: the first event of a resumed connection brings the client up to date in one `step`
-  event. When `Last-Event-ID` names the stream's latest event, the client missed nothing already
-  sent, and it gets only the newer reveals; otherwise (an event was in flight when the connection
-  dropped, or no `Last-Event-ID`) it gets a full frame: every reveal so far. Then live steps, then
-  `done` or `error`; a stream that already ended answers its last frame and its outcome at once.
+  event. The stream remembers where each event it sent left its reader (step, reveals: two ints an
+  event), so when `Last-Event-ID` names any event of the stream the client gets exactly the reveals
+  after it, even when later events were sent but never arrived; without a known `Last-Event-ID` it
+  gets a full frame, every reveal so far, marked `full: true`. Then live steps, then `done` or
+  `error`; a stream that already ended answers its last frame and its outcome at once.
 - One connection per stream: a resume takes over and ends the previous connection, which is
-  usually dead without the server knowing (a dropped network sends no FIN).
+  usually dead without the server knowing (a dropped network sends no FIN); a live one gets an
+  `error` event `taken_over` first, and a cancelled stream's an `error` event `cancelled` (no `id`:
+  they are not part of the stream), so an EventSource client knows not to reconnect.
 - SSE spec: the first event of each connection carries `retry` (how long an `EventSource` waits
   before reconnecting), and the resume route is a GET, so an `EventSource` can use it directly.
 """
@@ -61,15 +64,17 @@ class StreamNotFound(LookupError):
 class StreamReader:
     """One connection's view of a stream: a cursor into its reveals, and whether it sent the outcome."""
 
-    def __init__(self, stream: ResumableStream, step: int, revealed: int) -> None:
+    def __init__(self, stream: ResumableStream, step: int, revealed: int, full: bool = False) -> None:
         self.stream = stream
         self._step, self._revealed = step, revealed
         self._ended = False
         self.delivered = 0  # events handed out so far
+        self.full = full  # its next step event is a full frame, marked so (serving.step_events)
 
-    async def next(self) -> tuple[int, Update] | None:
+    async def next(self) -> tuple[int | None, Update] | None:
         """The next event's id and update: every reveal since this reader's previous event, then the
-        outcome; None when done, or when the stream was cancelled or another connection took it over."""
+        outcome; an id-less `cancelled` or `taken_over` failure when the stream was cancelled or another
+        connection took it over; None when done."""
         stream = self.stream
         while not self._ended and stream.reader is self and not stream.cancelled:
             latest = stream.latest
@@ -83,7 +88,12 @@ class StreamReader:
                 self._ended, self.delivered = True, self.delivered + 1
                 return stream.sent(self._step, self._revealed), stream.outcome
             await stream.changed()
-        return None
+        if self._ended:
+            return None
+        self._ended = True  # a connection that ends early says why
+        if stream.cancelled:
+            return None, Failed("cancelled", "the stream was cancelled (DELETE /generate/{id})")
+        return None, Failed("taken_over", "another connection resumed this stream; this one ends")
 
     def close(self) -> None:
         """The connection ended; idempotent. The stream waits `resume_grace` for another."""
@@ -106,6 +116,8 @@ class ResumableStream:
         self._tick = asyncio.Event()
         self._expiry: asyncio.TimerHandle | None = None
         self._last_sent = (0, 0, 0)  # (event id, step, reveals) of the latest event any reader sent
+        self._positions: dict[int, tuple[int, int]] = {}  # event id -> (step, reveals) it brought its reader to
+        self.detached_at: float | None = self._loop.time()  # since when no connection reads it (None: read)
         self._channel = UpdateChannel(self._loop)
         self.handle = submit(self._channel.publish)  # QueueFull: raised before anything reads
         self._recorder = self._loop.create_task(self._record(), name=f"storydiff-stream-{self.handle.id}")
@@ -141,11 +153,12 @@ class ResumableStream:
 
     def attach(self, last_event_id: int | None) -> StreamReader:
         """A reader for a new connection, which takes the stream over from any previous one."""
-        event_id, step, revealed = self._last_sent
-        in_sync = last_event_id is not None and last_event_id == event_id > 0
+        known = self._positions.get(last_event_id) if last_event_id is not None else None
         if self.reader is not None:
             log.info("request %d: a new connection takes its stream over", self.handle.id)
-        self.reader = StreamReader(self, step, revealed) if in_sync else StreamReader(self, 0, 0)
+        # Exactly what the client missed after the event it names; a full frame, marked, otherwise.
+        self.reader = StreamReader(self, *known) if known else StreamReader(self, 0, 0, full=self._last_sent[0] > 0)
+        self.detached_at = None
         if self.outcome is None and self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -156,6 +169,7 @@ class ResumableStream:
         """`reader`'s connection ended: if it was the stream's, wait `resume_grace` for another."""
         if reader is self.reader:
             self.reader = None
+            self.detached_at = self._loop.time()
             if self.outcome is None and not self.cancelled:
                 self._arm()
 
@@ -163,6 +177,7 @@ class ResumableStream:
         """The id of the next event, which brings its reader to `step` and `revealed` reveals."""
         event_id = self._last_sent[0] + 1
         self._last_sent = (event_id, step, revealed)
+        self._positions[event_id] = (step, revealed)
         return event_id
 
     async def changed(self) -> None:
@@ -222,6 +237,18 @@ class StreamRegistry:
         if stream is None:
             raise StreamNotFound(self.grace_s)
         return stream
+
+    def detached(self, client: str) -> list[ResumableStream]:
+        """`client`'s running streams that no connection reads (awaiting resume), oldest detached first."""
+        streams = [
+            stream
+            for stream in self._streams.values()
+            if stream.job.client == client
+            and stream.detached_at is not None
+            and stream.outcome is None
+            and not stream.cancelled
+        ]
+        return sorted(streams, key=lambda stream: stream.detached_at or 0.0)
 
     def fail_running(self, message: str) -> int:
         """End every stream still running with a `shutdown` failure that carries its draft; how many."""

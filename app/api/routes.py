@@ -1,16 +1,16 @@
 """The HTTP routes, thin: each hands its validated input to the serving logic and returns its answer.
 
-Whether a route needs an API key is declared where it is routed: `router`'s routes need one wherever
-the server has keys (`create_app` adds the check to the whole router, so a new route is closed until
-it is put on `public`); `public` holds the probes and the page; `/metrics` needs one unless
-`metrics_need_key` is off.
+Whether a route needs an API key is declared where it is routed: `public` holds the probes and the
+page, which need none; every other route needs one wherever the server has keys (`OPEN_ROUTES` goes
+to app/api/security.py's gate, which checks the key before the body is read, so a new route is
+closed until it is put on `public`); `/metrics` needs one unless `metrics_need_key` is off.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Body, Header, Path, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -20,15 +20,12 @@ from app.api.metrics import exposition
 from app.api.openapi import GENERATE_RESPONSES, RESUME_DESCRIPTION, RESUME_RESPONSES, STREAM_DESCRIPTION
 from app.api.resumable import STREAM_ID_PATTERN
 from app.api.schemas import GenerateRequest, GenerateResponse, Health, Info, Readiness
-from app.api.security import bearer, require_api_key, require_metrics_key
 from app.api.serving import cancel_stream, describe, generate_response, resume_response
 from app.api.web import index_page, static_files
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
-public = APIRouter(dependencies=[Depends(bearer)])
-"""Routes that need no API key: the probes, and the page (which asks for a key when the API answers 401).
-A key may come along (the page sends its own), so their schema lists the optional bearer as before."""
-metrics_router = APIRouter(dependencies=[Depends(require_metrics_key)])
+router = APIRouter()
+public = APIRouter()
+"""Routes that need no API key: the probes, and the page (which asks for a key when the API answers 401)."""
 
 OptionalBody = Annotated[GenerateRequest | None, Body(description="Every field is optional: no body is `{}`.")]
 
@@ -52,7 +49,7 @@ async def generate(request: Request, serving: AdmittingDep, body: OptionalBody =
     "(docs/infilling.md). Streams carry only what the model reveals: this is the rest.",
 )
 async def canvas(serving: ServingDep, body: OptionalBody = None) -> CanvasLayout:
-    return canvas_layout(body or GenerateRequest(), serving.checkpoint)
+    return canvas_layout(body or GenerateRequest(), serving.checkpoint, serving.settings.max_request_cost)
 
 
 StreamId = Annotated[str, Path(pattern=STREAM_ID_PATTERN, description="The stream's `X-Stream-ID` header.")]
@@ -105,7 +102,7 @@ async def info(serving: ServingDep) -> Info:
     return describe(serving)
 
 
-@metrics_router.get(
+@router.get(
     "/metrics",
     summary="Prometheus metrics: model state, requests, batching, durations",
     response_class=Response,
@@ -123,4 +120,4 @@ async def index() -> FileResponse:
 public.mount("/static", static_files(), name="static")
 
 OPEN_ROUTES = frozenset(getattr(route, "path", "") for route in public.routes)
-"""The paths of `public`, e.g. for a test that every other route is closed."""
+"""The paths of `public`: the ones the API key gate leaves open (app/api/security.py)."""

@@ -192,6 +192,11 @@ class StepDelta(BaseModel):
     t: float = Field(description="Diffusion time after this step: 1 - step / steps.")
     masked: int = Field(description="Positions still masked.")
     changed: list[Revealed] = Field(description="Everything revealed since the previous event sent.")
+    full: bool = Field(
+        False,
+        description="Present (true) only on a resume's first event when `Last-Event-ID` was missing or unknown: "
+        "`changed` is every reveal so far, a frame that replaces what the client had, not an addition to it.",
+    )
 
 
 class StepEvent(StepDelta):

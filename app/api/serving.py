@@ -11,6 +11,7 @@ before the next step.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator
 
 from fastapi import Request, Response
@@ -18,6 +19,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app import __version__
 from app.api.admission import admit
+from app.api.clients import client_of
 from app.api.events import STEP_DATA, error_event, result
 from app.api.jobs import build_job, preset_settings, sampler_defaults
 from app.api.resumable import StreamReader
@@ -45,7 +47,8 @@ async def generate_response(body: GenerateRequest, request: Request, serving: Se
     """Submit `body` to the engine and answer as the client asked: one JSON body, or an SSE stream."""
     streaming = wants_stream(body, request)
     job = build_job(body, serving.checkpoint, body.stream_every if streaming else None)
-    admit(job.spec, serving)  # 422 over the cost cap, 429 when it cannot finish in time
+    job = dataclasses.replace(job, client=client_of(request, serving.settings))  # its quota and its turn
+    admit(job.spec, serving, job.client)  # 422 over the cost cap, 429 past the client's quota or the timeout
     engine, timeout_s, checkpoint = serving.engine, serving.settings.timeout_s, serving.checkpoint
     if streaming:  # QueueFull -> 429, here and below
         return _stream_response(serving.streams.open(job, engine, timeout_s), serving)
@@ -70,8 +73,10 @@ def cancel_stream(stream_id: str, serving: Serving) -> Response:
     return Response(status_code=204)
 
 
-def _event(name: str, payload: str, event_id: int, first: bool) -> ServerSentEvent:
-    return ServerSentEvent(payload, event=name, id=str(event_id), retry=RECONNECT_MS if first else None)
+def _event(name: str, payload: str, event_id: int | None, first: bool) -> ServerSentEvent:
+    # No id: a connection's `cancelled` / `taken_over` ending is not an event of the stream.
+    event = None if event_id is None else str(event_id)
+    return ServerSentEvent(payload, event=name, id=event, retry=RECONNECT_MS if first else None)
 
 
 async def step_events(reader: StreamReader, checkpoint: Checkpoint) -> AsyncGenerator[ServerSentEvent, None]:
@@ -82,7 +87,8 @@ async def step_events(reader: StreamReader, checkpoint: Checkpoint) -> AsyncGene
             event_id, update = sent
             first = reader.delivered == 1
             if isinstance(update, StepUpdate):
-                yield _event("step", STEP_DATA[job.stream_format](update, job, checkpoint), event_id, first)
+                full, reader.full = reader.full, False  # a resume's full frame says so
+                yield _event("step", STEP_DATA[job.stream_format](update, job, checkpoint, full), event_id, first)
             elif isinstance(update, Finished):
                 yield _event("done", result(job, update, checkpoint).model_dump_json(), event_id, first)
             else:
@@ -104,11 +110,18 @@ def _stream_response(reader: StreamReader, serving: Serving) -> EventSourceRespo
     return event_stream(
         step_events(reader, serving.checkpoint),
         serving.settings,
-        fail=stream.fail,
+        fail=lambda failed: stream.fail(_with_draft(failed, stream.latest)),
         render_failure=render_failure,
         close=reader.close,
         headers={STREAM_ID_HEADER: stream.id},
     )
+
+
+def _with_draft(failed: Failed, latest: StepUpdate | None) -> Failed:
+    """`failed` carrying the stream's latest draft, as a timeout's does (a shutdown's watcher has none)."""
+    if failed.draft is not None or latest is None:
+        return failed
+    return dataclasses.replace(failed, draft=latest.ids)
 
 
 def describe(serving: Serving) -> Info:

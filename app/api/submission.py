@@ -37,7 +37,13 @@ from app.engine.request import FailureReason, Publish
 
 log = logging.getLogger(__name__)
 
-FAILURE_STATUS: dict[FailureReason, int] = {"timeout": 504, "shutdown": 503, "internal": 500}
+FAILURE_STATUS: dict[FailureReason, int] = {
+    "timeout": 504,
+    "shutdown": 503,
+    "internal": 500,
+    "cancelled": 499,
+    "taken_over": 409,
+}
 """The status of a JSON answer for each way a request can fail."""
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; nobody reads it, uvicorn drops it
@@ -48,7 +54,7 @@ SHUTDOWN_MESSAGE = "the server is shutting down"
 def submit(job: Job, engine: Engine, timeout_s: float, publish: Publish) -> RequestHandle:
     """Hand `job` to the engine (QueueFull: 429, EngineStopped: 503); the engine calls `publish` with
     every update. The one way into `Engine.submit`, for every front end."""
-    return engine.submit(job.spec, publish, timeout_s, job.request_id)
+    return engine.submit(job.spec, publish, timeout_s, job.request_id, job.client)
 
 
 @dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.sampling import diffusion_time
 from app.diffusion.text import end_token_ids
 from app.engine.batch import RowResult, RunningBatch
+from app.engine.fair_queue import FairQueue
 from app.engine.forward_plan import BatchForward, ForwardCost
 from app.engine.model_forward import CheckpointForward
 from app.engine.request import (
@@ -42,6 +42,7 @@ from app.engine.request import (
     Update,
 )
 from app.engine.stats import EngineStats
+from app.engine.step_cost import StepCostModel, Work
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +86,20 @@ class Engine:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.stats = EngineStats()
         self._cond = threading.Condition()
-        self._waiting: deque[RequestHandle] = deque()  # guarded by _cond
+        self._waiting = FairQueue()  # guarded by _cond; round-robin across clients
         self._admitted = 0  # waiting + active; guarded by _cond
         self._accepting = False
         self._stopping = False
         self._active: list[_Sequence] = []  # engine thread only, in the order of the batch's rows
         self._batch = RunningBatch(mask_id, pad_id, self.device, end_ids)  # engine thread only
+        self._end_ids = tuple(end_ids)
         self.typical_length = typical_length  # the width `warm_up` measures the forward's cost at
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # why the engine thread died, if it did
         self._on_failure = on_failure  # called on the engine thread when it dies
         self.warming: str | None = None  # what `warm_up` is doing now, for /ready's 503; None outside it
         self.warm_up_s: float | None = None  # how long the warm-up took, once it ended
+        self.step_cost: StepCostModel | None = None  # measured from the first iteration after warm-up
 
     @classmethod
     def from_checkpoint(
@@ -146,23 +149,56 @@ class Engine:
 
             self._forward.prepare(progress)
         self.warming = "warming up: a first story"
-        ended = threading.Event()
-        updates: list[Update] = []
+        settings = SamplerSettings(steps=2, remasking=Remasking.LOW_CONFIDENCE)
+        self._denoise([GenerationSpec((), length, settings, seed=0)], timeout_s)
+        self.warming = "warming up: measuring the forward"
+        self.forward_cost = ForwardCost.measure(
+            self._forward, self.typical_length, self.mask_id, self.device, self.max_batch
+        )
+        # Steps that skip the model still cost the engine's own work over every position: measure some
+        # at the typical length, at two batch sizes (a fixed part and a part per position), before the
+        # first client, so that admission counts them from the start (app/engine/step_cost.py).
+        for rows in (1, min(4, self.max_batch)):
+            self._denoise([self._skipping_spec()] * rows, timeout_s)
+        assert self.step_cost is not None
+        cost = self.step_cost.snapshot()
+        log.info(
+            "forward cost: %.2f ms a pass + %.2f us a position; engine work %.2f ms an iteration + %.2f us a position",
+            self.forward_cost.per_pass_s * 1e3,
+            self.forward_cost.per_position_s * 1e6,
+            cost.base_s * 1e3,
+            cost.per_position_s * 1e6,
+        )
+
+    def _skipping_spec(self, written: int = 4) -> GenerationSpec:
+        """A typical-length sequence with `written` positions to write in 8 times as many steps: mostly
+        steps that skip the model. Its fixed prefix is any token that is no mask, pad or end."""
+        length = self.typical_length
+        special = {self.mask_id, self.pad_id, *self._end_ids}
+        token = next(t for t in range(len(special) + 1) if t not in special)
+        settings = SamplerSettings(steps=8 * written, remasking=Remasking.RANDOM)
+        return GenerationSpec((token,) * (length - written), length, settings, seed=0)
+
+    def _denoise(self, specs: list[GenerationSpec], timeout_s: float) -> None:
+        """Submit `specs` together and wait for their ends; RuntimeError if one failed or took longer
+        than `timeout_s`."""
+        outcomes: list[Update] = []
+        ended = threading.Semaphore(0)
 
         def publish(update: Update) -> None:
-            updates.append(update)
             if not isinstance(update, StepUpdate):
-                ended.set()
+                outcomes.append(update)
+                ended.release()
 
-        settings = SamplerSettings(steps=2, remasking=Remasking.LOW_CONFIDENCE)
-        self.submit(GenerationSpec((), length, settings, seed=0), publish, timeout_s)
-        if not ended.wait(timeout_s) or isinstance(updates[-1], Failed):
-            reason = updates[-1].message if updates and isinstance(updates[-1], Failed) else "no answer"
-            raise RuntimeError(f"warm-up failed: {reason}")
-        self.warming = "warming up: measuring the forward"
-        cost = ForwardCost.measure(self._forward, self.typical_length, self.mask_id, self.device, self.max_batch)
-        self.forward_cost = cost
-        log.info("forward cost: %.2f ms a pass + %.2f us a position", cost.per_pass_s * 1e3, cost.per_position_s * 1e6)
+        for spec in specs:
+            self.submit(spec, publish, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for _ in specs:
+            if not ended.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                raise RuntimeError("warm-up failed: no answer")
+        failed = [outcome for outcome in outcomes if isinstance(outcome, Failed)]
+        if failed:
+            raise RuntimeError(f"warm-up failed: {failed[0].message}")
 
     @property
     def forward_name(self) -> str:
@@ -184,6 +220,7 @@ class Engine:
     @forward_cost.setter
     def forward_cost(self, cost: ForwardCost) -> None:
         self._batch.cost = cost  # read by the engine thread at its next iteration
+        self.step_cost = StepCostModel(cost)  # iterations from now on are measured for admission
 
     @property
     def running(self) -> bool:
@@ -209,10 +246,15 @@ class Engine:
             self._thread.join()
 
     def submit(
-        self, spec: GenerationSpec, publish: Publish, timeout_s: float, request_id: str | None = None
+        self,
+        spec: GenerationSpec,
+        publish: Publish,
+        timeout_s: float,
+        request_id: str | None = None,
+        client: str = "",
     ) -> RequestHandle:
         """Queue `spec`; raises QueueFull when every slot and queue place is taken. `request_id` tags
-        the engine's log lines about it."""
+        the engine's log lines about it; `client` is whose turn it waits for in the fair queue."""
         with self._cond:
             if not self._accepting:
                 raise EngineStopped("the engine is not running")
@@ -220,7 +262,7 @@ class Engine:
                 self.stats.count("rejected")
                 raise QueueFull(f"{self.max_batch} requests running and {self.max_queue} waiting")
             deadline = time.monotonic() + timeout_s
-            handle = RequestHandle(spec, publish, deadline, request_id=request_id, _on_cancel=self._wake)
+            handle = RequestHandle(spec, publish, deadline, request_id=request_id, client=client, _on_cancel=self._wake)
             self._waiting.append(handle)
             self._admitted += 1
             self.stats.count("submitted")
@@ -236,6 +278,15 @@ class Engine:
         with self._cond:
             self._admitted -= n
             self._cond.notify_all()
+
+    def workload(self, extra: RequestHandle | None = None) -> list[Work]:
+        """The admitted work, running rows first, then the queue in admission order (with `extra` where
+        the fair queue would put it); what the admission estimate simulates. Any thread."""
+        with self._cond:
+            running = [seq for seq in self._active if not seq.done]
+            order = self._waiting.order(extra)
+        work = [Work.of(seq.handle, seq.index, seq.forwards, running=True) for seq in running]
+        return work + [Work.of(handle, 0, 0, running=False) for handle in order]
 
     def _run(self) -> None:
         try:
@@ -256,7 +307,7 @@ class Engine:
             self._fail_active(failure, "failed")
             with self._cond:
                 self._accepting = False
-                waiting, self._waiting = list(self._waiting), deque()
+                waiting, self._waiting = list(self._waiting), FairQueue()
             for handle in waiting:
                 self.stats.count("failed")
                 self._publish(handle, failure)
@@ -336,14 +387,19 @@ class Engine:
         self._drop_departed()
         if not self._active:
             return
+        started, clock = time.perf_counter(), [0.0, 0.0]  # forward seconds taken, and predicted
+        forward = self._forward if self.step_cost is None else self._timed(clock)
         try:
-            result = self._batch.advance(self._forward)
+            result = self._batch.advance(forward)
         except Exception:
             if not self._fail_culprits():
                 raise  # no single request fails alone: the batch as a whole (e.g. out of memory)
             if not self._active:
                 return
-            result = self._batch.advance(self._forward)
+            result = self._batch.advance(forward)
+        if self.step_cost is not None:
+            positions = sum(seq.handle.spec.length for seq in self._active)
+            self.step_cost.observe(positions, time.perf_counter() - started, clock[0], clock[1])
         for size in result.pass_sizes:
             self.stats.forward(size)
         for seq, row in zip(self._active, result.rows, strict=True):
@@ -351,6 +407,20 @@ class Engine:
         self.stats.count("iterations")
         self._keep([not seq.done for seq in self._active])
         self.stats.occupancy(len(self._active), len(self._waiting))
+
+    def _timed(self, clock: list[float]) -> BatchForward:
+        """The forward, adding its seconds to clock[0] and what `ForwardCost` predicted to clock[1]."""
+        cost = self.forward_cost
+
+        def forward(x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+            started = time.perf_counter()
+            try:
+                return self._forward(x, query, attention_mask)
+            finally:
+                clock[0] += time.perf_counter() - started
+                clock[1] += cost.of(x.shape[0], x.shape[1])
+
+        return forward
 
     def _fail_culprits(self) -> bool:
         """After a failed step, try each request's step alone (on a copy) and fail those that fail
@@ -391,10 +461,12 @@ class Engine:
             self._release()
 
     def _fail_active(self, failure: Failed, counter: str) -> None:
-        unfinished = [seq for seq in self._active if not seq.done]  # finished ones were released
-        for seq in unfinished:
+        unfinished = [(i, seq) for i, seq in enumerate(self._active) if not seq.done]  # finished: released
+        for i, seq in unfinished:
             self.stats.count(counter)  # counters first: a client that got its answer sees it counted
-            self._publish(seq.handle, failure)
+            # On shutdown each story hands back its draft, as a timeout does.
+            draft = tuple(self._batch.tokens(i)) if failure.reason == "shutdown" else failure.draft
+            self._publish(seq.handle, Failed(failure.reason, failure.message, draft=draft))
         self._release(len(unfinished))
         self._keep([False] * len(self._active))
 

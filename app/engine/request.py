@@ -52,6 +52,13 @@ class GenerationSpec:
         """Positions the sampler writes: neither the prefix nor pinned (what tokens per forward counts)."""
         return self.length - len(self.prefix) - len({pos for pos, _ in self.pinned})
 
+    def start_ids(self, mask_id: int) -> tuple[int, ...]:
+        """The sequence denoising starts from: prefix, pinned tokens, masks elsewhere (the draft at step 0)."""
+        ids = [*self.prefix, *[mask_id] * (self.length - len(self.prefix))]
+        for pos, token in self.pinned:
+            ids[pos] = token
+        return tuple(ids)
+
 
 @dataclass(frozen=True)
 class Reveal:
@@ -87,8 +94,10 @@ class Finished:
     forwards: int = 0  # steps in which the model ran for this request (the others revealed nothing)
 
 
-FailureReason = Literal["timeout", "shutdown", "internal"]
-"""Why a request ended before its last step; the API shows it as the `error` of its answer."""
+FailureReason = Literal["timeout", "shutdown", "internal", "cancelled", "taken_over"]
+"""Why a request (or a stream's connection) ended before its last step; the API shows it as the
+`error` of its answer. `cancelled` (DELETE) and `taken_over` (another connection resumed the stream)
+end a stream's connection, never a JSON answer."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,8 @@ class RequestHandle:
     deadline: float  # time.monotonic() after which the request fails with a timeout
     id: int = field(default_factory=lambda: next(_request_ids))
     request_id: str | None = None  # the caller's id for it (X-Request-ID), carried into the engine's logs
+    client: str = ""  # who asked (app/api/clients.py): the fair queue takes clients in turn
+    late: bool = False  # an admission estimate found it behind its deadline (counted once, `behind`)
     submitted: float = field(default_factory=time.monotonic)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
     _on_cancel: Callable[[], None] = field(default=lambda: None, repr=False)

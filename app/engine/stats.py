@@ -42,6 +42,10 @@ class StatsSnapshot:
     timed_out: int = _described("Requests that ran past their deadline.", "outcome")
     failed: int = _described("Requests ended by an engine failure or by shutdown.", "outcome")
     rejected: int = _described("Requests refused with QueueFull (429).", "outcome")
+    behind: int = _described(
+        "Admitted requests that a later admission estimate found behind their deadline (they may still finish).",
+        "work",
+    )
 
     @property
     def max_batch_size(self) -> int:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi import APIRouter, Body, Request, Response
 
 from app.api.deps import AdmittingDep, ServingDep
 from app.api.openai.errors import OpenAIRoute
 from app.api.openai.protocol import Completion, CompletionRequest, ErrorResponse, ModelList
 from app.api.openai.serving import completion_response, model_list
-from app.api.security import require_api_key
 
-router = APIRouter(
-    prefix="/v1", route_class=OpenAIRoute, tags=["OpenAI-compatible"], dependencies=[Depends(require_api_key)]
-)
+router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["OpenAI-compatible"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}

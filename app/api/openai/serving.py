@@ -24,6 +24,7 @@ from fastapi import Request, Response
 from sse_starlette import ServerSentEvent
 
 from app.api.admission import admit
+from app.api.clients import client_of
 from app.api.errors import safe_text
 from app.api.jobs import Layout, new_job
 from app.api.openai.errors import ERROR_TYPES, OpenAIError
@@ -76,7 +77,7 @@ def model_list(serving: Serving) -> ModelList:
 
 def _check_model(body: CompletionRequest, checkpoint: Checkpoint) -> str:
     served = checkpoint.name
-    if body.model is not None and body.model not in (served, checkpoint.source):
+    if body.model is not None and body.model != served:  # the published name only, never a path
         raise OpenAIError(
             404,
             f"The model `{safe_text(body.model)}` does not exist; this server serves `{served}`.",
@@ -117,7 +118,7 @@ def _layout(prompt: str, max_tokens: int | None, checkpoint: Checkpoint) -> Layo
     return replace(plain, length=story_length(len(plain.prefix), max_tokens, checkpoint))
 
 
-def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
+def _submit(body: CompletionRequest, serving: Serving, client: str) -> list[Choice]:
     """Every story of `body` submitted to the engine (429 for all if one does not fit)."""
     checkpoint, tokenizer = serving.checkpoint, serving.checkpoint.tokenizer
     first_seed = new_seed() if body.seed is None else body.seed
@@ -129,8 +130,8 @@ def _submit(body: CompletionRequest, serving: Serving) -> list[Choice]:
             prompt_text = decode_story(layout.prefix, tokenizer, layout.typed)
             for i in range(body.n):
                 seed = (first_seed + i) % (MAX_SEED + 1)
-                job = new_job(layout, sampler, seed, 1 if body.stream else None, checkpoint)
-                admit(job.spec, serving)
+                job = replace(new_job(layout, sampler, seed, 1 if body.stream else None, checkpoint), client=client)
+                admit(job.spec, serving, client)  # the client's quota and turn
                 index = len(choices)
                 submission = Submission.start(job, serving.engine, serving.settings.timeout_s, choice=index)
                 text = CompletionText(tokenizer, prompt_text, body.stops, layout.typed)
@@ -146,7 +147,7 @@ async def completion_response(body: CompletionRequest, request: Request, serving
     model = _check_model(body, serving.checkpoint)
     if body.ignored_fields:
         log.warning("ignored fields this API does not know: %s", safe_text(repr(body.ignored_fields)))
-    choices = _submit(body, serving)
+    choices = _submit(body, serving, client_of(request, serving.settings))  # whose quota
     header = Completion(
         id=f"cmpl-{current_request_id() or uuid.uuid4().hex}", created=int(time.time()), model=model, choices=[]
     )
