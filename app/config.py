@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.diffusion.cpu_backend import CPU_BACKEND_HELP, CpuBackend
 from app.paths import DEFAULT_MODEL_DIR
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -33,6 +34,7 @@ class Settings(BaseSettings):
         description="Run the model with static shapes and CUDA graphs, compiled during warm-up (slower to "
         "start, much faster per step on a GPU); unset: on for CUDA devices, off on CPUs, where eager is faster.",
     )
+    cpu_backend: CpuBackend = Field("auto", description=CPU_BACKEND_HELP)
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     max_batch: int = Field(32, ge=1, le=4096, description="Most sequences in one forward pass.")

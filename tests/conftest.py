@@ -83,6 +83,16 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Prepared CPU forwards (exported graphs) go to a temporary folder, never the user's cache; servers
+    that tests start inherit it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("STORYDIFF_CACHE_DIR", str(tmp_path_factory.mktemp("storydiff-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def cased_tokenizer():
     """The real distilbert-base-cased WordPiece tokenizer (28,996 tokens)."""

@@ -44,8 +44,8 @@ def test_bucketed_forward_matches_the_eager_one(ckpt, compile, backend):
     assert forward.warm_up(max_rows=5, width=32) == 4  # buckets of 8, 4, 2 and 1 rows
 
 
-def test_cpu_runs_eagerly_unless_asked(ckpt):
-    assert CheckpointForward(ckpt).name == "eager"
+def test_cpu_compiles_only_when_asked(ckpt):
+    assert CheckpointForward(ckpt, cpu_backend="eager").name == "eager"
     assert CheckpointForward(ckpt, compile=True).name == "compiled"
 
 

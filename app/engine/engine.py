@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from app.diffusion.checkpoint import Checkpoint
+from app.diffusion.cpu_backend import CpuBackend
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.text import end_token_ids
 from app.engine.batch import NewRow, RowResult, RunningBatch
@@ -104,12 +105,13 @@ class Engine:
         max_queue: int = 64,
         compile: bool | None = None,
         on_failure: Callable[[str], None] | None = None,
+        cpu_backend: CpuBackend = "auto",
     ) -> Engine:
-        """An engine (not started) that serves `checkpoint`'s model on its device; `compile` as in
-        `CheckpointForward` (None: CUDA graphs on GPUs, eager on CPUs)."""
+        """An engine (not started) that serves `checkpoint`'s model on its device; `compile` and
+        `cpu_backend` as in `CheckpointForward` (None: CUDA graphs on GPUs; on CPUs the backend)."""
         pad = checkpoint.tokenizer.pad_token_id
         return cls(
-            CheckpointForward(checkpoint, compile),
+            CheckpointForward(checkpoint, compile, cpu_backend),
             mask_id=checkpoint.mask_id,
             pad_id=checkpoint.mask_id if pad is None else int(pad),
             device=checkpoint.device,
