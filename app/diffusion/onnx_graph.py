@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -43,12 +44,18 @@ class _Encoder(torch.nn.Module):
         return hidden  # (B, L, D)
 
 
+UNHASHED_CONFIG = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
+"""Config fields that say where or how a model was loaded, not what it computes."""
+
+
 def weights_digest(model: PreTrainedModel) -> str:
-    """A hash of the model's config and every weight's name, dtype and bytes."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    """A hash of the model's config and every weight's name, dtype and bytes: the same checkpoint loaded
+    from another path gives the same digest."""
+    config = {k: v for k, v in model.config.to_dict().items() if k not in UNHASHED_CONFIG}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)  # raw bytes, any dtype
     return digest.hexdigest()
 
 
