@@ -14,18 +14,25 @@ from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint
 from app.diffusion.cpu_backend import MissingExtra
 from app.diffusion.cpu_forward import EagerForward, OnnxForward, select_forward
 from app.diffusion.generation import story_steps
-from app.engine import Engine
+from app.engine.model_forward import CheckpointForward
 from app.generate_cli import add_generate_arguments, run_generate
 from tests.conftest import tiny_distilbert
 from tests.support.service import Service, settings_for
 
-INT8_PROBABILITY_TOLERANCE = 0.02
-"""Most an int8 forward's softmax probability may differ from fp32 eager's at any position and token."""
+INT8_TOLERANCE = {"mean": 0.02, "max": 0.1}
+"""How far the int8 forward's distribution at a position may be from fp32 eager's (total variation
+distance), on average over the positions and at the worst one; measured on the shipped model: 0.011 and
+0.057 (half of a story masked)."""
 
 
 @pytest.fixture(scope="module")
 def ckpt(tiny_checkpoint_dir):
     return load_checkpoint(tiny_checkpoint_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_checkpoint(DEFAULT_MODEL_DIR, device="cpu", dtype="float32")
 
 
 def padded_batch(ckpt):
@@ -48,31 +55,50 @@ def test_onnx_gives_eagers_logits(ckpt, tmp_path):
     torch.testing.assert_close(forward(x, query, attention_mask), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_onnx_int8_probabilities_within_tolerance(ckpt, tmp_path):
-    forward = select_forward(ckpt.model, "onnx-int8", tmp_path)
-    x, query, attention_mask = padded_batch(ckpt)
-    expected = EagerForward(ckpt.model)(x, query, attention_mask).softmax(-1)  # (N, V)
-    got = forward(x, query, attention_mask).softmax(-1)
-    assert (got - expected).abs().max() < INT8_PROBABILITY_TOLERANCE
-    assert not torch.equal(got, expected)  # int8 weights really run
+def test_onnx_int8_stays_within_the_stated_tolerance(shipped, tmp_path):
+    """On the shipped model, a told story with every other word masked and a padded second row: the
+    int8 forward's distributions stay within INT8_TOLERANCE of fp32 eager's (total variation distance)."""
+    text = "Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog, Max."
+    ids = torch.tensor(shipped.tokenizer(text, add_special_tokens=False)["input_ids"])
+    x = torch.stack([ids, ids.roll(5)])  # (2, L)
+    x[:, 1::2] = shipped.mask_id
+    attention_mask = torch.ones_like(x)
+    attention_mask[1, len(ids) // 2 :] = 0
+    query = attention_mask.bool()
+    expected = EagerForward(shipped.model)(x, query, attention_mask).softmax(-1)  # (N, V)
+    got = select_forward(shipped.model, "onnx-int8", tmp_path)(x, query, attention_mask).softmax(-1)
+    distance = 0.5 * (got - expected).abs().sum(-1)  # (N,)
+    assert distance.mean() <= INT8_TOLERANCE["mean"] and distance.max() <= INT8_TOLERANCE["max"]
+    assert distance.max() > 1e-3  # int8 weights really run (fp32 in ONNX Runtime: about 1e-6)
+
+
+class Counted:
+    """A forward that counts its calls: proof that a story really went through it."""
+
+    def __init__(self, forward):
+        self.forward, self.calls, self.name = forward, 0, forward.name
+
+    def __call__(self, x, query, attention_mask=None):
+        self.calls += 1
+        return self.forward(x, query, attention_mask)
 
 
 def test_onnx_writes_eagers_stories(ckpt, tmp_path):
-    forward = select_forward(ckpt.model, "onnx", tmp_path)
+    forward = Counted(select_forward(ckpt.model, "onnx", tmp_path))
     settings = ckpt.config.sampler_settings.model_copy(update={"steps": 12})
     for seed in range(3):
         *_, (_, eager) = story_steps(ckpt, settings, seed, "Once upon", 32)
         *_, (_, onnx) = story_steps(ckpt, settings, seed, "Once upon", 32, forward)
         assert torch.equal(onnx.x, eager.x)
+    assert forward.calls >= 3
 
 
-def test_the_shipped_model_writes_the_same_story_with_onnx(tmp_path):
-    shipped = load_checkpoint(DEFAULT_MODEL_DIR, device="cpu", dtype="float32")
+def test_the_shipped_model_writes_the_same_story_with_onnx(shipped, tmp_path):
     settings = shipped.config.settings_for("fast")
-    forward = select_forward(shipped.model, "onnx", tmp_path)
+    forward = Counted(select_forward(shipped.model, "onnx", tmp_path))
     *_, (_, eager) = story_steps(shipped, settings, seed=5)
     *_, (_, onnx) = story_steps(shipped, settings, seed=5, forward=forward)
-    assert torch.equal(onnx.x, eager.x)
+    assert torch.equal(onnx.x, eager.x) and forward.calls > 0
 
 
 def test_graphs_are_cached_by_content(ckpt, tmp_path, monkeypatch):
@@ -115,18 +141,14 @@ def test_generate_says_what_is_missing_in_one_line(tiny_checkpoint_dir, no_onnxr
     assert "onnxruntime" in error and "storydiff[cpu]" in error
 
 
-def test_the_engine_prepares_its_backend_at_warm_up(ckpt):
-    engine = Engine.from_checkpoint(ckpt, max_batch=2, cpu_backend="onnx")
-    assert engine.forward_name == "onnx (not prepared yet)"
-    engine.start()
-    try:
-        engine.warm_up()
-        assert engine.forward_name == "onnx (onnxruntime)"
-    finally:
-        engine.stop()
+def test_the_engines_forward_prepares_its_backend_before_any_pass(ckpt):
+    forward = CheckpointForward(ckpt, cpu_backend="onnx")
+    assert forward.name == "onnx (not prepared yet)"
+    forward.prepare(max_rows=2, width=16)  # what Engine.warm_up calls, off the event loop
+    assert forward.name == "onnx (onnxruntime)"
 
 
 @pytest.mark.anyio
 async def test_info_names_the_cpu_backend(tiny_checkpoint_dir):
-    async with Service(settings_for(tiny_checkpoint_dir, cpu_backend="onnx")) as client:
-        assert (await client.get("/info")).json()["forward"] == "onnx (onnxruntime)"
+    async with Service(settings_for(tiny_checkpoint_dir, cpu_backend="onnx-int8")) as client:
+        assert (await client.get("/info")).json()["forward"] == "onnx-int8 (onnxruntime)"
