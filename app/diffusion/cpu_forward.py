@@ -57,7 +57,7 @@ class OnnxForward:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
-        options.enable_cpu_mem_arena = False  # activations freed after each pass: no more memory than PyTorch
+        options.enable_cpu_mem_arena = False  # no arena kept between passes: less resident memory
         # Between passes the sampler runs in PyTorch on the same cores: idle workers must not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
@@ -70,7 +70,8 @@ class OnnxForward:
     ) -> torch.Tensor:
         mask = torch.ones_like(x) if attention_mask is None else attention_mask.to(torch.long)  # (B, L)
         (hidden,) = self.session.run(None, {"input_ids": x.numpy(), "attention_mask": mask.numpy()})  # (B, L, D)
-        return self.head(self.model, at_query(torch.from_numpy(hidden), query)).float()  # (N, V)
+        states = torch.from_numpy(hidden).to(self.model.dtype)  # the graph is fp32; the head runs in the model's dtype
+        return self.head(self.model, at_query(states, query)).float()  # (N, V)
 
 
 def resolve(backend: CpuBackend) -> CpuBackend:
