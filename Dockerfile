@@ -45,7 +45,7 @@ WORKDIR /tmp/deps
 COPY pyproject.toml ./
 RUN mkdir app model_training \
     && touch README.md app/__init__.py model_training/__init__.py \
-    && python3 -m pip install . \
+    && python3 -m pip install "./[cpu]" \
     && python3 -m pip uninstall --yes storydiff \
     && rm -rf /tmp/deps
 

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from app.diffusion.cpu_backend import CPU_BACKEND_HELP, CpuBackend
 from app.paths import DEFAULT_MODEL_DIR
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Settings(BaseSettings):
         description="Run the model over a fixed plan of batch shapes, each captured as a CUDA graph (on a CPU: "
         "compiled) during warm-up, before /ready; unset: on for CUDA devices, off on CPUs, where eager is faster.",
     )
+    cpu_backend: CpuBackend = Field("auto", description=CPU_BACKEND_HELP)
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     max_batch: int = Field(32, ge=1, le=4096, description="Most sequences in one forward pass.")

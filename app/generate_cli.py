@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from app.diffusion.cpu_backend import CPU_BACKEND_HELP, CPU_BACKENDS, MissingExtra
 from app.diffusion.sampler_settings import (
     MAX_SEED,
     NULLABLE_FIELDS,
@@ -55,6 +56,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPUs, fp32 on CPU)"
     )
+    parser.add_argument("--cpu-backend", choices=CPU_BACKENDS, default="auto", help=CPU_BACKEND_HELP)
     parser.add_argument("--prompt", help="story beginning; kept, never masked")
     parser.add_argument(
         "--ending", help="the story's last words, kept: the story ends with them at --length (docs/infilling.md)"
@@ -97,6 +99,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from app.diffusion.checkpoint import CheckpointError
 
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("app.diffusion.onnx_graph").setLevel(logging.INFO)  # a first run's graph preparation
     hub_logging.disable_propagation()  # huggingface_hub prints its own warnings: through the root too, twice
     transformers_logging.disable_progress_bar()
     from rich.console import Console
@@ -104,7 +107,7 @@ def run_generate(args: argparse.Namespace) -> int:
     live = not (args.no_live or args.json) and Console().is_terminal  # a pipe or a file gets plain text
     try:
         result = _write(args, overrides, Console() if live else None)
-    except (CheckpointError, ValueError) as err:  # CheckpointError is a ValueError: named for the reader
+    except (CheckpointError, ValueError, MissingExtra) as err:  # CheckpointError is a ValueError
         return _fail(str(err))
     if args.json:
         print(json.dumps(result))
@@ -122,6 +125,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def _write(args: argparse.Namespace, overrides: SamplerOverrides, console: Console | None) -> dict[str, Any]:
     """The story (drawn live on `console` if given) and how it was written: the API answer's fields."""
     from app.diffusion.checkpoint import load_checkpoint
+    from app.diffusion.cpu_forward import select_forward
     from app.diffusion.generation import canvas_steps, story_steps
     from app.diffusion.template import parse_template, prompt_template
     from app.diffusion.text import prompt_ids, prompt_span, story_text, without_pad_tail
@@ -131,10 +135,11 @@ def _write(args: argparse.Namespace, overrides: SamplerOverrides, console: Conso
     ckpt = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
     settings = ckpt.config.settings_for(args.preset).override(overrides)
     canvas = _canvas(ckpt, segments, args)
+    forward = select_forward(ckpt.model, args.cpu_backend)
     if canvas is None:
-        steps = story_steps(ckpt, settings, seed, args.prompt, args.length)
+        steps = story_steps(ckpt, settings, seed, args.prompt, args.length, forward)
     else:
-        steps = canvas_steps(ckpt, settings, seed, canvas)
+        steps = canvas_steps(ckpt, settings, seed, canvas, forward)
     start = time.perf_counter()
     typed = prompt_span(ckpt.tokenizer, args.prompt) if canvas is None else canvas.texts
     x, forwards = _follow(steps, ckpt.tokenizer, settings.steps, console, typed)

@@ -9,6 +9,14 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "tinystories-de
 """The model shipped inside the package: what serve, generate and the Docker image use by default."""
 
 
+def cache_dir() -> Path:
+    """Where storydiff keeps what it prepares once and reuses (a CPU forward's exported graph):
+    $STORYDIFF_CACHE_DIR, else $XDG_CACHE_HOME (or ~/.cache)/storydiff."""
+    if explicit := os.environ.get("STORYDIFF_CACHE_DIR"):
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "storydiff"
+
+
 def looks_like_local_path(source: str) -> bool:
     """True for anything that can only be a path: existing, absolute, relative, home or deep."""
     return (

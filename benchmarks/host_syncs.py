@@ -33,7 +33,8 @@ def main() -> None:
     torch.set_num_threads(1)
     device = torch.device(args.device)
     ckpt = load_checkpoint(args.model, device=args.device)
-    forward = CheckpointForward(ckpt, max_rows=3)  # the grid's batches: 3 rows
+    # the PyTorch path a GPU runs (ONNX Runtime reads numpy); the grid's batches: 3 rows
+    forward = CheckpointForward(ckpt, cpu_backend="eager", max_rows=3)
     forward.prepare()  # on a GPU: every planned shape captured before counting, as before /ready
     words = list(ckpt.tokenizer("Once upon a time there was a little cat")["input_ids"])[1:-1]
     ends = sorted(end_token_ids(ckpt.tokenizer))

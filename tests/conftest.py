@@ -83,6 +83,18 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Prepared CPU forwards (exported graphs) go to a temporary folder, never the user's cache; servers
+    that tests start inherit it. Their settings run PyTorch's eager forward (`cpu_forward.logits_at`, which
+    tests slow down or break) unless a test asks for another backend (tests/test_cpu_forward.py)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("STORYDIFF_CACHE_DIR", str(tmp_path_factory.mktemp("storydiff-cache")))
+    patch.setenv("STORYDIFF_CPU_BACKEND", "eager")
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def cased_tokenizer():
     """The real distilbert-base-cased WordPiece tokenizer (28,996 tokens)."""
@@ -152,14 +164,14 @@ def running_server(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
 @contextlib.contextmanager
 def slowed_forward(delay_s: float) -> Iterator[None]:
     """The engine's model forward made `delay_s` slower: requests stay in the batch long enough to watch."""
-    from app.engine import model_forward
+    from app.diffusion import cpu_forward
 
-    original = model_forward.logits_at
+    original = cpu_forward.logits_at
 
     def slow_logits_at(model, x, query, attention_mask=None):  # type: ignore[no-untyped-def]
         time.sleep(delay_s)
         return original(model, x, query, attention_mask)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model_forward, "logits_at", slow_logits_at)
+        patch.setattr(cpu_forward, "logits_at", slow_logits_at)
         yield

@@ -15,7 +15,7 @@ from httpx_sse import aconnect_sse
 
 import app.api.jobs as jobs_module
 import app.api.runtime as runtime_module
-import app.engine.model_forward as model_forward
+import app.diffusion.cpu_forward as cpu_forward
 from app.api import create_app
 from app.api.schemas import ErrorEvent
 from app.api.serving import FAILURE_STATUS
@@ -226,12 +226,12 @@ async def test_queue_full_is_429_with_retry_after(tiny_checkpoint_dir, monkeypat
 
     def held_logits_at(model, x, query, attention_mask=None):
         release.wait(10)
-        return model_forward.logits_at.__wrapped_original__(model, x, query, attention_mask)
+        return cpu_forward.logits_at.__wrapped_original__(model, x, query, attention_mask)
 
-    held_logits_at.__wrapped_original__ = model_forward.logits_at  # type: ignore[attr-defined]
+    held_logits_at.__wrapped_original__ = cpu_forward.logits_at  # type: ignore[attr-defined]
     service = Service(settings_for(tiny_checkpoint_dir, max_batch=1, max_queue=1, retry_after=3))
     release.set()  # let the warm-up through
-    monkeypatch.setattr(model_forward, "logits_at", held_logits_at)
+    monkeypatch.setattr(cpu_forward, "logits_at", held_logits_at)
     async with service as client:
         release.clear()
         request = {"length": 16, "steps": 2, "remasking": "low_confidence"}

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-import app.engine.model_forward as model_forward
+import app.diffusion.cpu_forward as cpu_forward
 from app.api.errors import MAX_ERRORS, echo, validation_details
 from app.api.limits import DRAIN_BYTES
 from app.diffusion.text import MASK_PLACEHOLDER, prompt_ids
@@ -147,14 +147,14 @@ async def test_requests_over_the_cost_cap_are_422_naming_it(tiny_checkpoint_dir)
 
 async def test_work_that_cannot_finish_in_time_is_refused_up_front(tiny_checkpoint_dir, monkeypatch):
     release = threading.Event()
-    original = model_forward.logits_at
+    original = cpu_forward.logits_at
 
     def held_logits_at(model, x, query, attention_mask=None):
         release.wait(10)
         return original(model, x, query, attention_mask)
 
     release.set()  # let the warm-up through
-    monkeypatch.setattr(model_forward, "logits_at", held_logits_at)
+    monkeypatch.setattr(cpu_forward, "logits_at", held_logits_at)
     service = Service(settings_for(tiny_checkpoint_dir, max_batch=1, timeout=5, retry_after=2, admission_margin=1.0))
     async with service as client:
         service.engine.forward_cost = ForwardCost(per_pass_s=0.5, per_position_s=0.0)  # a slow device

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-import app.engine.model_forward as model_forward
+import app.diffusion.cpu_forward as cpu_forward
 from app.config import Settings
 from app.serve_cli import serve
 from tests.conftest import free_port, running_server
@@ -153,14 +153,14 @@ class EngineKiller(BaseException):
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_dead_engine_fails_ready_and_the_process_exits_1(tiny_checkpoint_dir, monkeypatch, anyio_backend):
     armed = threading.Event()
-    original = model_forward.logits_at
+    original = cpu_forward.logits_at
 
     def dying_logits_at(model, x, query, attention_mask=None):
         if armed.is_set():
             raise EngineKiller("the device fell off the bus")
         return original(model, x, query, attention_mask)
 
-    monkeypatch.setattr(model_forward, "logits_at", dying_logits_at)
+    monkeypatch.setattr(cpu_forward, "logits_at", dying_logits_at)
     port = free_port()
     settings = settings_for(tiny_checkpoint_dir, port=port, exit_on_engine_failure_after=1.0)
     server = asyncio.ensure_future(serve(settings))

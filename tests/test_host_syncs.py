@@ -51,7 +51,12 @@ def test_the_counter_counts_what_would_block_and_not_host_work():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: " ".join(c.label.split()))
 def test_one_host_copy_per_advance(ckpt, words, config: Config):
     events = syncs_per_advance(
-        CheckpointForward(ckpt), config, words, ckpt.mask_id, ckpt.tokenizer.pad_token_id, end_token_ids(ckpt.tokenizer)
+        CheckpointForward(ckpt, cpu_backend="eager"),
+        config,
+        words,
+        ckpt.mask_id,
+        ckpt.tokenizer.pad_token_id,
+        end_token_ids(ckpt.tokenizer),
     )
     assert [[op for op, _ in iteration] for iteration in events] == [["cpu"]] * config.settings.steps, events
 
@@ -61,7 +66,7 @@ def test_one_host_copy_per_advance_in_a_batch_of_everything(ckpt, words, cost):
     """Rows of many grid configs and of every token choice (greedy, plain, top-k) share one batch, rows
     join between iterations and finished ones leave, the forward runs as one pass or one per length:
     still one copy per iteration."""
-    forward = CheckpointForward(ckpt)
+    forward = CheckpointForward(ckpt, cpu_backend="eager")  # the PyTorch path a GPU runs; ONNX Runtime reads numpy
     choices = [{"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 0.7, "top_k": 5}]
     batch = new_batch(ckpt)
     batch.cost = cost

@@ -129,6 +129,7 @@ class ModelRuntime:
                 max_batch=settings.max_batch,
                 max_queue=settings.max_queue,
                 compile=settings.compile,
+                cpu_backend=settings.cpu_backend,
                 on_failure=self._engine_died,
             )
             engine.start()

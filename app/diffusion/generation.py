@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.diffusion.canvas import Canvas
 from app.diffusion.checkpoint import Checkpoint
-from app.diffusion.logits import logits_at
+from app.diffusion.cpu_forward import QueriedForward, select_forward
 from app.diffusion.sampler_settings import SamplerSettings
 from app.diffusion.sampling import Pinned, SamplerRows, Step, denoise, fixed_until, initial_tokens
 from app.diffusion.story_length import EndTokens
@@ -28,6 +28,7 @@ def sample(
     length: int,
     prefixes: Sequence[Sequence[int]] | None = None,
     pinned: Sequence[Pinned] | None = None,
+    forward: QueriedForward | None = None,
 ) -> Iterator[tuple[int, Step]]:
     """Denoise one sequence per seed in one batch, as the server's engine does, yielding (steps done,
     step) after every step.
@@ -40,6 +41,8 @@ def sample(
         length: tokens per sequence, prefix included.
         prefixes: fixed leading token ids per sequence (prompts); None: all masked.
         pinned: (position, token) pairs fixed per sequence besides its prefix (an ending, blanks' neighbours).
+        forward: how the model runs (`cpu_forward.select_forward`); None: PyTorch's eager forward, as
+            for a model in training, whose weights change between calls.
     """
     device = next(model.parameters()).device
     mask_id = int(tokenizer.mask_token_id)
@@ -49,7 +52,8 @@ def sample(
     fixed = [fixed_until(p, q) for p, q in zip(prefixes, pinned, strict=True)]
     rows = SamplerRows.build([settings] * len(seeds), seeds, device, fixed)
     ends = story_ends(tokenizer, device)
-    for index, step in denoise(lambda x_t, query: logits_at(model, x_t, query), x, rows, mask_id, ends):
+    forward = forward or select_forward(model, "eager")
+    for index, step in denoise(lambda x_t, query: forward(x_t, query), x, rows, mask_id, ends):
         yield int(index[0]), step
 
 
@@ -61,15 +65,25 @@ def story_ends(tokenizer: PreTrainedTokenizerBase, device: torch.device | str = 
 
 
 def story_steps(
-    ckpt: Checkpoint, settings: SamplerSettings, seed: int, prompt: str | None = None, length: int | None = None
+    ckpt: Checkpoint,
+    settings: SamplerSettings,
+    seed: int,
+    prompt: str | None = None,
+    length: int | None = None,
+    forward: QueriedForward | None = None,
 ) -> Iterator[tuple[int, Step]]:
-    """One story of `length` tokens (the checkpoint's default if None) after `prompt`, step by step."""
+    """One story of `length` tokens (the checkpoint's default if None) after `prompt`, step by step;
+    `forward` as in `sample`."""
     length = ckpt.config.length_for(length or None)
     if length > ckpt.max_positions:
         raise ValueError(f"length {length} is above the model's {ckpt.max_positions} positions")
-    yield from sample(ckpt.model, ckpt.tokenizer, settings, [seed], length, [prompt_ids(ckpt.tokenizer, prompt)])
+    prefix = [prompt_ids(ckpt.tokenizer, prompt)]
+    yield from sample(ckpt.model, ckpt.tokenizer, settings, [seed], length, prefix, forward=forward)
 
 
-def canvas_steps(ckpt: Checkpoint, settings: SamplerSettings, seed: int, canvas: Canvas) -> Iterator[tuple[int, Step]]:
+def canvas_steps(
+    ckpt: Checkpoint, settings: SamplerSettings, seed: int, canvas: Canvas, forward: QueriedForward | None = None
+) -> Iterator[tuple[int, Step]]:
     """One story written around the fixed text of `canvas` (`app.diffusion.canvas`), step by step."""
-    yield from sample(ckpt.model, ckpt.tokenizer, settings, [seed], canvas.length, [canvas.prefix], [canvas.pinned])
+    prefix, pinned = [canvas.prefix], [canvas.pinned]
+    yield from sample(ckpt.model, ckpt.tokenizer, settings, [seed], canvas.length, prefix, pinned, forward)

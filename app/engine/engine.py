@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from app.diffusion.checkpoint import Checkpoint
+from app.diffusion.cpu_backend import CpuBackend
 from app.diffusion.sampler_settings import Remasking, SamplerSettings
 from app.diffusion.sampling import diffusion_time
 from app.diffusion.text import end_token_ids
@@ -110,12 +111,13 @@ class Engine:
         max_queue: int = 64,
         compile: bool | None = None,
         on_failure: Callable[[str], None] | None = None,
+        cpu_backend: CpuBackend = "auto",
     ) -> Engine:
-        """An engine (not started) that serves `checkpoint`'s model on its device; `compile` as in
-        `CheckpointForward` (None: CUDA graphs on GPUs, eager on CPUs)."""
+        """An engine (not started) that serves `checkpoint`'s model on its device; `compile` and
+        `cpu_backend` as in `CheckpointForward` (None: CUDA graphs on GPUs; on CPUs the backend)."""
         pad = checkpoint.tokenizer.pad_token_id
         return cls(
-            CheckpointForward(checkpoint, compile, max_rows=max_batch),
+            CheckpointForward(checkpoint, compile, cpu_backend, max_rows=max_batch),
             mask_id=checkpoint.mask_id,
             pad_id=checkpoint.mask_id if pad is None else int(pad),
             device=checkpoint.device,

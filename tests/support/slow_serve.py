@@ -10,18 +10,18 @@ import sys
 import time
 
 from app.cli import main
-from app.engine import model_forward
+from app.diffusion import cpu_forward
 from app.engine.batch import RunningBatch
 
 
 def slow_down(delay_s: float) -> None:
-    original = model_forward.logits_at
+    original = cpu_forward.logits_at  # the eager forward, which test servers run (tests/conftest.py)
 
     def slow_logits_at(model, x, query, attention_mask=None):  # type: ignore[no-untyped-def]
         time.sleep(delay_s)
         return original(model, x, query, attention_mask)
 
-    model_forward.logits_at = slow_logits_at
+    cpu_forward.logits_at = slow_logits_at
 
 
 def slow_steps(delay_s: float) -> None:

@@ -1,0 +1,35 @@
+"""The names of the CPU forwards (`--cpu-backend`), import-light so that settings and `--help` need no torch.
+
+`auto` is the measured default on a CPU (docs/benchmarks.md, `benchmarks/cpu_speed.py`); any other
+device runs the PyTorch forward whatever this says, so the GPU path does not change.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+CpuBackend = Literal["auto", "eager", "onnx", "onnx-int8"]
+"""eager: PyTorch fp32; onnx: ONNX Runtime over the exported encoder, fp32 (the same logits up to float
+rounding); onnx-int8: the same graph with int8 weights (ONNX Runtime's dynamic quantization); auto: AUTO."""
+
+AUTO: CpuBackend = "onnx"
+"""What `auto` runs on a CPU when ONNX Runtime is installed (without it: eager, with a warning)."""
+
+CPU_BACKENDS: tuple[str, ...] = get_args(CpuBackend)
+
+EXTRA_HINT = "pip install 'storydiff[cpu]'"
+
+CPU_BACKEND_HELP = (
+    "How a CPU runs the model: eager (PyTorch fp32), onnx (ONNX Runtime fp32, same stories), onnx-int8 "
+    f"(int8 weights, faster, approximate) or auto ({AUTO} when ONNX Runtime is installed: {EXTRA_HINT}). "
+    "The ONNX graph is prepared on the first start and cached. GPUs always run PyTorch."
+)
+
+
+class MissingExtra(ImportError):
+    """A CPU backend was asked for whose optional dependency is not installed; the message says how to add it."""
+
+
+def missing_extra(backend: str, module: str) -> MissingExtra:
+    """The one-line error for `backend` without `module`."""
+    return MissingExtra(f"--cpu-backend {backend} needs {module}, which is not installed: {EXTRA_HINT}")

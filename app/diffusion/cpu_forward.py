@@ -1,0 +1,100 @@
+"""The one place that picks how the model runs a forward: the engine, `storydiff generate`, evaluation
+and the benchmarks all take their forward from `select_forward`.
+
+On a CPU an eager PyTorch pass of this small model is bound by its matrix multiplications, which ONNX
+Runtime's kernels run about twice as fast in fp32 and faster again with int8 weights (the measurements
+are in docs/benchmarks.md). The encoder runs in ONNX Runtime; the vocabulary head stays in PyTorch at
+the queried positions only, as in `logits.py`. Any other device, and any model family without a known
+head, runs the PyTorch forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from transformers import PreTrainedModel
+
+from app.diffusion.cpu_backend import AUTO, EXTRA_HINT, CpuBackend
+from app.diffusion.logits import HEADS, at_query, logits_at
+from app.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+class QueriedForward(Protocol):
+    """(x (B, L), query, attention_mask (B, L) or None) -> float32 logits (N, V) at the queried positions,
+    row-major (`logits.at_query`); `name` says which path runs (GET /info)."""
+
+    name: str
+
+    def __call__(
+        self, x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
+class EagerForward:
+    """PyTorch's own forward (`logits_at`), on any device."""
+
+    def __init__(self, model: PreTrainedModel, name: str = "eager") -> None:
+        self.model, self.name = model, name
+
+    def __call__(
+        self, x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return logits_at(self.model, x, query, attention_mask)
+
+
+class OnnxForward:
+    """The encoder in ONNX Runtime from a prepared graph, the head in PyTorch at the queried positions."""
+
+    def __init__(self, model: PreTrainedModel, graph: Path, name: str, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False  # no arena kept between passes: less resident memory
+        # Between passes the sampler runs in PyTorch on the same cores: idle workers must not spin.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self.model, self.name = model, name
+        self.head = HEADS[model.config.model_type]
+
+    @torch.inference_mode()
+    def __call__(
+        self, x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mask = torch.ones_like(x) if attention_mask is None else attention_mask.to(torch.long)  # (B, L)
+        (hidden,) = self.session.run(None, {"input_ids": x.numpy(), "attention_mask": mask.numpy()})  # (B, L, D)
+        states = torch.from_numpy(hidden).to(self.model.dtype)  # the graph is fp32; the head runs in the model's dtype
+        return self.head(self.model, at_query(states, query)).float()  # (N, V)
+
+
+def resolve(backend: CpuBackend) -> CpuBackend:
+    """`auto` as the backend it stands for here: AUTO when ONNX Runtime is installed, else eager."""
+    if backend != "auto":
+        return backend
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        log.warning("--cpu-backend auto: onnxruntime is not installed, so the CPU runs eagerly (%s)", EXTRA_HINT)
+        return "eager"
+    return AUTO
+
+
+def select_forward(model: PreTrainedModel, backend: CpuBackend = "auto", cache: Path | None = None) -> QueriedForward:
+    """The forward for `model` under `backend`: PyTorch's on every device but the CPU, else the backend's,
+    its graph prepared now (and cached under `cache`, default `paths.cache_dir()`) if needed. Raises
+    MissingExtra when an explicitly named backend's library is missing."""
+    if next(model.parameters()).device.type != "cpu" or model.config.model_type not in HEADS:
+        return EagerForward(model)
+    chosen = resolve(backend)
+    if chosen == "eager":
+        return EagerForward(model)
+    from app.diffusion.onnx_graph import prepared_graph  # imports onnxruntime: only where it runs
+
+    graph = prepared_graph(model, chosen, cache or cache_dir())
+    return OnnxForward(model, graph, f"{chosen} (onnxruntime)")
