@@ -84,11 +84,32 @@ SHIPPED_DEFAULT = "random T=128 length-first"
 this grid: the plot draws the `fast` target against it."""
 
 GRID_BASE: dict[str, Any] = {"remasking": "random", "steps": 128, "endings": "calibrated", "temperature": 0.8,
-                             "top_p": 0.9, "top_k": None, "block_length": None}  # fmt: skip
+                             "top_p": 0.9, "top_k": None, "block_length": None, "revision": 0.0}  # fmt: skip
 """Every grid row's settings but those it names: fixed here, so a grid re-run after the checkpoint's
 defaults change still measures what its labels say."""
 
-GRIDS = {"quality": QUALITY_GRID}
+SHIPPED_FIELDS: dict[str, Any] = {"endings": "length_first"}
+"""The shipped default's fields over `GRID_BASE` (random, 128 steps, temperature 0.8, top-p 0.9)."""
+
+REVISION_SWEEP: list[tuple[str, dict[str, Any]]] = [
+    (f"random T=128 length-first revision {eta}", SHIPPED_FIELDS | {"revision": eta})
+    for eta in (0.0, 0.005, 0.01, 0.02, 0.04)
+]
+"""Revision sampling's η at the shipped default's 128 steps: a small sweep (on few stories) that picks
+`REVISION_ETA` for `REVISION_GRID`."""
+
+REVISION_ETA = 0.01
+"""The η that `REVISION_SWEEP` chose (docs/story-quality.md, "Revision sampling")."""
+
+REVISION_GRID: list[tuple[str, dict[str, Any]]] = [
+    (f"random T={steps} length-first{label}", SHIPPED_FIELDS | {"steps": steps, "revision": eta})
+    for label, eta in (("", 0.0), (f" revision {REVISION_ETA}", REVISION_ETA))
+    for steps in (128, 256, 512)
+]
+"""The shipped default at 128, 256 and 512 steps, without and then with revision sampling: does
+spending more steps on revisions buy a better story than spending them on smaller reveals?"""
+
+GRIDS = {"quality": QUALITY_GRID, "revision-sweep": REVISION_SWEEP, "revision": REVISION_GRID}
 
 
 def held_out_stories(path: Path = HELD_OUT) -> list[str]:
@@ -323,7 +344,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--presets", action="store_true", help="the checkpoint's default and presets, not a grid")
     parser.add_argument(
-        "--grid", choices=sorted(GRIDS), default="quality", help="the settings to measure (QUALITY_GRID)"
+        "--grid",
+        choices=sorted(GRIDS),
+        default="quality",
+        help="the settings to measure: quality (QUALITY_GRID), revision-sweep (REVISION_SWEEP: η at 128 steps), "
+        "revision (REVISION_GRID: 128/256/512 steps without and with revision sampling)",
     )
     parser.add_argument("--only", default=None, help="measure only the settings whose label contains this")
     parser.add_argument("--json", default=None, help="also write the rows to this file")

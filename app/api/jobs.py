@@ -97,7 +97,8 @@ def build_job(body: GenerateRequest, checkpoint: Checkpoint, stream_every: int |
 
 
 def step_delta(update: StepUpdate, checkpoint: Checkpoint) -> StepDelta:
-    """What an update revealed: each position's token, as the tokenizer spells it, and its probability."""
+    """What an update revealed: each position's token, as the tokenizer spells it, and its probability,
+    and the positions it returned to the mask (revision sampling)."""
     pieces = checkpoint.tokenizer.convert_ids_to_tokens([reveal.id for reveal in update.changed])
     return StepDelta(
         step=update.step,
@@ -108,6 +109,7 @@ def step_delta(update: StepUpdate, checkpoint: Checkpoint) -> StepDelta:
             Revealed(pos=reveal.pos, id=reveal.id, text=piece, p=reveal.p)
             for reveal, piece in zip(update.changed, pieces, strict=True)
         ],
+        remasked=list(update.remasked),
     )
 
 

@@ -10,9 +10,11 @@ instead; access logs see the id in resume URLs, where it is worthless once the s
   nobody resumes it by then it is cancelled and leaves the batch, as an abandoned stream did at once
   before. A finished stream keeps its outcome `resume_grace` seconds after the end. With
   `resume_grace = 0` a client that leaves cancels its request at once and nothing can be resumed.
-- Memory: a stream keeps its latest draft and every reveal so far, O(length), never past events
-  (a reveal is made once per position). Readers coalesce as `UpdateChannel` does: a reader is a
-  cursor into the reveals, and each event carries every reveal since the reader's previous one.
+- Memory: a stream keeps its latest draft and every change so far, never past events: O(length)
+  (a reveal is made once per position), more with revision sampling, where each word returned to
+  the mask and written again adds two. Readers coalesce as `UpdateChannel` does: a reader is a
+  cursor into the changes, and each event carries each position's latest change since the reader's
+  previous one (`net_changes`).
 - Event ids count a stream's events, 1, 2, 3, ..., across its connections (numbers, as before; the
   brief's `<stream-id>:<n>` would repeat the secret in every event, and clients read them as numbers).
 - Resuming: the first event of a resumed connection brings the client up to date in one `step`
@@ -36,7 +38,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.api.request_log import log_generation
-from app.engine import Engine, Failed, Outcome, RequestHandle, Reveal, StepUpdate, Update
+from app.engine import Change, Engine, Failed, Outcome, RequestHandle, StepUpdate, Update, net_changes
 from app.engine.request import Publish
 
 if TYPE_CHECKING:
@@ -74,9 +76,9 @@ class StreamReader:
         while not self._ended and stream.reader is self and not stream.cancelled:
             latest = stream.latest
             if latest is not None and latest.step > self._step:
-                changed = tuple(stream.reveals[self._revealed :])
-                self._step, self._revealed = latest.step, len(stream.reveals)
-                update = StepUpdate(latest.step, latest.num_steps, latest.t, latest.ids, changed)
+                changed, remasked = net_changes(stream.changes[self._revealed :])
+                self._step, self._revealed = latest.step, len(stream.changes)
+                update = StepUpdate(latest.step, latest.num_steps, latest.t, latest.ids, changed, remasked)
                 return stream.sent(self._step, self._revealed), update
             if stream.outcome is not None:
                 self._ended = True
@@ -95,8 +97,8 @@ class ResumableStream:
     def __init__(self, job: Job, submit: Callable[[Publish], RequestHandle], registry: StreamRegistry) -> None:
         self.id = secrets.token_urlsafe(STREAM_ID_BYTES)
         self.job = job
-        self.latest: StepUpdate | None = None  # its step, t and ids; `changed` is in `reveals`
-        self.reveals: list[Reveal] = []
+        self.latest: StepUpdate | None = None  # its step, t and ids; its changes are in `changes`
+        self.changes: list[Change] = []  # every reveal and remask so far, in order
         self.outcome: Outcome | None = None
         self.cancelled = False
         self.reader: StreamReader | None = None
@@ -116,7 +118,7 @@ class ResumableStream:
         if self.outcome is not None:
             return  # the request already ended; later updates are stale
         if isinstance(update, StepUpdate):
-            self.reveals += update.changed
+            self.changes += update.changes
             self.latest = update
         else:
             self.outcome = update

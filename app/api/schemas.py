@@ -192,6 +192,11 @@ class StepDelta(BaseModel):
     t: float = Field(description="Diffusion time after this step: 1 - step / steps.")
     masked: int = Field(description="Positions still masked.")
     changed: list[Revealed] = Field(description="Everything revealed since the previous event sent.")
+    remasked: list[int] = Field(
+        default_factory=list,
+        description="Positions returned to the mask since the previous event sent (revision sampling), none of "
+        "them in `changed`: each position appears with its latest change only.",
+    )
 
 
 class StepEvent(StepDelta):
