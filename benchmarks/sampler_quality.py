@@ -355,7 +355,19 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep --json's rows and measure only the others")
     parser.add_argument("--table", default=None, help="also write the rows as a markdown table to this file")
     parser.add_argument("--plot", default=None, help="also plot quality against forwards to this PNG")
-    parser.add_argument("--render", default=None, help="measure nothing: write --table and --plot from this JSON")
+    parser.add_argument(
+        "--render",
+        nargs="+",
+        default=None,
+        help="measure nothing: write --table and --plot from this JSON (several: their rows in order, after the "
+        "first one's reference row, which every file must share)",
+    )
+    parser.add_argument(
+        "--reference-from",
+        default=None,
+        help="take the reference row from this JSON (a run on the same --held-out stories) instead of scoring "
+        "them again: for runs of other settings in parallel, rendered together with --render",
+    )
     parser.add_argument(
         "--rescore",
         default=None,
@@ -363,12 +375,11 @@ def main() -> None:
         "--held-out) and write it back, with --table and --plot",
     )
     args = parser.parse_args()
-    for given in (args.render, args.rescore):
+    for given in (*(args.render or ()), args.rescore, args.reference_from):
         if given and not Path(given).is_file():
             parser.error(f"no such JSON file: {given}")
     if args.render:
-        rows = json.loads(Path(args.render).read_text())
-        write_outputs(rows, args.table, args.plot)
+        write_outputs(joined([json.loads(Path(path).read_text()) for path in args.render]), args.table, args.plot)
         return
     torch.set_num_threads(args.threads)
     if args.rescore:
@@ -380,6 +391,8 @@ def main() -> None:
     judges = (judge, load_ar_judge(args.ar_judge))
     if args.resume and args.json and Path(args.json).exists():
         rows = json.loads(Path(args.json).read_text())
+    elif args.reference_from:
+        rows = json.loads(Path(args.reference_from).read_text())[:1]
     else:
         held_out = as_written(ckpt, held_out_stories(args.held_out)[: args.held_out_count])
         label = f"held-out stories ({len(held_out)}, {args.held_out.name})"
@@ -411,6 +424,15 @@ def rescored(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[
     ppl = [surprise(ar_judge, t).perplexity for t in texts]
     judged = [row | {"ar_ppl": p, "ar_judge": ar_judge.info.get("digest")} for row, p in zip(rows, ppl, strict=True)]
     return [against_held_out(row, judged[0]) for row in judged]
+
+
+def joined(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of several runs as one: the first run's reference row, then every run's settings rows."""
+    reference = runs[0][0]
+    for run in runs[1:]:
+        if run[0] != reference:
+            raise SystemExit(f"the runs were measured against different references: {run[0]['label']}")
+    return [reference, *(row for run in runs for row in run[1:])]
 
 
 def write_outputs(rows: list[dict[str, Any]], table: str | None, plot_path: str | None) -> None:

@@ -8,11 +8,11 @@ import { SequenceView } from "./view.js";
 /** The request fields, in the order the form shows them and URLs list them. */
 export const FIELDS = [
   "prompt", "ending", "edit", "preset", "length", "steps", "remasking", "endings", "temperature", "top_k", "top_p",
-  "block_length", "confidence_threshold", "entropy_budget", "seed", "stream_every",
+  "block_length", "confidence_threshold", "entropy_budget", "revision", "seed", "stream_every",
 ];
 const NUMERIC = new Set([
   "length", "steps", "temperature", "top_k", "top_p", "block_length", "confidence_threshold", "entropy_budget",
-  "stream_every",
+  "revision", "stream_every",
 ]);
 // blank means "no limit" (or "no blocks"): sent as null, where absent would mean the default
 const NULL_MEANS_NO_LIMIT = new Set(["top_k", "top_p", "block_length"]);
@@ -129,6 +129,7 @@ export class Panel {
     blocks.value = d.block_length == null ? "" : String(d.block_length);
     this.inputs.confidence_threshold.value = String(d.confidence_threshold);
     this.inputs.entropy_budget.value = String(d.entropy_budget);
+    this.inputs.revision.value = String(d.revision ?? 0);
     this.showRuleFields();
   }
 
@@ -378,7 +379,7 @@ export class Panel {
     this.frame = 0;
     if (!this.pending.length) return;
     this.view.settle();
-    for (const event of this.pending) this.view.reveal(event.changed);
+    for (const event of this.pending) this.view.apply(event);
     this.showStats(this.pending[this.pending.length - 1]);
     this.pending = [];
   }
