@@ -192,3 +192,17 @@ async def test_info_metrics_and_answers_name_the_model_without_its_path(client, 
     metrics = (await client.get("/metrics")).text
     assert info["model"] == story["model"] == tiny_checkpoint_dir.name
     assert str(tiny_checkpoint_dir.parent) not in json.dumps(info) + metrics
+
+
+def test_a_revising_request_is_estimated_at_one_forward_a_step():
+    """Revision sampling writes words again, so a story may take more forwards than it has positions."""
+    from types import SimpleNamespace
+
+    from app.api.admission import estimate_s
+    from app.diffusion.sampler_settings import SamplerSettings
+    from app.engine import GenerationSpec
+
+    engine = SimpleNamespace(forward_cost=ForwardCost(per_pass_s=1.0, per_position_s=0.0), max_batch=4)
+    once, revising = (SamplerSettings(steps=40, revision=rate) for rate in (0.0, 0.1))
+    assert estimate_s(GenerationSpec((1,), 17, once, seed=0), engine, 0) == 16.0  # a forward per written token
+    assert estimate_s(GenerationSpec((1,), 17, revising, seed=0), engine, 0) == 40.0

@@ -8,6 +8,7 @@ A request's duration is estimated from the forward cost the engine measured at w
     rows     = min(admitted + 1, max_batch)      the batch it will share, itself included
     waves    = ceil((admitted + 1) / max_batch)  queued work ahead runs first
     forwards = min(steps, length - prompt)       a step that reveals nothing skips the model
+                                                 (steps with `revision`: a word may be written again)
 
 with `admitted` the requests running or queued now, each taken to be like this one. Measured with the
 shipped model on 2 shared CPU cores (docs/operations.md): one default story 37-50 s estimated, 41 s
@@ -46,7 +47,8 @@ def estimate_s(spec: GenerationSpec, engine: Engine, admitted: int) -> float | N
         return None
     rows = min(admitted + 1, engine.max_batch)
     waves = math.ceil((admitted + 1) / engine.max_batch)
-    forwards = min(spec.sampler.steps, spec.length - len(spec.prefix))
+    writes = spec.length - len(spec.prefix) if spec.sampler.revision == 0 else spec.sampler.steps  # revisions rewrite
+    forwards = min(spec.sampler.steps, writes)
     return waves * forwards * cost.of(rows, spec.length)
 
 

@@ -37,8 +37,9 @@ STREAM_DESCRIPTION = (
 RESUME_DESCRIPTION = (
     "The stream of a `POST /generate` whose connection dropped, for `resume_grace` seconds after its "
     "client left or its story ended. The first event brings the client up to date: a `step` event "
-    "with only the reveals since `Last-Event-ID` when that is the stream's latest event, otherwise a "
-    "full frame (every reveal so far); then live steps and `done` or `error`, as in `POST /generate`. "
+    "with only the changes since `Last-Event-ID` when that is the stream's latest event, otherwise a "
+    "full frame (each position's latest reveal or remask so far); then live steps and `done` or `error`, "
+    "as in `POST /generate`. "
     "Event ids go on from the stream's previous connection. A new connection ends the previous one."
 )
 
