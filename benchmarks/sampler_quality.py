@@ -95,11 +95,13 @@ REVISION_SWEEP: list[tuple[str, dict[str, Any]]] = [
     (f"random T=128 length-first revision {eta}", SHIPPED_FIELDS | {"revision": eta})
     for eta in (0.0, 0.005, 0.01, 0.02, 0.04)
 ]
-"""Revision sampling's η at the shipped default's 128 steps: a small sweep (on few stories) that picks
-`REVISION_ETA` for `REVISION_GRID`."""
+"""Revision sampling's η at the shipped default's 128 steps: a small sweep (on few stories) of how the
+rate moves each judge and the word statistics."""
 
 REVISION_ETA = 0.01
-"""The η that `REVISION_SWEEP` chose (docs/story-quality.md, "Revision sampling")."""
+"""The η of `REVISION_GRID`'s revising rows: ReMDM's middle value, fixed when the grid had to start on a
+shared 2-core CPU, before `REVISION_SWEEP` ended; the sweep's rows are shown beside it
+(docs/story-quality.md, "Revision sampling")."""
 
 REVISION_GRID: list[tuple[str, dict[str, Any]]] = [
     (f"random T={steps} length-first{label}", SHIPPED_FIELDS | {"steps": steps, "revision": eta})
