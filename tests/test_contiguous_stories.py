@@ -114,7 +114,8 @@ def prone(tiny_checkpoint_dir):
 
 
 def mixed_specs(ckpt) -> list[GenerationSpec]:
-    """Every remasking x endings rule, blocks on and off, prompts and pinned words, lengths 20 to 38."""
+    """Every remasking x endings rule, blocks on and off, prompts and pinned words, lengths 20 to 38, every
+    other one revising."""
     specs = []
     for i, cfg in enumerate(EVERY_RULE):
         cfg = cfg.model_copy(update={"revision": 0.2 if i % 2 else 0.0})  # revising rows among the others
