@@ -84,11 +84,34 @@ SHIPPED_DEFAULT = "random T=128 length-first"
 this grid: the plot draws the `fast` target against it."""
 
 GRID_BASE: dict[str, Any] = {"remasking": "random", "steps": 128, "endings": "calibrated", "temperature": 0.8,
-                             "top_p": 0.9, "top_k": None, "block_length": None}  # fmt: skip
+                             "top_p": 0.9, "top_k": None, "block_length": None, "revision": 0.0}  # fmt: skip
 """Every grid row's settings but those it names: fixed here, so a grid re-run after the checkpoint's
 defaults change still measures what its labels say."""
 
-GRIDS = {"quality": QUALITY_GRID}
+SHIPPED_FIELDS: dict[str, Any] = {"endings": "length_first"}
+"""The shipped default's fields over `GRID_BASE` (random, 128 steps, temperature 0.8, top-p 0.9)."""
+
+REVISION_SWEEP: list[tuple[str, dict[str, Any]]] = [
+    (f"random T=128 length-first revision {eta}", SHIPPED_FIELDS | {"revision": eta})
+    for eta in (0.0, 0.005, 0.01, 0.02, 0.04)
+]
+"""Revision sampling's η at the shipped default's 128 steps: a small sweep (on few stories) of how the
+rate moves each judge and the word statistics."""
+
+REVISION_ETA = 0.01
+"""The η of `REVISION_GRID`'s revising rows: ReMDM's middle value, fixed when the grid had to start on a
+shared 2-core CPU, before `REVISION_SWEEP` ended; the sweep's rows are shown beside it
+(docs/story-quality.md, "Revision sampling")."""
+
+REVISION_GRID: list[tuple[str, dict[str, Any]]] = [
+    (f"random T={steps} length-first{label}", SHIPPED_FIELDS | {"steps": steps, "revision": eta})
+    for label, eta in (("", 0.0), (f" revision {REVISION_ETA}", REVISION_ETA))
+    for steps in (128, 256, 512)
+]
+"""The shipped default at 128, 256 and 512 steps, without and then with revision sampling: does
+spending more steps on revisions buy a better story than spending them on smaller reveals?"""
+
+GRIDS = {"quality": QUALITY_GRID, "revision-sweep": REVISION_SWEEP, "revision": REVISION_GRID}
 
 
 def held_out_stories(path: Path = HELD_OUT) -> list[str]:
@@ -323,14 +346,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--presets", action="store_true", help="the checkpoint's default and presets, not a grid")
     parser.add_argument(
-        "--grid", choices=sorted(GRIDS), default="quality", help="the settings to measure (QUALITY_GRID)"
+        "--grid",
+        choices=sorted(GRIDS),
+        default="quality",
+        help="the settings to measure: quality (QUALITY_GRID), revision-sweep (REVISION_SWEEP: η at 128 steps), "
+        "revision (REVISION_GRID: 128/256/512 steps without and with revision sampling)",
     )
     parser.add_argument("--only", default=None, help="measure only the settings whose label contains this")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--resume", action="store_true", help="keep --json's rows and measure only the others")
     parser.add_argument("--table", default=None, help="also write the rows as a markdown table to this file")
     parser.add_argument("--plot", default=None, help="also plot quality against forwards to this PNG")
-    parser.add_argument("--render", default=None, help="measure nothing: write --table and --plot from this JSON")
+    parser.add_argument(
+        "--render",
+        nargs="+",
+        default=None,
+        help="measure nothing: write --table and --plot from this JSON (several: their rows in order, after the "
+        "first one's reference row, which every file must share)",
+    )
+    parser.add_argument(
+        "--reference-from",
+        default=None,
+        help="take the reference row from this JSON (a run on the same --held-out stories) instead of scoring "
+        "them again: for runs of other settings in parallel, rendered together with --render",
+    )
     parser.add_argument(
         "--rescore",
         default=None,
@@ -338,12 +377,11 @@ def main() -> None:
         "--held-out) and write it back, with --table and --plot",
     )
     args = parser.parse_args()
-    for given in (args.render, args.rescore):
+    for given in (*(args.render or ()), args.rescore, args.reference_from):
         if given and not Path(given).is_file():
             parser.error(f"no such JSON file: {given}")
     if args.render:
-        rows = json.loads(Path(args.render).read_text())
-        write_outputs(rows, args.table, args.plot)
+        write_outputs(joined([json.loads(Path(path).read_text()) for path in args.render]), args.table, args.plot)
         return
     torch.set_num_threads(args.threads)
     if args.rescore:
@@ -355,6 +393,8 @@ def main() -> None:
     judges = (judge, load_ar_judge(args.ar_judge))
     if args.resume and args.json and Path(args.json).exists():
         rows = json.loads(Path(args.json).read_text())
+    elif args.reference_from:
+        rows = json.loads(Path(args.reference_from).read_text())[:1]
     else:
         held_out = as_written(ckpt, held_out_stories(args.held_out)[: args.held_out_count])
         label = f"held-out stories ({len(held_out)}, {args.held_out.name})"
@@ -386,6 +426,15 @@ def rescored(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[
     ppl = [surprise(ar_judge, t).perplexity for t in texts]
     judged = [row | {"ar_ppl": p, "ar_judge": ar_judge.info.get("digest")} for row, p in zip(rows, ppl, strict=True)]
     return [against_held_out(row, judged[0]) for row in judged]
+
+
+def joined(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of several runs as one: the first run's reference row, then every run's settings rows."""
+    reference = runs[0][0]
+    for run in runs[1:]:
+        if run[0] != reference:
+            raise SystemExit(f"the runs were measured against different references: {run[0]['label']}")
+    return [reference, *(row for run in runs for row in run[1:])]
 
 
 def write_outputs(rows: list[dict[str, Any]], table: str | None, plot_path: str | None) -> None:

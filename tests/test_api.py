@@ -208,6 +208,7 @@ async def test_info_and_openapi(client):
         "entropy_budget": 1.0,
         "guard_endings": False,
         "endings": "sampled",
+        "revision": 0.0,
     }
     assert info["engine"]["forward_calls"] >= 1 and info["version"]
     schema = (await client.get("/openapi.json")).json()

@@ -35,10 +35,13 @@ EVERY_RULE = [
     for (remasking, extra), endings, blocks in itertools.product(RULES.items(), Endings, (None, 4))
     if not (remasking is Remasking.RANDOM and blocks)  # random remasking ranks nothing to put in blocks
 ]
+REVISING = [cfg.model_copy(update={"revision": 0.3}) for cfg in EVERY_RULE]
+"""Every rule with revision sampling, its rate high enough that 8 steps remask words."""
 
 
 def label(cfg: SamplerSettings) -> str:
-    return f"{cfg.remasking.value}-{cfg.endings.value}-blocks{cfg.block_length or 0}"
+    revising = f"-revision{cfg.revision}" if cfg.revision else ""
+    return f"{cfg.remasking.value}-{cfg.endings.value}-blocks{cfg.block_length or 0}{revising}"
 
 
 def assert_contiguous(x: torch.Tensor, end_ids: torch.Tensor, mask_id: int) -> None:
@@ -55,24 +58,29 @@ def end_likely_logits(length: int, p_end: float = 0.35) -> torch.Tensor:
     return logits
 
 
-@pytest.mark.parametrize("cfg", EVERY_RULE, ids=label)
+@pytest.mark.parametrize("cfg", EVERY_RULE + REVISING, ids=label)
 def test_no_word_or_mask_follows_an_end_token_at_any_step(cfg):
     """With a prompt and a pinned word in the middle, over 24 seeds: a revealed end token ends the story
     at once (the masks after it become PAD), no end token is written before a word, and the pinned word
-    keeps the story from ending before it."""
+    keeps the story from ending before it. With revision sampling, only written words return to the
+    mask (never the prompt, the pinned word nor an end token), and none is left masked at the end."""
     length, pinned = 20, ((9, WORD + 1),)
     x = torch.stack([initial_tokens([WORD + 2, WORD + 2], length, MASK, pinned=pinned)] * 24)
     rows = SamplerRows.build([cfg] * 24, list(range(24)))
-    saw_an_early_end = False
+    saw_an_early_end, remasked = False, 0
     for _, step in denoise(fixed_model(end_likely_logits(length)), x, rows, MASK, ENDS):
         assert_contiguous(torch.where(step.x == MASK, WORD, step.x), ENDS.ids, MASK)  # masks count as words
         assert (step.x[:, 9] == WORD + 1).all() and (step.x[:, :2] == WORD + 2).all()
+        assert not (torch.isin(x, ENDS.ids) & (step.x != x)).any()  # an end token, once written, stays
+        assert ((x != MASK) & (step.x == MASK) == step.remasked).all()
         saw_an_early_end |= bool((step.x[:, 10:-1] == PAD).any())
-        last = step
+        remasked += int(step.remasked.sum())
+        x, last = step.x, step
     assert not (last.x == MASK).any()
     assert_contiguous(last.x, ENDS.ids, MASK)
     assert saw_an_early_end  # the end probability really fired mid-story
     assert (last.x[:, 2:10] != PAD).all()  # before the pinned word: words only
+    assert (remasked > 0) == (cfg.revision > 0)  # revisions really happened (and only when asked for)
 
 
 def test_the_tail_after_an_end_is_revealed_in_the_same_step_with_probability_one():
@@ -106,9 +114,11 @@ def prone(tiny_checkpoint_dir):
 
 
 def mixed_specs(ckpt) -> list[GenerationSpec]:
-    """Every remasking x endings rule, blocks on and off, prompts and pinned words, lengths 20 to 38."""
+    """Every remasking x endings rule, blocks on and off, prompts and pinned words, lengths 20 to 38, every
+    other one revising."""
     specs = []
     for i, cfg in enumerate(EVERY_RULE):
+        cfg = cfg.model_copy(update={"revision": 0.2 if i % 2 else 0.0})  # revising rows among the others
         length = 20 + (i * 5) % 19
         prefix = (ckpt.tokenizer.cls_token_id, 1332 + i) if i % 2 else (ckpt.tokenizer.cls_token_id,)
         pinned = ((length // 2, 1235),) if i % 3 == 0 else ()
@@ -134,18 +144,20 @@ def test_every_rule_is_the_same_alone_and_anywhere_in_a_mixed_batch(prone):
     forward = run_engine(ckpt, model, specs)
     backward = run_engine(ckpt, model, specs[::-1])[::-1]
     end_ids = torch.tensor(sorted(end_token_ids(ckpt.tokenizer)))
-    ended_early = 0
+    ended_early = remasked = 0
     for spec, one, *batched in zip(specs, alone, forward, backward, strict=True):
         assert isinstance(one[0], Finished), spec
         ids = torch.tensor([one[0].ids])
         assert_contiguous(ids, end_ids, ckpt.mask_id)
         ended_early += bool(torch.isin(ids[0, len(spec.prefix) :], end_ids)[: spec.length // 2].any())
+        remasked += sum(len(u.remasked) for u in one[1])
         for together in batched:
             assert together[0].ids == one[0].ids, label(spec.sampler)
-            assert [(u.step, [(r.pos, r.id) for r in u.changed]) for u in together[1]] == [
-                (u.step, [(r.pos, r.id) for r in u.changed]) for u in one[1]
+            assert [(u.step, [(r.pos, r.id) for r in u.changed], u.remasked) for u in together[1]] == [
+                (u.step, [(r.pos, r.id) for r in u.changed], u.remasked) for u in one[1]
             ], label(spec.sampler)
     assert ended_early >= len(specs) // 4  # the end draws fired, so their batch-invariance was tested
+    assert remasked > 0  # so did the revision draws
 
 
 def test_sample_applies_the_endings_rules_like_the_engine(prone):

@@ -200,3 +200,19 @@ async def test_info_metrics_and_answers_name_the_model_without_its_path(client, 
     metrics = (await client.get("/metrics")).text
     assert info["model"] == story["model"] == tiny_checkpoint_dir.name
     assert str(tiny_checkpoint_dir.parent) not in json.dumps(info) + metrics
+
+
+def test_a_revising_request_is_estimated_at_one_forward_a_step():
+    """Revision sampling writes words again, so a story may take more forwards than it has positions."""
+    from app.diffusion.sampler_settings import SamplerSettings
+    from app.engine import GenerationSpec, RequestHandle
+    from app.engine.step_cost import Work
+
+    once, revising = (SamplerSettings(steps=40, revision=rate) for rate in (0.0, 0.1))
+
+    def forwards_left(settings: SamplerSettings) -> int:
+        handle = RequestHandle(GenerationSpec((1,), 17, settings, seed=0), lambda update: None, 0.0)
+        return Work.of(handle, steps_done=0, forwards_done=0, running=False).forwards_left
+
+    assert forwards_left(once) == 16  # a forward per written token
+    assert forwards_left(revising) == 40  # a forward every step

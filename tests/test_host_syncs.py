@@ -63,11 +63,11 @@ def test_one_host_copy_per_advance(ckpt, words, config: Config):
 
 @pytest.mark.parametrize("cost", [ONE_PASS, ForwardCost(per_pass_s=0.0, per_position_s=1.0)], ids=["one pass", "split"])
 def test_one_host_copy_per_advance_in_a_batch_of_everything(ckpt, words, cost):
-    """Rows of many grid configs and of every token choice (greedy, plain, top-k) share one batch, rows
-    join between iterations and finished ones leave, the forward runs as one pass or one per length:
-    still one copy per iteration."""
+    """Rows of many grid configs and of every token choice (greedy, plain, top-k), a third of them
+    revising, share one batch, rows join between iterations and finished ones leave, the forward runs
+    as one pass or one per length: still one copy per iteration."""
     forward = CheckpointForward(ckpt, cpu_backend="eager")  # the PyTorch path a GPU runs; ONNX Runtime reads numpy
-    choices = [{"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 0.7, "top_k": 5}]
+    choices = [{"temperature": 0.0}, {"temperature": 1.0, "revision": 0.3}, {"temperature": 0.7, "top_k": 5}]
     batch = new_batch(ckpt)
     batch.cost = cost
     configs = [

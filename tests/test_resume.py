@@ -53,10 +53,12 @@ def step(k: int) -> StepUpdate:
 
 
 async def published(handle: RequestHandle, *updates) -> None:
-    """Publish as the engine thread does, and let the loop take the updates in."""
+    """Publish as the engine thread does, and let the loop take the updates in: the channel's callback,
+    then the stream's recorder task."""
     for update in updates:
         handle.publish(update)
-    await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
 
 
 async def test_a_slow_reader_gets_every_reveal_in_one_event_then_the_outcome():
@@ -120,6 +122,29 @@ async def test_a_client_dropping_streams_finds_its_oldest_detached_one_first():
         reader.close()
     assert [s.handle for s in registry.detached("greedy")] == [engine.handles[1], engine.handles[0]]
     assert [s.handle for s in registry.detached("other")] == [engine.handles[3]]
+
+
+async def test_a_resume_after_revisions_gets_each_positions_latest_change():
+    """Revision sampling: position 0 is revealed, returned to the mask, written again; position 1 revealed
+    then remasked. A reader in sync gets only what changed since its event; a full frame gets each
+    position's latest change (the new token at 0, the mask at 1), never the stale reveals."""
+    engine, registry = FakeEngine(), StreamRegistry(GRACE_S)
+    first = registry.open(job(), engine, 60)
+    stream, handle = first.stream, engine.handles[0]
+    ids = (100, 101) + (0,) * (LENGTH - 2)
+    await published(handle, StepUpdate(1, LENGTH, 0.9, ids, (Reveal(0, 100, 0.5), Reveal(1, 101, 0.5))))
+    assert (await first.next())[0] == 1
+    first.close()
+    masked = (0,) * LENGTH
+    await published(handle, StepUpdate(2, LENGTH, 0.8, masked, (), (0, 1)))
+    await published(handle, StepUpdate(3, LENGTH, 0.7, (107, *masked[1:]), (Reveal(0, 107, 0.25),)))
+
+    in_sync = registry.get(stream.id).attach(last_event_id=1)
+    _, update = await in_sync.next()
+    assert update.changed == (Reveal(0, 107, 0.25),) and update.remasked == (1,)
+    full = registry.get(stream.id).attach(last_event_id=None)
+    _, update = await full.next()
+    assert update.changed == (Reveal(0, 107, 0.25),) and update.remasked == (1,)
 
 
 async def test_an_abandoned_stream_is_cancelled_after_the_grace_unless_resumed():

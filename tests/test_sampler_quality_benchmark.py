@@ -107,3 +107,49 @@ def test_the_grid_row_named_the_shipped_default_has_the_shipped_default_settings
     row = shipped.override(SamplerOverrides(**(sampler_quality.GRID_BASE | fields)))
     # block_length only orders the confidence-ranked rules; random remasking ignores it
     assert row.model_copy(update={"block_length": shipped.block_length}) == shipped
+
+
+def test_the_revision_grid_is_the_shipped_default_at_three_step_counts_without_and_with_revisions():
+    """docs/story-quality.md reads these rows as the shipped default with more steps and revisions."""
+    from app.diffusion.checkpoint import DEFAULT_MODEL_DIR
+    from app.diffusion.diffusion_config import DiffusionConfig
+    from app.diffusion.sampler_settings import SamplerOverrides
+
+    sampler_quality = load_benchmark()
+    shipped = DiffusionConfig.load(DEFAULT_MODEL_DIR / "diffusion_config.json").sampler_settings
+    rows = {
+        label: shipped.override(SamplerOverrides(**(sampler_quality.GRID_BASE | fields)))
+        for label, fields in sampler_quality.REVISION_GRID
+    }
+    assert sorted((row.steps, row.revision) for row in rows.values()) == [
+        (steps, eta) for steps in (128, 256, 512) for eta in (0.0, sampler_quality.REVISION_ETA)
+    ]
+    for row in rows.values():
+        unchanged = row.model_copy(update={"steps": shipped.steps, "revision": 0.0, "block_length": None})
+        assert unchanged == shipped.model_copy(update={"block_length": None})
+        assert row.revision == 0 or "revision" in next(label for label, r in rows.items() if r == row)
+
+
+def test_runs_measured_apart_render_as_one_table_against_their_shared_reference(
+    tiny_checkpoint_dir, tiny_judge_dir, tmp_path, monkeypatch
+):
+    """A second run takes the first's reference row (`--reference-from`) and `--render` joins the two."""
+    first = run(tiny_checkpoint_dir, tmp_path, monkeypatch, str(tiny_judge_dir))
+    model, second = str(tiny_checkpoint_dir), tmp_path / "second.json"
+    argv = ["sampler_quality", "--model", model, "--judge", model, "--ar-judge", str(tiny_judge_dir), "--stories", "2"]
+    argv += ["--only", "random T=64 temp 0.75 length-first", "--threads", "1", "--json", str(second)]
+    argv += ["--reference-from", str(tmp_path / "rows.json")]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_benchmark().main()
+    rows = json.loads(second.read_text())
+    assert rows[0] == first[0] and rows[1]["label"] == "random T=64 temp 0.75 length-first"
+    table = tmp_path / "both.md"
+    monkeypatch.setattr(sys, "argv", ["sampler_quality", "--render", str(tmp_path / "rows.json"), str(second),
+                                      "--table", str(table)])  # fmt: skip
+    load_benchmark().main()
+    lines = [line for line in table.read_text().splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {row['label']}" for row in [*first, rows[1]]]
+    (tmp_path / "other.json").write_text(json.dumps([first[0] | {"label": "other"}, rows[1]]))
+    monkeypatch.setattr(sys, "argv", ["sampler_quality", "--render", str(second), str(tmp_path / "other.json")])
+    with pytest.raises(SystemExit, match="different references"):
+        load_benchmark().main()

@@ -27,7 +27,8 @@ async def events(client, **fields) -> list[tuple[str, str]]:
 async def test_deltas_carry_the_reveals_alone_and_rebuild_the_story(client, cased_tokenizer):
     full, deltas = await events(client), await events(client, stream_format="deltas")
     steps = [json.loads(data) for name, data in deltas if name == "step"]
-    assert steps and all(set(step) == {"step", "steps", "t", "masked", "changed"} for step in steps)
+    assert steps and all(set(step) == {"step", "steps", "t", "masked", "changed", "remasked"} for step in steps)
+    assert not any(step["remasked"] for step in steps)  # no revision sampling asked for: nothing remasked
     assert all("text" in json.loads(data) for name, data in full if name == "step")  # json: the draft too
     done, same = json.loads(deltas[-1][1]), json.loads(full[-1][1])
     assert deltas[-1][0] == "done" and (done["text"], done["tokens"]) == (same["text"], same["tokens"])
@@ -36,6 +37,29 @@ async def test_deltas_carry_the_reveals_alone_and_rebuild_the_story(client, case
     assert all(token == (tokens[pos] if pos < len(tokens) else pad) for pos, token in revealed.items())
     prompt = sorted(set(range(REQUEST["length"])) - set(revealed))  # never masked, so never revealed
     assert prompt == list(range(len(prompt))) and len(prompt) >= 4 and steps[-1]["masked"] == 0
+
+
+@pytest.mark.parametrize("every", [1, 4])
+async def test_remasked_positions_replay_to_the_story_with_revision_sampling(client, every):
+    """Each event's reveals and remasks, applied in order to the masked canvas, give the final tokens, and
+    each event's `masked` count; with `stream_every` the merged events still do."""
+    got = await events(client, stream_format="deltas", revision=0.5, stream_every=every, seed=5)
+    steps = [json.loads(data) for name, data in got if name == "step"]
+    tokens = json.loads(got[-1][1])["tokens"]
+    canvas: dict[int, int | None] = {}
+    for step in steps:
+        assert not {change["pos"] for change in step["changed"]} & set(step["remasked"])
+        canvas |= {change["pos"]: change["id"] for change in step["changed"]}
+        canvas |= dict.fromkeys(step["remasked"])
+        assert sum(value is None for value in canvas.values()) <= step["masked"]
+    assert sum(len(step["remasked"]) for step in steps) > 0
+    assert steps[-1]["masked"] == 0 and all(value is not None for value in canvas.values())
+    assert all(tokens[pos] == token for pos, token in canvas.items() if pos < len(tokens))
+
+
+async def test_a_revision_rate_out_of_bounds_is_a_422_naming_the_field(client):
+    response = await client.post("/generate", json={**REQUEST, "revision": 0.9})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "revision"]
 
 
 async def test_text_is_the_plain_draft_and_ends_as_the_story(client):

@@ -90,6 +90,33 @@ def test_generate_streams_every_step_then_shows_the_story(page, live):
     expect(section.locator(".cell.masked:visible")).to_have_count(0)
 
 
+def test_words_returned_to_the_mask_fade_back_and_the_story_still_completes(page, live):
+    """With revision sampling, a step event's `remasked` cells turn back into masks, marked as this step's
+    (they animate), the story still ends with no mask, and the scrubber replays remasks too."""
+    section = panel(page)
+    fill(section, prompt="Once upon a time", steps=40, revision=0.5, seed=3)
+    expect(section.get_by_label("Revision")).to_have_value("0.5")
+    section.locator("[data-ref=cells]").evaluate(
+        """el => { el.remasked = 0; new MutationObserver((changes) => { for (const c of changes)
+                     if (c.target.classList?.contains("remasked") && c.target.classList.contains("masked"))
+                       el.remasked++; })
+                   .observe(el, {attributes: true, attributeFilter: ["class"], subtree: true}); }"""
+    )
+    section.get_by_role("button", name="Generate").click()
+    expect(section.locator("[data-ref=final]")).to_be_visible()
+    assert section.locator("[data-ref=cells]").evaluate("el => el.remasked") > 0
+    expect(section.locator(".cell.masked:visible")).to_have_count(0)
+    final = section.locator("[data-ref=cells] .cell:visible").all_inner_texts()
+    scrubber = section.get_by_label(re.compile("Replay the denoising"))
+    scrubber.fill("0")
+    scrubber.focus()
+    page.keyboard.press("End")  # replays every event, remasks included: the same final draft
+    expect(section.locator(".cell.masked:visible")).to_have_count(0)
+    assert section.locator("[data-ref=cells] .cell:visible").all_inner_texts() == final
+    href = section.get_by_role("link", name="replay this story").get_attribute("href")
+    assert parse_qs(urlsplit(href).query)["revision"] == ["0.5"]
+
+
 def test_the_replay_link_writes_the_same_story(page, live):
     section = panel(page)
     fill(section, steps=16, temperature=1.0, seed="")

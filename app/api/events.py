@@ -13,8 +13,9 @@ from app.engine import Failed, Finished, StepUpdate
 
 
 def step_delta(update: StepUpdate, checkpoint: Checkpoint, full: bool = False) -> StepDelta:
-    """What an update revealed: each position's token, as the tokenizer spells it, and its probability;
-    `full`: every reveal so far, a frame that replaces what the client had."""
+    """What an update revealed: each position's token, as the tokenizer spells it, and its probability,
+    and the positions it returned to the mask (revision sampling); `full`: every change so far, a frame
+    that replaces what the client had."""
     pieces = checkpoint.tokenizer.convert_ids_to_tokens([reveal.id for reveal in update.changed])
     return StepDelta(
         step=update.step,
@@ -26,6 +27,7 @@ def step_delta(update: StepUpdate, checkpoint: Checkpoint, full: bool = False) -
             Revealed(pos=reveal.pos, id=reveal.id, text=piece, p=reveal.p)
             for reveal, piece in zip(update.changed, pieces, strict=True)
         ],
+        remasked=list(update.remasked),
     )
 
 

@@ -37,11 +37,11 @@ STREAM_DESCRIPTION = (
 RESUME_DESCRIPTION = (
     "The stream of a `POST /generate` whose connection dropped, for `resume_grace` seconds after its "
     "client left or its story ended. The first event brings the client up to date: a `step` event "
-    "with exactly the reveals after the event `Last-Event-ID` names, otherwise (no or an unknown "
-    "`Last-Event-ID`) a full frame, every reveal so far, marked `full: true`; then live steps and `done` "
-    "or `error`, as in `POST /generate`. Event ids go on from the stream's previous connection. A new "
-    "connection ends the previous one with an `error` event `taken_over`; a cancel (DELETE) ends it with "
-    "`cancelled` (neither has an `id`)."
+    "with exactly the changes after the event `Last-Event-ID` names, otherwise (no or an unknown "
+    "`Last-Event-ID`) a full frame, each position's latest reveal or remask so far, marked `full: true`; "
+    "then live steps and `done` or `error`, as in `POST /generate`. Event ids go on from the stream's "
+    "previous connection. A new connection ends the previous one with an `error` event `taken_over`; a "
+    "cancel (DELETE) ends it with `cancelled` (neither has an `id`)."
 )
 
 SSE_ITEM_SCHEMA = {

@@ -12,9 +12,10 @@ instead; access logs see the id in resume URLs, where it is worthless once the s
   `resume_grace = 0` a client that leaves cancels its request at once and nothing can be resumed.
 - Composition: the engine publishes into the stream's `UpdateChannel` (app/engine/channel.py), the one
   mailbox between the engine thread and the loop; a task reads it into the stream's history, which
-  every connection reads. Memory: that history is the latest draft and every reveal so far,
-  O(length), never past events (a reveal is made once per position). A reader is a cursor into the
-  reveals, and each event carries every reveal since the reader's previous one.
+  every connection reads. Memory: that history is the latest draft and every change so far, never
+  past events: O(length) (a reveal is made once per position), more with revision sampling, where
+  each word returned to the mask and written again adds two. A reader is a cursor into the changes,
+  and each event carries each position's latest change since the reader's previous one (`net_changes`).
 - Event ids count a stream's events, 1, 2, 3, ..., across its connections (numbers, as before; the
   brief's `<stream-id>:<n>` would repeat the secret in every event, and clients read them as numbers).
 - Resuming: the first event of a resumed connection brings the client up to date in one `step`
@@ -41,7 +42,7 @@ from collections.abc import Callable
 from app.api.jobs import Job
 from app.api.request_log import log_generation
 from app.api.submission import submit
-from app.engine import Engine, Failed, Outcome, RequestHandle, Reveal, StepUpdate, Update, UpdateChannel
+from app.engine import Change, Engine, Failed, Outcome, RequestHandle, StepUpdate, Update, UpdateChannel, net_changes
 from app.engine.request import Publish
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,9 @@ class StreamReader:
         while not self._ended and stream.reader is self and not stream.cancelled:
             latest = stream.latest
             if latest is not None and latest.step > self._step:
-                changed = tuple(stream.reveals[self._revealed :])
-                self._step, self._revealed = latest.step, len(stream.reveals)
-                update = StepUpdate(latest.step, latest.num_steps, latest.t, latest.ids, changed)
+                changed, remasked = net_changes(stream.changes[self._revealed :])
+                self._step, self._revealed = latest.step, len(stream.changes)
+                update = StepUpdate(latest.step, latest.num_steps, latest.t, latest.ids, changed, remasked)
                 self.delivered += 1
                 return stream.sent(self._step, self._revealed), update
             if stream.outcome is not None:
@@ -106,8 +107,8 @@ class ResumableStream:
     def __init__(self, job: Job, submit: Callable[[Publish], RequestHandle], registry: StreamRegistry) -> None:
         self.id = secrets.token_urlsafe(STREAM_ID_BYTES)
         self.job = job
-        self.latest: StepUpdate | None = None  # its step, t and ids; `changed` is in `reveals`
-        self.reveals: list[Reveal] = []
+        self.latest: StepUpdate | None = None  # its step, t and ids; its changes are in `changes`
+        self.changes: list[Change] = []  # every reveal and remask so far, in order
         self.outcome: Outcome | None = None
         self.cancelled = False
         self.reader: StreamReader | None = None
@@ -129,7 +130,7 @@ class ResumableStream:
 
     def _put(self, update: Update) -> None:
         if isinstance(update, StepUpdate):
-            self.reveals += update.changed
+            self.changes += update.changes
             self.latest = update
         else:
             self.outcome = update

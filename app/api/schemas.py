@@ -195,7 +195,13 @@ class StepDelta(BaseModel):
     full: bool = Field(
         False,
         description="Present (true) only on a resume's first event when `Last-Event-ID` was missing or unknown: "
-        "`changed` is every reveal so far, a frame that replaces what the client had, not an addition to it.",
+        "`changed` and `remasked` are every position's latest change so far, a frame that replaces what the "
+        "client had, not an addition to it.",
+    )
+    remasked: list[int] = Field(
+        default_factory=list,
+        description="Positions returned to the mask since the previous event sent (revision sampling), none of "
+        "them in `changed`: each position appears with its latest change only.",
     )
 
 

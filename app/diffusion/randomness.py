@@ -21,6 +21,7 @@ class Purpose(IntEnum):
     TOKEN = 2  # which token a revealed position gets
     LENGTH = 3  # where a length-first story ends (drawn once, at step 0, position 0)
     END = 4  # calibrated endings: does a revealed position end the story?
+    REVISE = 5  # revision sampling: does a written word return to the mask this step?
 
 
 def _signed(value: int) -> int:

@@ -33,6 +33,7 @@ class RowKinds:
     greedy: bool = True  # temperature 0: argmax
     plain: bool = True  # sampled without top-k or top-p
     filtered: bool = True  # sampled with top-k or top-p
+    revises: bool = True  # revision sampling: some row may remask written words
 
     @classmethod
     def of(cls, settings: Sequence[SamplerSettings]) -> RowKinds:
@@ -45,6 +46,7 @@ class RowKinds:
             greedy=len(sampled) < len(settings),
             plain=not all(filtered),
             filtered=any(filtered),
+            revises=any(s.revision > 0 for s in settings),
         )
 
     def __or__(self, other: RowKinds) -> RowKinds:
@@ -54,10 +56,11 @@ class RowKinds:
             self.greedy or other.greedy,
             self.plain or other.plain,
             self.filtered or other.filtered,
+            self.revises or other.revises,
         )
 
 
-NO_ROWS = RowKinds(frozenset(), frozenset(), greedy=False, plain=False, filtered=False)
+NO_ROWS = RowKinds(frozenset(), frozenset(), greedy=False, plain=False, filtered=False, revises=False)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class SamplerRows:
     entropy_budget: torch.Tensor  # (B,) float64: entropy_bound rows' budget
     guard_endings: torch.Tensor  # (B,) bool
     endings: torch.Tensor  # (B,) long: END_RULE_CODES[endings]
+    revision: torch.Tensor  # (B,) float64: revision sampling's η (0: off)
     seed: torch.Tensor  # (B,) long
     fixed_until: torch.Tensor  # (B,) long: `fixed_until` of the row's canvas; its story ends no earlier
     kinds: RowKinds = RowKinds()  # on the host: what the rows use (every kind when unknown)
@@ -109,6 +113,7 @@ class SamplerRows:
             "entropy_budget": ([s.entropy_budget for s in settings], torch.float64),
             "guard_endings": ([s.guard_endings for s in settings], torch.bool),
             "endings": ([END_RULE_CODES[s.endings] for s in settings], torch.long),
+            "revision": ([s.revision for s in settings], torch.float64),
             "seed": (list(seeds), torch.long),
             "fixed_until": (list(fixed) if fixed is not None else [0] * len(settings), torch.long),
         }

@@ -25,6 +25,7 @@ MAX_TEMPERATURE = 100.0
 MAX_TOP_K = 1_000_000
 MAX_BLOCK_LENGTH = 8192
 MAX_ENTROPY_BUDGET = 1000.0
+MAX_REVISION = 0.5
 SEED_BITS = 32
 """Seeds chosen for a request that named none are below 2**SEED_BITS (any seed up to MAX_SEED is accepted)."""
 MAX_SEED = 2**63 - 1
@@ -141,6 +142,17 @@ class SamplerSettings(BaseModel):
         "its first step from the model's end probabilities along the masked tail, written at once, and no end "
         "token is written elsewhere (the confidence-ranked rules then rank only words; without it they fill "
         "the tail with PAD first). A canvas that ends with fixed text keeps its own end.",
+    )
+
+    revision: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_REVISION,
+        description="Revision sampling (ReMDM-cap, Wang et al. 2025): each step returns every word the sampler "
+        "wrote to the mask with probability min(revision, s / (1 - t)), and reveals enough more that the "
+        "schedule still ends with no mask (the last step never remasks). Typed, pinned and fixed text and "
+        "end tokens are never remasked. 0: off, each token once written stays.",
+        **_shown("Revision", "0: off; words may return to the mask", step=0.005),
     )
 
     def override(self, overrides: BaseModel) -> SamplerSettings:

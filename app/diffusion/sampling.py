@@ -35,6 +35,7 @@ import torch
 from app.diffusion.queried import Queried
 from app.diffusion.randomness import Purpose, uniform
 from app.diffusion.reveal_rules import block_index, contiguous_end_run, deferred_endings, keep_reveals
+from app.diffusion.revision import remasked, revisable, revision_rate, stay_masked
 from app.diffusion.sampler_rows import RowKinds
 from app.diffusion.sampler_rows import SamplerRows as SamplerRows  # where callers found it before
 from app.diffusion.sampler_settings import Remasking
@@ -54,10 +55,13 @@ class StepPlan:
     query: torch.Tensor  # (B, L) bool: positions that need logits
     reveal_counts: torch.Tensor  # (B,) long: confidence-ranked rows: the schedule's k; 0 elsewhere
     candidates: torch.Tensor  # (B, L) bool: the positions the row's rule may reveal (within `query`)
+    remask: torch.Tensor  # (B, L) bool: written words the step returns to the mask (revision sampling)
 
     def select(self, rows: torch.Tensor, width: int) -> StepPlan:
         """The plan of `rows` (indices or a (B,) bool mask), cut to `width` positions."""
-        return StepPlan(self.query[rows][:, :width], self.reveal_counts[rows], self.candidates[rows][:, :width])
+        cut = [self.query, self.candidates, self.remask]
+        query, candidates, remask = (plan[rows][:, :width] for plan in cut)
+        return StepPlan(query, self.reveal_counts[rows], candidates, remask)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class Step:
     revealed: torch.Tensor  # (B, L) bool: positions this step unmasked
     reveal_probs: torch.Tensor  # (B, L) float32: the model's probability of each revealed token
     model_called: bool
+    remasked: torch.Tensor  # (B, L) bool: written words this step returned to the mask (revision sampling)
 
     @property
     def rows(self) -> torch.Tensor:
@@ -115,8 +120,16 @@ def initial_tokens(
     return x
 
 
-def plan_step(x: torch.Tensor, index: torch.Tensor, rows: SamplerRows, mask_id: int) -> StepPlan:
-    """Decide, before the model runs, which positions each row's step `index` (B,) may reveal.
+def plan_step(
+    x: torch.Tensor,  # (B, L)
+    index: torch.Tensor,  # (B,) long
+    rows: SamplerRows,
+    mask_id: int,
+    writable: torch.Tensor | None = None,  # (B, L) bool: positions masked at the start; None: no revision
+    ends: EndTokens | None = None,  # end tokens, which revision never remasks
+) -> StepPlan:
+    """Decide, before the model runs, which positions each row's step `index` (B,) may reveal, and
+    which written words it returns to the mask (`revision`).
 
     Rows whose index reached their step count plan nothing.
     """
@@ -126,7 +139,8 @@ def plan_step(x: torch.Tensor, index: torch.Tensor, rows: SamplerRows, mask_id: 
     t = remaining.double() / rows.steps  # (B,)
     s = (remaining - 1).double() / rows.steps
     positions = torch.arange(x.shape[1], device=x.device)  # (L,)
-    stay = uniform(rows.seed[:, None], index[:, None], positions, Purpose.REMASK) < (s / t)[:, None]  # (B, L)
+    sigma = revision_rate(rows, t, s)  # (B,) 0 for rows that do not revise
+    stay = uniform(rows.seed[:, None], index[:, None], positions, Purpose.REMASK) < stay_masked(t, s, sigma)[:, None]
     random_query = masked & ~stay
     n_masked = masked.sum(dim=1)  # (B,)
     counts = n_masked - torch.div(n_masked * (remaining - 1), remaining, rounding_mode="floor")  # (B,)
@@ -134,7 +148,11 @@ def plan_step(x: torch.Tensor, index: torch.Tensor, rows: SamplerRows, mask_id: 
     candidates = torch.where(rows.ranked[:, None], confident_query, random_query) & active[:, None]
     choosing_length = rows.length_first & (index == 0) & active  # (B,) the whole tail is read at the first step
     query = candidates | (masked & choosing_length[:, None])
-    return StepPlan(query, torch.where(rows.ranked & active, counts, 0), candidates)
+    remask = torch.zeros_like(masked)
+    if rows.kinds.revises and writable is not None:
+        words = revisable(x, writable, mask_id, None if ends is None else ends.ids) & active[:, None]
+        remask = remasked(rows, index, words, sigma)
+    return StepPlan(query, torch.where(rows.ranked & active, counts, 0), candidates, remask)
 
 
 def _up_to_block_of_kth_mask(masked: torch.Tensor, counts: torch.Tensor, block_length: torch.Tensor) -> torch.Tensor:
@@ -228,7 +246,8 @@ def apply_step(
     """
     count = int(plan.query.sum()) if queried is None else queried
     if logits is None or count == 0:
-        return Step(x, torch.zeros_like(plan.query), torch.ones(x.shape, device=x.device), False)
+        after = torch.where(plan.remask, mask_id, x) if rows.kinds.revises else x
+        return Step(after, torch.zeros_like(plan.query), torch.ones(x.shape, device=x.device), False, plan.remask)
     at = Queried.of(plan.query, count)
     endings = step_ends(x, index, at, logits, rows, mask_id, ends)
     u = uniform(rows.seed[at.row], index[at.row], at.position, Purpose.TOKEN)  # (N,)
@@ -245,7 +264,9 @@ def apply_step(
     reveal_probs = torch.where(keep, at.spread(probs, 1.0), 1.0)  # (B, L): 1 where an end before decided it
     if ends is not None:
         after = ended_tails(x, after, mask_id, ends)
-    return Step(after, (x == mask_id) & (after != mask_id), reveal_probs, True)
+    if rows.kinds.revises:  # remasked words precede every end (`may_end`): the story stays contiguous
+        after = torch.where(plan.remask, mask_id, after)
+    return Step(after, (x == mask_id) & (after != mask_id), reveal_probs, True, plan.remask)
 
 
 def _transfer(
@@ -289,8 +310,9 @@ def denoise(
     step; when the longest schedule ends no mask is left. (The engine runs the same steps without
     host syncs; this loop counts each step's queries on the host.)"""
     index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # (B,)
+    writable = x == mask_id  # (B, L) what the sampler writes, and so may revise
     for _ in range(int(rows.steps.max())):
-        plan = plan_step(x, index, rows, mask_id)
+        plan = plan_step(x, index, rows, mask_id, writable, ends)
         count = int(plan.query.sum())
         logits = logits_fn(x, plan.query) if count else None
         step = apply_step(x, index, plan, logits, rows, mask_id, ends, count)

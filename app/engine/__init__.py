@@ -7,6 +7,7 @@ No web framework here: requests come in through `Engine.submit`, updates go out 
 from app.engine.channel import UpdateChannel
 from app.engine.engine import Engine
 from app.engine.request import (
+    Change,
     EngineError,
     EngineStopped,
     Failed,
@@ -14,14 +15,17 @@ from app.engine.request import (
     GenerationSpec,
     Outcome,
     QueueFull,
+    Remask,
     RequestHandle,
     Reveal,
     StepUpdate,
     Update,
+    net_changes,
 )
 from app.engine.stats import EngineStats, StatsSnapshot
 
 __all__ = [
+    "Change",
     "Engine",
     "EngineError",
     "EngineStats",
@@ -31,10 +35,12 @@ __all__ = [
     "GenerationSpec",
     "Outcome",
     "QueueFull",
+    "Remask",
     "RequestHandle",
     "Reveal",
     "StatsSnapshot",
     "StepUpdate",
     "Update",
     "UpdateChannel",
+    "net_changes",
 ]

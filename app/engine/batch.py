@@ -30,6 +30,9 @@ from app.diffusion.story_length import EndTokens
 from app.engine.forward_plan import ONE_PASS, BatchForward, group_by_length
 from app.engine.request import GenerationSpec
 
+REMASKED = -2
+"""A streaming row's payload code for a position its step returned to the mask (-1: unchanged)."""
+
 NewRow = GenerationSpec
 """A sequence joining the batch: the spec its request was submitted with."""
 
@@ -39,6 +42,7 @@ class RowResult:
     """What one step did to one row, on the host."""
 
     reveals: list[tuple[int, int, float]]  # (position, token id, probability); streaming rows only
+    remasked: list[int]  # positions returned to the mask (revision sampling); streaming rows only
     ids: list[int] | None  # the row's tokens after the step, when asked for
     queried: bool  # the model ran for this row in this step
 
@@ -59,6 +63,7 @@ class RunningBatch:
         self.mask_id, self.pad_id, self.device = mask_id, pad_id, device
         self.ends = EndTokens.build(end_ids, pad_id, device)  # PAD, SEP, EOS
         self.x = torch.empty((0, 0), dtype=torch.long, device=device)  # (B, W)
+        self.writable = torch.empty((0, 0), dtype=torch.bool, device=device)  # (B, W) masked at the start
         self.index = torch.empty(0, dtype=torch.long, device=device)  # (B,) steps done
         self.every = torch.empty(0, dtype=torch.long, device=device)  # (B,) stream_every on the device; 0: none
         self.real = torch.empty(0, dtype=torch.long, device=device)  # (B,) each row's real length, for the mask
@@ -93,7 +98,9 @@ class RunningBatch:
             fresh, torch.zeros(len(new), dtype=torch.long), SamplerRows.build(settings, seeds), self.mask_id
         )
         self.queries += first.query.sum(dim=1).tolist()  # host tensors: no device involved
-        self.x = torch.cat([self._widened(width), to_device(fresh, self.device)])
+        fresh = to_device(fresh, self.device)
+        self.x = torch.cat([self._widened(width, self.x, self.pad_id), fresh])
+        self.writable = torch.cat([self._widened(width, self.writable, False), fresh == self.mask_id])
         self.index = torch.cat([self.index, torch.zeros(len(new), dtype=torch.long, device=self.device)])
         facts = torch.tensor([[row.stream_every or 0, row.length] for row in new], dtype=torch.long)  # (b, 2)
         facts = to_device(facts, self.device)
@@ -115,11 +122,11 @@ class RunningBatch:
         """One denoising step for every row. Rows that publish this step (every `stream_every`-th and the
         last) get their tokens back, streaming rows their reveals. All or nothing: if anything raises,
         the batch is as it was, so the step can be retried on fewer rows."""
-        plan = self.plan if self.plan is not None else plan_step(self.x, self.index, self.rows, self.mask_id)
+        plan = self.plan if self.plan is not None else self._plan(self.x, self.index)
         logits, pass_sizes = self._logits(forward, plan)
         step = apply_step(self.x, self.index, plan, logits, self.rows, self.mask_id, self.ends, sum(self.queries))
         index = self.index + 1
-        next_plan = plan_step(step.x, index, self.rows, self.mask_id)
+        next_plan = self._plan(step.x, index)
         done = [n + 1 for n in self.steps_done]
         streaming = [i for i, every in enumerate(self.stream_every) if every]
         wanted = [
@@ -155,20 +162,23 @@ class RunningBatch:
         width = max(into.lengths, default=0)  # the longest row may have left
         plan = self.plan
         into.x, into.index = self.x.index_select(0, index)[:, :width], self.index.index_select(0, index)
+        into.writable = self.writable.index_select(0, index)[:, :width]
         into.every, into.real = self.every.index_select(0, index), self.real.index_select(0, index)
         selected = self.rows.select(index)
         into.rows = SamplerRows(**{**vars(selected), "kinds": RowKinds.of(into.settings)})
         into.plan = None if plan is None else plan.select(index, width)
 
     def _payload(self, step: Step, index: torch.Tensor, plan: StepPlan, streaming: int, wanted: int) -> torch.Tensor:
-        """One int64 tensor: each row's next query count, the streaming rows' reveals (token or -1, and
-        the probability's float32 bits), and the publishing rows' tokens. The host knows how many rows
+        """One int64 tensor: each row's next query count, the streaming rows' reveals (token, REMASKED or
+        -1, and the probability's float32 bits), and the publishing rows' tokens. The host knows how many rows
         stream and publish, which sizes their gathers: no index tensor crosses to the device mid-step."""
         parts = [plan.query.sum(dim=1)]  # (B,)
         if streaming:
             rows = torch.nonzero_static(self.every > 0, size=streaming).squeeze(1)  # (S,)
             revealed = step.revealed.index_select(0, rows)  # (S, W)
-            parts.append(torch.where(revealed, step.x.index_select(0, rows), -1).flatten())
+            remasked = step.remasked.index_select(0, rows)  # (S, W)
+            codes = torch.where(revealed, step.x.index_select(0, rows), torch.where(remasked, REMASKED, -1))
+            parts.append(codes.flatten())
             probs = step.reveal_probs.index_select(0, rows).contiguous()
             parts.append(probs.view(torch.int32).flatten().long())  # the float32 bits, exact
         if wanted:
@@ -180,6 +190,7 @@ class RunningBatch:
         """Per-row results from the copied payload (host tensors only)."""
         batch, width = len(self), self.x.shape[1]
         reveals: list[list[tuple[int, int, float]]] = [[] for _ in range(batch)]
+        remasked: list[list[int]] = [[] for _ in range(batch)]
         start = batch
         if streaming:
             size = len(streaming) * width
@@ -192,10 +203,12 @@ class RunningBatch:
                 strict=True,
             ):  # fmt: skip
                 reveals[streaming[s]].append((pos, token, p))
+            for s, pos in zip(*(tokens == REMASKED).nonzero(as_tuple=True), strict=True):
+                remasked[streaming[int(s)]].append(int(pos))
         ids: list[list[int] | None] = [None] * batch
         for row, tokens_now in zip(wanted, host[start:].view(-1, width).tolist() if wanted else [], strict=True):
             ids[row] = tokens_now[: self.lengths[row]]
-        return [RowResult(reveals[i], ids[i], self.queries[i] > 0) for i in range(batch)]
+        return [RowResult(reveals[i], remasked[i], ids[i], self.queries[i] > 0) for i in range(batch)]
 
     def _logits(self, forward: BatchForward, plan: StepPlan) -> tuple[torch.Tensor | None, list[int]]:
         """Logits (N, V) at `plan.query` in row-major order, from one pass per length group of the rows
@@ -235,9 +248,13 @@ class RunningBatch:
         at = Queried.of(query[:, :width], sum(self.queries[i] for i in rows))
         return forward(x[:, :width], at.flat, attention_mask)
 
-    def _widened(self, width: int) -> torch.Tensor:
-        """The current tokens padded on the right to `width` positions."""
-        if self.x.shape[1] >= width:
-            return self.x
-        pad = torch.full((self.x.shape[0], width - self.x.shape[1]), self.pad_id, dtype=torch.long, device=self.device)
-        return torch.cat([self.x, pad], dim=1)
+    def _plan(self, x: torch.Tensor, index: torch.Tensor) -> StepPlan:
+        """The plan of the step `index` (B,) takes from `x` (B, W)."""
+        return plan_step(x, index, self.rows, self.mask_id, self.writable, self.ends)
+
+    def _widened(self, width: int, rows: torch.Tensor, fill: int | bool) -> torch.Tensor:
+        """`rows` (B, W') padded on the right with `fill` to `width` positions."""
+        if rows.shape[1] >= width:
+            return rows
+        pad = torch.full((rows.shape[0], width - rows.shape[1]), fill, dtype=rows.dtype, device=self.device)
+        return torch.cat([rows, pad], dim=1)

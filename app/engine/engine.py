@@ -31,16 +31,19 @@ from app.engine.fair_queue import FairQueue
 from app.engine.forward_plan import BatchForward, ForwardCost
 from app.engine.model_forward import CheckpointForward
 from app.engine.request import (
+    Change,
     EngineStopped,
     Failed,
     Finished,
     GenerationSpec,
     Publish,
     QueueFull,
+    Remask,
     RequestHandle,
     Reveal,
     StepUpdate,
     Update,
+    net_changes,
 )
 from app.engine.stats import EngineStats
 from app.engine.step_cost import StepCostModel, Work
@@ -58,7 +61,7 @@ class _Sequence:
 
     handle: RequestHandle
     index: int = 0  # steps done
-    unsent: tuple[Reveal, ...] = ()  # reveals since the last published step
+    unsent: tuple[Change, ...] = ()  # reveals and remasks since the last published step
     forwards: int = 0  # steps in which the model ran for it
     done: bool = False
 
@@ -450,9 +453,11 @@ class Engine:
         num_steps = spec.sampler.steps
         if spec.stream_every is not None:
             seq.unsent += tuple(Reveal(pos, token, p) for pos, token, p in row.reveals)
+            seq.unsent += tuple(Remask(pos) for pos in row.remasked)  # disjoint from this step's reveals
             if row.ids is not None:
                 t = diffusion_time(seq.index, num_steps)
-                self._publish(seq.handle, StepUpdate(seq.index, num_steps, t, tuple(row.ids), seq.unsent))
+                changed, remasked = net_changes(seq.unsent)
+                self._publish(seq.handle, StepUpdate(seq.index, num_steps, t, tuple(row.ids), changed, remasked))
                 seq.unsent = ()
         if seq.index == num_steps:
             assert row.ids is not None, "the last step always returns the tokens"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -70,18 +70,48 @@ class Reveal:
 
 
 @dataclass(frozen=True)
+class Remask:
+    """A written position a step returned to the mask (revision sampling)."""
+
+    pos: int
+
+
+Change = Reveal | Remask
+"""What a step did to one position."""
+
+
+def net_changes(changes: Sequence[Change]) -> tuple[tuple[Reveal, ...], tuple[int, ...]]:
+    """The reveals and remasked positions that bring a reader past `changes` (in order): each position's
+    latest change only, so the two never share a position and may be applied in any order."""
+    latest: dict[int, Change] = {}
+    for change in changes:
+        latest.pop(change.pos, None)  # re-inserted last: the order of the latest changes is kept
+        latest[change.pos] = change
+    reveals = tuple(change for change in latest.values() if isinstance(change, Reveal))
+    return reveals, tuple(change.pos for change in latest.values() if isinstance(change, Remask))
+
+
+@dataclass(frozen=True)
 class StepUpdate:
-    """The state after `step` of `num_steps`, with everything revealed since the last update sent."""
+    """The state after `step` of `num_steps`, with everything revealed (and returned to the mask) since
+    the last update sent."""
 
     step: int  # 1-based
     num_steps: int
     t: float  # diffusion time after the step
     ids: tuple[int, ...]  # (L,) tokens after the step, masks included
     changed: tuple[Reveal, ...]
+    remasked: tuple[int, ...] = ()  # positions returned to the mask, none of them in `changed`
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        """`changed` and `remasked` as one sequence of changes."""
+        return self.changed + tuple(Remask(pos) for pos in self.remasked)
 
     def merge(self, later: StepUpdate) -> StepUpdate:
-        """`later`, carrying this update's reveals too: what a reader that skipped this one must see."""
-        return StepUpdate(later.step, later.num_steps, later.t, later.ids, self.changed + later.changed)
+        """`later`, carrying this update's changes too: what a reader that skipped this one must see."""
+        changed, remasked = net_changes(self.changes + later.changes)
+        return StepUpdate(later.step, later.num_steps, later.t, later.ids, changed, remasked)
 
 
 @dataclass(frozen=True)

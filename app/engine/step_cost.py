@@ -40,14 +40,15 @@ class Work:
     handle: RequestHandle
     length: int  # positions: what its engine work and its forwards grow with
     steps_left: int
-    forwards_left: int  # at most one forward a step and one a position still to write: an upper bound
+    forwards_left: int  # at most one forward a step, and one a position still to write: an upper bound
     running: bool  # in the batch now, rather than waiting for a slot
 
     @classmethod
     def of(cls, handle: RequestHandle, steps_done: int, forwards_done: int, *, running: bool) -> Work:
         spec = handle.spec
         steps_left = spec.sampler.steps - steps_done
-        forwards_left = max(min(steps_left, spec.written - forwards_done), 0)
+        writes_left = spec.written - forwards_done if spec.sampler.revision == 0 else steps_left  # revisions rewrite
+        forwards_left = max(min(steps_left, writes_left), 0)
         return cls(handle, spec.length, steps_left, forwards_left, running)
 
 

@@ -386,7 +386,7 @@ export class Panel {
     this.frame = 0;
     if (!this.pending.length) return;
     this.view.settle();
-    for (const event of this.pending) this.view.reveal(event.changed);
+    for (const event of this.pending) this.view.apply(event);
     this.showStats(this.pending[this.pending.length - 1]);
     this.pending = [];
   }

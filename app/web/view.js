@@ -1,5 +1,6 @@
 // The sequence as cells, one per position in reading order: masked, prompt, or revealed, with
-// the tokens revealed by the latest step highlighted and coloured by the model's probability.
+// the tokens revealed by the latest step highlighted and coloured by the model's probability, and
+// the words it returned to the mask (revision sampling) fading back into masks.
 
 const MASK = "░";
 const SPECIAL = /^(\[[A-Z]+\]|<\/?[a-z]+>|<\|[a-z_]+\|>)$/;
@@ -88,9 +89,33 @@ export class SequenceView {
     }
   }
 
-  /** Un-highlight the previous step's reveals before showing the next ones. */
+  /**
+   * Return written words to the mask (revision sampling); `fresh` marks them as this step's, so they
+   * fade from the word they held back into a mask.
+   */
+  remask(positions, fresh = true) {
+    for (const pos of positions) {
+      const cell = this.cells[pos];
+      if (!cell) continue;
+      const held = cell.textContent;
+      this.mask(pos);
+      cell.title = `position ${pos}: masked again (it held "${held}"; revision sampling)`;
+      if (fresh) {
+        cell.classList.add("remasked");
+        this.fresh.push(cell);
+      }
+    }
+  }
+
+  /** One `step` event: its reveals and the positions it returned to the mask (never the same ones). */
+  apply(event, fresh = true) {
+    this.reveal(event.changed, fresh);
+    this.remask(event.remasked ?? [], fresh);
+  }
+
+  /** Un-highlight the previous step's reveals and remasks before showing the next ones. */
   settle() {
-    for (const cell of this.fresh) cell.classList.remove("fresh");
+    for (const cell of this.fresh) cell.classList.remove("fresh", "remasked");
     this.fresh = [];
   }
 
@@ -133,6 +158,6 @@ export class SequenceView {
     this.expandEnd();
     for (let pos = 0; pos < this.cells.length; pos++) this.mask(pos);
     this.fresh = [];
-    for (let i = 0; i < upto; i++) this.reveal(history[i].changed, i === upto - 1);
+    for (let i = 0; i < upto; i++) this.apply(history[i], i === upto - 1);
   }
 }

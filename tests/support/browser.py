@@ -104,6 +104,7 @@ def fill(section, **fields) -> None:
         "block_length": "Block length",
         "seed": "Seed",
         "stream_every": "Show every",
+        "revision": "Revision",
         "prompt": "Prompt",
     }
     selects = {"remasking": "Remasking", "endings": "End rule", "preset": "Preset"}

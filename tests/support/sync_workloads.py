@@ -1,8 +1,9 @@
 """The grid of running batches whose host syncs the tests bound and `benchmarks/host_syncs.py` prints.
 
 Every remasking x every endings rule x blocks on/off x a canvas (a prompt, pinned segments, an edit:
-fixed text all around one blank), each over a batch of three rows of different lengths, streaming and
-not, run through `RunningBatch.advance` until every row is done.
+fixed text all around one blank), and every remasking x endings rule with revision sampling, each over a
+batch of three rows of different lengths, streaming and not, run through `RunningBatch.advance` until
+every row is done.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ class Config:
     def label(self) -> str:
         s = self.settings
         blocks = f"blocks {s.block_length}" if s.block_length else "no blocks"
-        return f"{s.remasking.value:14} {s.endings.value:12} {blocks:10} {self.canvas}"
+        revising = f" revision {s.revision}" if s.revision else ""
+        return f"{s.remasking.value:14} {s.endings.value:12} {blocks:10} {self.canvas}{revising}"
 
 
 def grid(steps: int = 6, block_length: int = 8) -> Iterator[Config]:
-    """Every valid (remasking, endings, blocks, canvas) at temperature 0.8 / top-p 0.9, plus a greedy row set."""
+    """Every valid (remasking, endings, blocks, canvas) at temperature 0.8 / top-p 0.9, then every
+    (remasking, endings) revising (revision sampling) on a canvas of pinned segments."""
     for remasking, endings, blocks, canvas in itertools.product(Remasking, Endings, (None, block_length), CANVASES):
         try:
             settings = SamplerSettings(
@@ -44,6 +47,11 @@ def grid(steps: int = 6, block_length: int = 8) -> Iterator[Config]:
         except pydantic.ValidationError:
             continue  # blocks with random remasking
         yield Config(settings, canvas)
+    for remasking, endings in itertools.product(Remasking, Endings):
+        settings = SamplerSettings(
+            steps=steps, remasking=remasking, endings=endings, temperature=0.8, top_p=0.9, revision=0.3
+        )
+        yield Config(settings, "segments")
 
 
 def canvas_rows(config: Config, words: Sequence[int], lengths: Sequence[int]) -> list[NewRow]:
