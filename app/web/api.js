@@ -95,11 +95,12 @@ export async function fetchInfo(signal) {
   return response.json();
 }
 
-/** GET /openapi.json: the API's schema, where the sampler's fields are declared (open without a key). */
+/** GET /openapi.json: the API's schema, where the sampler's fields are declared (with the key, where the
+ * server has keys: it is closed to others, as the rest of the API). */
 export async function fetchOpenApi(signal) {
   let response;
   try {
-    response = await fetch("/openapi.json", { signal });
+    response = await fetch("/openapi.json", { signal, headers: withKey() });
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new ApiError("Cannot reach the server.");
