@@ -72,7 +72,12 @@ class ModelRuntime:
 
     @property
     def ready(self) -> bool:
-        return self.loaded is not None and self.loaded.engine.running and not self._draining
+        """Serving: loaded, its engine running and not failed (the failure is set before the thread ends,
+        so /ready turns 503 with the 500s it causes), and not draining."""
+        loaded = self.loaded
+        if loaded is None or self.error is not None or loaded.engine.failure is not None:
+            return False
+        return loaded.engine.running and not self._draining
 
     @property
     def state(self) -> ModelState:
