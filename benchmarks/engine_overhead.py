@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint
+from app.diffusion.cpu_backend import CPU_BACKENDS
 from app.diffusion.text import end_token_ids
 from app.engine.batch import NewRow, RunningBatch
 from app.engine.model_forward import CheckpointForward
@@ -28,10 +29,13 @@ def main() -> None:
     parser.add_argument("--rows", default="1,8,64", help="active rows, comma-separated")
     parser.add_argument("--iterations", type=int, default=12, help="timed iterations per size (after 3 warm-up)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--cpu-backend", choices=CPU_BACKENDS, default="eager", help="how the CPU runs the model (default eager)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.model, device="cpu")
-    forward = CheckpointForward(ckpt)
+    forward = CheckpointForward(ckpt, cpu_backend=args.cpu_backend)
     spent = [0.0]
 
     def timed(x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -68,6 +68,7 @@ from pydantic import ValidationError
 
 import app
 from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, Checkpoint, load_checkpoint, save_checkpoint
+from app.diffusion.cpu_backend import CPU_BACKENDS
 from app.diffusion.devices import select_dtype
 from app.diffusion.diffusion_config import DiffusionConfig
 from app.diffusion.sampler_settings import Remasking, SamplerOverrides, SamplerSettings
@@ -520,7 +521,9 @@ def run_subject(subject: Subject, args: argparse.Namespace, emit: Callable[[dict
             fp32 = ckpt if ckpt.dtype == torch.float32 else load_checkpoint(subject.directory, ckpt.device, "float32")
             emit(reference_row(subject, fp32.model, args.reference_stories))
             del fp32
-        forward = CheckpointForward(ckpt, compile=False if args.eager else None, max_rows=max(levels))  # the server's
+        forward = CheckpointForward(  # the server's, on a CPU with `--cpu-backend`
+            ckpt, compile=False if args.eager else None, cpu_backend=args.cpu_backend, max_rows=max(levels)
+        )
         started = time.perf_counter()
         forward.prepare()  # on a GPU: capture every planned shape now
         forwards = {ckpt.model.config.vocab_size: forward}
@@ -657,6 +660,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="waves of C requests per level (default: 2)")
     parser.add_argument("--reference-stories", type=int, help="stories through the reference loop (default: 3)")
     parser.add_argument("--stub", action="store_true", help="a zero-cost forward: the engine and sampler alone")
+    parser.add_argument(
+        "--cpu-backend",
+        choices=CPU_BACKENDS,
+        default="eager",
+        help="how a CPU runs the model (default eager, as docs/benchmarks.md's engine tables; the server's "
+        "default is auto: benchmarks/cpu_speed.py compares them)",
+    )
     parser.add_argument(
         "--stub-vocab", help="--stub: vocabulary sizes of the zero logits, e.g. 64,8192 (default: the model's)"
     )

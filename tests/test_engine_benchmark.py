@@ -80,9 +80,7 @@ def test_reference_and_engine_rows_report_every_column(benchmark, tiny_checkpoin
     report = run(benchmark, tiny_checkpoint_dir, tmp_path, "--reference-stories", "1")
     assert report["device"].startswith("cpu") and report["torch"] and report["wall_s"] > 0
     assert report["models"]["default"]["length"] == 48
-    assert report["models"]["default"]["forward"].startswith(
-        "onnx"
-    )  # the service's forward on a CPU (--cpu-backend auto)
+    assert report["models"]["default"]["forward"] == "eager"  # --cpu-backend's default: the documented tables' forward
     (reference,) = [row for row in report["rows"] if row["mode"] == "reference"]
     assert_positive(reference, (*STORY_COLUMNS, *FORWARD_COLUMNS, "s_per_story"))
     assert reference["forwards_per_story"] == reference["steps"] == reference["length"]  # a full forward a step
