@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from app.port_check import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY_KEY = "greedy"
 RETRY_422_S = 5.0  # a request the server says cannot finish even alone: tried again this much later
@@ -111,14 +113,6 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]
     if args.model:
         flags += ["--model", args.model]
     return subprocess.Popen([sys.executable, "-m", "app", *flags], cwd=ROOT, env=env)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:

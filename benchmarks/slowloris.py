@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from app.port_check import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -119,14 +121,6 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]
     ]
     flags += ["--max-connections", str(args.max_connections)] + (["--model", args.model] if args.model else [])
     return subprocess.Popen([sys.executable, "-m", "app", *flags], cwd=ROOT)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM
 
 from app.diffusion.checkpoint import save_checkpoint
 from app.diffusion.diffusion_config import DiffusionConfig
+from app.port_check import free_port as free_port  # re-exported: the tests import it from here
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -57,13 +57,6 @@ def tiny_distilbert(vocab_size: int, max_positions: int = 64, seed: int = 0) -> 
         attention_dropout=0.0,
     )
     return DistilBertForMaskedLM(config).eval()
-
-
-def free_port() -> int:
-    """A port of 127.0.0.1 that nothing listens on now, for a server that a test starts."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tiny_train_config(output: Path, *flags: str) -> TrainConfig:
