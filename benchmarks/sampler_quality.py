@@ -49,6 +49,8 @@ import torch
 
 from app.diffusion.canvas import story_marks
 from app.diffusion.checkpoint import Checkpoint, load_checkpoint
+from app.diffusion.cpu_backend import CPU_BACKENDS
+from app.diffusion.cpu_forward import QueriedForward, select_forward
 from app.diffusion.generation import sample
 from app.diffusion.sampler_settings import PRESETS, SamplerOverrides, SamplerSettings
 from app.diffusion.text import decode_story, end_token_ids, story_end
@@ -103,13 +105,24 @@ REVISION_ETA = 0.01
 shared 2-core CPU, before `REVISION_SWEEP` ended; the sweep's rows are shown beside it
 (docs/story-quality.md, "Revision sampling")."""
 
+EQUAL_FORWARDS_STEPS = (150, 300)
+"""Steps without revisions at which a story costs about as many forwards as the revising rows at 128 and
+256 steps (a remasked word is written again, so revisions cost forwards): the equal-cost comparison."""
+
 REVISION_GRID: list[tuple[str, dict[str, Any]]] = [
-    (f"random T={steps} length-first{label}", SHIPPED_FIELDS | {"steps": steps, "revision": eta})
-    for label, eta in (("", 0.0), (f" revision {REVISION_ETA}", REVISION_ETA))
-    for steps in (128, 256, 512)
+    *(
+        (f"random T={steps} length-first{label}", SHIPPED_FIELDS | {"steps": steps, "revision": eta})
+        for label, eta in (("", 0.0), (f" revision {REVISION_ETA}", REVISION_ETA))
+        for steps in (128, 256, 512)
+    ),
+    *(
+        (f"random T={steps} length-first (equal forwards)", SHIPPED_FIELDS | {"steps": steps})
+        for steps in EQUAL_FORWARDS_STEPS
+    ),
 ]
-"""The shipped default at 128, 256 and 512 steps, without and then with revision sampling: does
-spending more steps on revisions buy a better story than spending them on smaller reveals?"""
+"""The shipped default at 128, 256 and 512 steps, without and then with revision sampling, and without
+at the revising rows' cost in forwards: does spending more forwards on revisions buy a better story than
+spending them on smaller reveals?"""
 
 GRIDS = {"quality": QUALITY_GRID, "revision-sweep": REVISION_SWEEP, "revision": REVISION_GRID}
 
@@ -165,11 +178,13 @@ def fragmented(ids: list[int], end_ids: set[int]) -> bool:
     return any(token not in end_ids for token in ids[first_end:])
 
 
-def write_stories(ckpt: Checkpoint, cfg: SamplerSettings, seeds: list[int]) -> tuple[list[list[int]], list[int], float]:
+def write_stories(
+    ckpt: Checkpoint, cfg: SamplerSettings, seeds: list[int], forward: QueriedForward | None = None
+) -> tuple[list[list[int]], list[int], float]:
     """Denoise one story per seed in one batch: (token ids, forwards per story, seconds)."""
     forwards = torch.zeros(len(seeds), dtype=torch.long)
     start = time.perf_counter()
-    for _, step in sample(ckpt.model, ckpt.tokenizer, cfg, seeds, ckpt.config.seq_len):
+    for _, step in sample(ckpt.model, ckpt.tokenizer, cfg, seeds, ckpt.config.seq_len, forward=forward):
         if step.model_called:
             forwards[step.rows.unique()] += 1  # a row the model ran for reveals at least one token
         last = step
@@ -185,12 +200,13 @@ def measure(
     stories: int,
     seed: int,
     alone: int,
+    forward: QueriedForward | None = None,
 ) -> dict[str, Any]:
     """Write `stories` stories with `cfg` in one batch (and `alone` more one at a time) and score them."""
     length = ckpt.config.seq_len
-    rows, forwards, elapsed = write_stories(ckpt, cfg, [seed + i for i in range(stories)])
+    rows, forwards, elapsed = write_stories(ckpt, cfg, [seed + i for i in range(stories)], forward)
     texts = [decode_story(row, ckpt.tokenizer) for row in rows]
-    alone_s = [write_stories(ckpt, cfg, [seed + i])[2] for i in range(alone)]
+    alone_s = [write_stories(ckpt, cfg, [seed + i], forward)[2] for i in range(alone)]
     return {
         "label": label,
         "settings": cfg.model_dump(mode="json"),
@@ -209,16 +225,19 @@ def measure(
 
 
 def settings_to_measure(
-    ckpt: Checkpoint, presets: bool, only: str | None, grid: str = "quality"
+    ckpt: Checkpoint, presets: bool, only: str | None, grid: str = "quality", skip: str | None = None
 ) -> list[tuple[str, SamplerSettings]]:
-    """A grid over the checkpoint's defaults, or its defaults and presets; `only`: labels containing it."""
+    """A grid over the checkpoint's defaults, or its defaults and presets; `only`: labels containing it;
+    `skip`: not those containing it."""
     if presets:
         chosen = [("default", ckpt.config.sampler_settings)]
         chosen += [(f"preset {name}", ckpt.config.settings_for(name)) for name in PRESETS]
     else:
         base = ckpt.config.sampler_settings
         chosen = [(label, base.override(SamplerOverrides(**(GRID_BASE | f)))) for label, f in GRIDS[grid]]
-    return [(label, cfg) for label, cfg in chosen if only is None or only in label]
+    return [
+        (label, cfg) for label, cfg in chosen if (only is None or only in label) and (skip is None or skip not in label)
+    ]
 
 
 HEADER = (
@@ -353,6 +372,13 @@ def main() -> None:
         "revision (REVISION_GRID: 128/256/512 steps without and with revision sampling)",
     )
     parser.add_argument("--only", default=None, help="measure only the settings whose label contains this")
+    parser.add_argument("--skip", default=None, help="measure none of the settings whose label contains this")
+    parser.add_argument(
+        "--cpu-backend",
+        choices=CPU_BACKENDS,
+        default="eager",
+        help="how the model runs (`cpu_forward.select_forward`); onnx writes the same stories faster, token for token",
+    )
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--resume", action="store_true", help="keep --json's rows and measure only the others")
     parser.add_argument("--table", default=None, help="also write the rows as a markdown table to this file")
@@ -406,10 +432,12 @@ def main() -> None:
     for row in rows:
         print(line(row), flush=True)
     done = {row["label"] for row in rows}
-    for label, cfg in settings_to_measure(ckpt, args.presets, args.only, args.grid):
+    forward = select_forward(ckpt.model, args.cpu_backend)
+    for label, cfg in settings_to_measure(ckpt, args.presets, args.only, args.grid, args.skip):
         if label in done:
             continue
-        rows.append(against_held_out(measure(ckpt, judges, label, cfg, args.stories, args.seed, args.alone), rows[0]))
+        measured = measure(ckpt, judges, label, cfg, args.stories, args.seed, args.alone, forward)
+        rows.append(against_held_out(measured | {"cpu_backend": forward.name}, rows[0]))
         print(line(rows[-1]), flush=True)
         if args.json:  # after every setting: a long run that is stopped keeps what it measured
             Path(args.json).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")

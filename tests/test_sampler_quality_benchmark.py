@@ -22,15 +22,34 @@ def load_benchmark():
     return module
 
 
-def run(tiny_checkpoint_dir, tmp_path, monkeypatch, ar_judge: str) -> list[dict]:
+def run(tiny_checkpoint_dir, tmp_path, monkeypatch, ar_judge: str, *extra: str) -> list[dict]:
     sampler_quality = load_benchmark()
     out, table = tmp_path / "rows.json", tmp_path / "table.md"
     model = str(tiny_checkpoint_dir)
     argv = ["sampler_quality", "--model", model, "--judge", model, "--ar-judge", ar_judge, "--stories", "2"]
     argv += ["--only", "random T=24 temp 0.7 length-first", "--threads", "1", "--json", str(out), "--table", str(table)]
-    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", [*argv, *extra])
     sampler_quality.main()
     return json.loads(out.read_text())
+
+
+def test_the_onnx_backend_writes_eagers_stories_and_says_so(tiny_checkpoint_dir, tmp_path, monkeypatch):
+    """`--cpu-backend onnx` (how the revision grid's later rows were written) changes speed, not stories."""
+    monkeypatch.setenv("STORYDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    eager = run(tiny_checkpoint_dir, tmp_path, monkeypatch, "none")[1]
+    onnx = run(tiny_checkpoint_dir, tmp_path, monkeypatch, "none", "--cpu-backend", "onnx")[1]
+    assert eager["cpu_backend"] == "eager" and onnx["cpu_backend"] == "onnx (onnxruntime)"
+    assert onnx["examples"] == eager["examples"] and onnx["judge_bpc"] == pytest.approx(eager["judge_bpc"])
+
+
+def test_skip_leaves_out_the_labels_containing_it(tiny_checkpoint_dir):
+    from app.diffusion.checkpoint import load_checkpoint
+
+    sampler_quality = load_benchmark()
+    ckpt = load_checkpoint(tiny_checkpoint_dir)
+    labels = [label for label, _ in sampler_quality.settings_to_measure(ckpt, False, None, "revision", "revision")]
+    assert labels and not any("revision" in label for label in labels)
+    assert len(labels) == 3 + len(sampler_quality.EQUAL_FORWARDS_STEPS)
 
 
 def test_rows_show_the_ar_judge_beside_the_elbo_judge(tiny_checkpoint_dir, tiny_judge_dir, tmp_path, monkeypatch):
@@ -110,7 +129,8 @@ def test_the_grid_row_named_the_shipped_default_has_the_shipped_default_settings
 
 
 def test_the_revision_grid_is_the_shipped_default_at_three_step_counts_without_and_with_revisions():
-    """docs/story-quality.md reads these rows as the shipped default with more steps and revisions."""
+    """docs/story-quality.md reads these rows as the shipped default with more steps and revisions, and
+    without revisions at the steps that cost about as many forwards (`EQUAL_FORWARDS_STEPS`)."""
     from app.diffusion.checkpoint import DEFAULT_MODEL_DIR
     from app.diffusion.diffusion_config import DiffusionConfig
     from app.diffusion.sampler_settings import SamplerOverrides
@@ -121,9 +141,9 @@ def test_the_revision_grid_is_the_shipped_default_at_three_step_counts_without_a
         label: shipped.override(SamplerOverrides(**(sampler_quality.GRID_BASE | fields)))
         for label, fields in sampler_quality.REVISION_GRID
     }
-    assert sorted((row.steps, row.revision) for row in rows.values()) == [
-        (steps, eta) for steps in (128, 256, 512) for eta in (0.0, sampler_quality.REVISION_ETA)
-    ]
+    expected = [(steps, eta) for steps in (128, 256, 512) for eta in (0.0, sampler_quality.REVISION_ETA)]
+    expected += [(steps, 0.0) for steps in sampler_quality.EQUAL_FORWARDS_STEPS]
+    assert sorted((row.steps, row.revision) for row in rows.values()) == sorted(expected)
     for row in rows.values():
         unchanged = row.model_copy(update={"steps": shipped.steps, "revision": 0.0, "block_length": None})
         assert unchanged == shipped.model_copy(update={"block_length": None})
