@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from app.diffusion.cpu_backend import CPU_BACKEND_HELP, CPU_BACKENDS, MissingExtra
+from app.diffusion.cpu_backend import CPU_BACKEND_HELP, CPU_BACKENDS, KV_REFRESH_HELP, MissingExtra
 from app.diffusion.sampler_settings import (
     MAX_SEED,
     NULLABLE_FIELDS,
@@ -57,6 +57,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPUs, fp32 on CPU)"
     )
     parser.add_argument("--cpu-backend", choices=CPU_BACKENDS, default="auto", help=CPU_BACKEND_HELP)
+    parser.add_argument("--kv-refresh", type=_kv_refresh, default=0, metavar="K", help=KV_REFRESH_HELP)
     parser.add_argument("--prompt", help="story beginning; kept, never masked")
     parser.add_argument(
         "--ending", help="the story's last words, kept: the story ends with them at --length (docs/infilling.md)"
@@ -127,6 +128,7 @@ def _write(args: argparse.Namespace, overrides: SamplerOverrides, console: Conso
     from app.diffusion.checkpoint import load_checkpoint
     from app.diffusion.cpu_forward import select_forward
     from app.diffusion.generation import canvas_steps, story_steps
+    from app.diffusion.kv_reuse import ReusingForward
     from app.diffusion.template import parse_template, prompt_template
     from app.diffusion.text import prompt_ids, prompt_span, story_text, without_pad_tail
 
@@ -135,7 +137,11 @@ def _write(args: argparse.Namespace, overrides: SamplerOverrides, console: Conso
     ckpt = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
     settings = ckpt.config.settings_for(args.preset).override(overrides)
     canvas = _canvas(ckpt, segments, args)
-    forward = select_forward(ckpt.model, args.cpu_backend)
+    forward = (
+        ReusingForward(ckpt.model, ckpt.mask_id, args.kv_refresh)
+        if args.kv_refresh
+        else select_forward(ckpt.model, args.cpu_backend)
+    )
     if canvas is None:
         steps = story_steps(ckpt, settings, seed, args.prompt, args.length, forward)
     else:
@@ -215,6 +221,12 @@ def _fail(message: str) -> int:
 def _length(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens (1 or more)")
+    return int(text)
+
+
+def _kv_refresh(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of forwards (0: off, 1 or more)")
     return int(text)
 
 

@@ -12,10 +12,13 @@ the function the server and `storydiff generate` use):
   eager's stories of the same seeds; `dist2`, `rep4`, `words`; `same` = seeds whose tokens equal eager's;
 - `RSS MiB`: the process's resident memory after the backend's runs (the peak of the whole process is
   printed at the end; for one backend's own peak, run it alone with `--backends`).
+`--kv-refresh 4,8` adds a row per K for key/value reuse (`kv_reuse.ReusingForward`, `storydiff generate
+--kv-refresh K`: PyTorch's layers, a full pass every K forwards, a fresh one per story), named `kv-K`; one
+at a time only, since the engine does not run it (its `C stories/s` is `-`).
 `--startup` also times `storydiff serve` to /ready per backend: a first start with an empty cache (the
 graph is exported then) and a later start, against eager.
 
-    python benchmarks/cpu_speed.py --threads 2                         # the table in docs/benchmarks.md
+    python benchmarks/cpu_speed.py --threads 2 --kv-refresh 4,8        # the table in docs/benchmarks.md
     python benchmarks/cpu_speed.py --threads 2 --quick --judge none    # a minute: two stories a backend
     python benchmarks/cpu_speed.py --threads 2 --startup --stories 0   # startup to /ready only
 """
@@ -31,7 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ from app.diffusion.checkpoint import Checkpoint, load_checkpoint
 from app.diffusion.cpu_backend import CPU_BACKENDS
 from app.diffusion.cpu_forward import QueriedForward, select_forward
 from app.diffusion.generation import sample
+from app.diffusion.kv_reuse import ReusingForward
 from app.diffusion.sampler_settings import SamplerOverrides, SamplerSettings
 from app.diffusion.text import decode_story, end_token_ids
 from app.engine import Engine, Finished, GenerationSpec, StepUpdate
@@ -54,15 +58,30 @@ def story(ckpt: Checkpoint, forward: QueriedForward, settings: SamplerSettings, 
     return [int(t) for t in last.x[0]]
 
 
+ForwardMaker = Callable[[], QueriedForward]
+"""A backend: the forward for the next story (the same one for a stateless forward, a new one for reuse)."""
+
+
+def forward_makers(ckpt: Checkpoint, backends: Sequence[str], refreshes: Sequence[int]) -> dict[str, ForwardMaker]:
+    """Every backend by name, eager first: `select_forward`'s (prepared now) and `kv-K` per refresh K."""
+    makers: dict[str, ForwardMaker] = {}
+    for name in backends:
+        forward = select_forward(ckpt.model, name)  # type: ignore[arg-type]
+        makers[name] = lambda forward=forward: forward
+    for refresh in refreshes:
+        makers[f"kv-{refresh}"] = lambda refresh=refresh: ReusingForward(ckpt.model, ckpt.mask_id, refresh)
+    return makers
+
+
 def one_at_a_time(
-    ckpt: Checkpoint, forwards: dict[str, QueriedForward], settings: SamplerSettings, seeds: Sequence[int]
+    ckpt: Checkpoint, forwards: dict[str, ForwardMaker], settings: SamplerSettings, seeds: Sequence[int]
 ) -> dict[str, tuple[list[list[int]], list[float]]]:
     """Per backend, each seed's story and seconds, the backends taking turns story by story."""
     out: dict[str, tuple[list[list[int]], list[float]]] = {name: ([], []) for name in forwards}
     for seed in seeds:
-        for name, forward in forwards.items():
+        for name, make in forwards.items():
             started = time.perf_counter()
-            ids = story(ckpt, forward, settings, seed)
+            ids = story(ckpt, make(), settings, seed)
             out[name][1].append(time.perf_counter() - started)
             out[name][0].append(ids)
     return out
@@ -118,17 +137,20 @@ def rss_mib() -> tuple[float, float]:
 
 
 def preset_rows(
-    ckpt: Checkpoint, forwards: dict[str, QueriedForward], preset: str, args: argparse.Namespace, judge: Judge | None
+    ckpt: Checkpoint, forwards: dict[str, ForwardMaker], preset: str, args: argparse.Namespace, judge: Judge | None
 ) -> list[dict[str, Any]]:
     """Every backend's row at one preset."""
     settings = ckpt.config.settings_for(None if preset == "default" else preset)
     seeds = [args.seed + i for i in range(args.stories)]
     alone = one_at_a_time(ckpt, forwards, settings, seeds)
     rows = []
-    for name, forward in forwards.items():
+    for name, make in forwards.items():
         ids, seconds = alone[name]
         texts = [decode_story(row, ckpt.tokenizer) for row in ids]
-        rate = concurrent(ckpt, forward, settings, [args.seed + i for i in range(args.concurrent)])
+        forward = make()
+        in_engine = not isinstance(forward, ReusingForward)  # the engine's batch changes rows every step
+        wave = [args.seed + i for i in range(args.concurrent)]
+        rate = concurrent(ckpt, forward, settings, wave) if in_engine else None
         row = {"preset": preset, "backend": name, "forward": forward.name, "s_per_story": statistics.fmean(seconds)}
         row |= {"stories_per_s": rate, "same": sum(a == b for a, b in zip(ids, alone["eager"][0], strict=True))}
         row |= quality(texts, judge) | {"rss_mib": rss_mib()[0], "load": os.getloadavg()[0]}
@@ -136,14 +158,19 @@ def preset_rows(
     base = rows[0]
     for row in rows:
         row["speedup"] = base["s_per_story"] / row["s_per_story"]
-        row["concurrent_speedup"] = row["stories_per_s"] / base["stories_per_s"]
+        row["concurrent_speedup"] = _ratio(row["stories_per_s"], base["stories_per_s"])
         row["ppl_change"] = _change(row["ar_ppl"], base["ar_ppl"])
         row["entropy_change"] = _change(row["word_entropy"], base["word_entropy"])
     return rows
 
 
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else value / base
+
+
 def _change(value: float | None, base: float | None) -> float | None:
-    return None if value is None or not base else value / base - 1
+    ratio = _ratio(value, base)
+    return None if ratio is None else ratio - 1
 
 
 HEADER = (
@@ -156,9 +183,13 @@ def line(row: dict[str, Any], stories: int) -> str:
     def num(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
+    def times(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
     return (
         f"{row['preset']:<8}{row['backend']:<11}{row['s_per_story']:>8.2f}{row['speedup']:>7.2f}x"
-        f"{row['stories_per_s']:>12.3f}{row['concurrent_speedup']:>7.2f}x{num(row['ar_ppl'], '.2f'):>8}"
+        f"{num(row['stories_per_s'], '.3f'):>12}{times(row['concurrent_speedup']):>8}"
+        f"{num(row['ar_ppl'], '.2f'):>8}"
         f"{num(row['ppl_change'], '+.1%'):>7}{row['word_entropy']:>6.2f}{num(row['entropy_change'], '+.1%'):>7}"
         f"{row['distinct2']:>7.3f}{row['rep4']:>7.3f}{row['words']:>6.0f}{row['same']:>4}/{stories:<2}"
         f"{row['rss_mib']:>8.0f}"
@@ -224,6 +255,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrent", type=int, default=8, help="stories submitted at once to the engine")
     parser.add_argument("--backends", default="eager,onnx,onnx-int8", help="comma-separated; eager always first")
     parser.add_argument("--presets", default="default,fast", help="comma-separated: default and preset names")
+    parser.add_argument(
+        "--kv-refresh",
+        default="",
+        help="comma-separated K: also key/value reuse with a full pass every K forwards (kv-K rows; default none)",
+    )
     parser.add_argument("--judge", default="auto", help="auto (the cached AR judge), none, or a judge folder")
     parser.add_argument("--seed", type=int, default=0, help="first seed; story i uses seed + i")
     parser.add_argument("--quick", action="store_true", help="2 stories one at a time and 2 concurrent")
@@ -236,6 +272,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--backends: unknown {', '.join(unknown)} (choose from {', '.join(CPU_BACKENDS)})")
     args.backends = ["eager", *backends]
+    try:
+        args.kv_refresh = [int(k) for k in args.kv_refresh.split(",") if k]
+    except ValueError:
+        parser.error(f"--kv-refresh: {args.kv_refresh!r} is not comma-separated whole numbers")
+    if any(k < 1 for k in args.kv_refresh):
+        parser.error("--kv-refresh: every K must be 1 or more (1: a full pass every forward)")
     return args
 
 
@@ -245,9 +287,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     ckpt = load_checkpoint(args.model, "cpu", torch.float32)
     judge = load_judge(args.judge)
     load_before = os.getloadavg()
-    forwards = {name: select_forward(ckpt.model, name) for name in args.backends}  # type: ignore[arg-type]
-    for forward in forwards.values():  # lazy initialisation (threads, allocations) before any clock starts
-        story(ckpt, forward, ckpt.config.settings_for("fast").override(SamplerOverrides(steps=2)), args.seed)
+    forwards = forward_makers(ckpt, args.backends, args.kv_refresh)
+    for make in forwards.values():  # lazy initialisation (threads, allocations) before any clock starts
+        story(ckpt, make(), ckpt.config.settings_for("fast").override(SamplerOverrides(steps=2)), args.seed)
     print(
         f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}; {model_name(ckpt.source)}; "
         f"{args.stories} stories one at a time, {args.concurrent} concurrent; load average {load_before[0]:.2f}",

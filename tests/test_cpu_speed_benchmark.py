@@ -42,6 +42,26 @@ def test_quick_run_prints_a_row_per_backend_and_preset(benchmark, tiny_checkpoin
     assert len(table) == 6 and all(len(line.split()) == len(lines[lines.index(header) + 1].split()) for line in table)
 
 
+def test_kv_refresh_adds_a_row_per_k_run_one_at_a_time_only(benchmark, tiny_checkpoint_dir, capsys):
+    """kv-K rows (key/value reuse) write a story each, fresh per story, and leave the engine column empty."""
+    argv = ["--quick", "--threads", "1", "--model", str(tiny_checkpoint_dir), "--judge", "none"]
+    rows = benchmark.main([*argv, "--backends", "eager", "--presets", "default", "--kv-refresh", "1,4"])
+    _, exact, reusing = rows
+    assert (exact["backend"], reusing["backend"]) == ("kv-1", "kv-4")
+    assert exact["same"] == 2  # a full pass every forward is the exact forward: eager's stories
+    assert exact["stories_per_s"] is None and exact["concurrent_speedup"] is None
+    assert "keys and values reused (full pass every 4)" in reusing["forward"]
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("default")]
+    assert [cells[1] for cells in table] == ["eager", "kv-1", "kv-4"] and len({len(c) for c in table}) == 1
+
+
+def test_kv_refresh_must_be_whole_numbers_from_1(benchmark, capsys):
+    for bad in ("0", "four"):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(["--kv-refresh", bad])
+    assert "--kv-refresh" in capsys.readouterr().err
+
+
 def test_unknown_backend_is_a_usage_error(benchmark, capsys):
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--backends", "eager,tensorrt"])

@@ -26,6 +26,14 @@ CPU_BACKEND_HELP = (
 )
 
 
+KV_REFRESH_HELP = (
+    "Approximate and off by default (0): reuse the keys and values of positions that did not change between "
+    "forwards, with a full pass every K forwards (dKV-Cache); on the CPU a story takes a fraction of the "
+    "time, but it is not the exact forward's story (speed and judged quality: docs/benchmarks.md). Runs "
+    "PyTorch's layers, whatever --cpu-backend says; DistilBERT models only; 1 is the exact forward."
+)
+
+
 class MissingExtra(ImportError):
     """A CPU backend was asked for whose optional dependency is not installed; the message says how to add it."""
 
