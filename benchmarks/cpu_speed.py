@@ -3,7 +3,7 @@
 For each preset (the checkpoint's default and `fast`) and each `--cpu-backend` (`cpu_forward.select_forward`,
 the function the server and `storydiff generate` use):
 - one at a time: `--stories` unprompted stories, one `sample` call each, the backends interleaved story by
-  story (eager, onnx, onnx-int8, eager, ...) so that a change in the machine's load falls on all alike;
+  story (eager, onnx, onnx-int8, openvino, eager, ...) so that a change in the machine's load falls on all alike;
   `s/story` is their mean, `x eager` eager's mean over the backend's;
 - 8 concurrent: `--concurrent` stories submitted at once to the step-level engine (`Engine`) with that
   forward, `stories/s` over the wave's wall time, and its ratio to eager's wave;
@@ -253,7 +253,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
     parser.add_argument("--stories", type=int, default=32, help="stories one at a time per backend and preset")
     parser.add_argument("--concurrent", type=int, default=8, help="stories submitted at once to the engine")
-    parser.add_argument("--backends", default="eager,onnx,onnx-int8", help="comma-separated; eager always first")
+    parser.add_argument(
+        "--backends", default="eager,onnx,onnx-int8,openvino", help="comma-separated; eager always first"
+    )
     parser.add_argument("--presets", default="default,fast", help="comma-separated: default and preset names")
     parser.add_argument(
         "--kv-refresh",

@@ -12,7 +12,7 @@ import torch
 from app.diffusion import onnx_graph
 from app.diffusion.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint
 from app.diffusion.cpu_backend import MissingExtra
-from app.diffusion.cpu_forward import EagerForward, OnnxForward, select_forward
+from app.diffusion.cpu_forward import EagerForward, OnnxForward, OpenVinoForward, select_forward
 from app.diffusion.generation import story_steps
 from app.engine.model_forward import CheckpointForward
 from app.generate_cli import add_generate_arguments, run_generate
@@ -46,10 +46,16 @@ def padded_batch(ckpt):
     return x, query.flatten().nonzero().squeeze(1), attention_mask
 
 
-def test_onnx_gives_eagers_logits(ckpt, tmp_path):
-    """fp32 in ONNX Runtime: the same logits as PyTorch up to float rounding, padded rows included."""
-    forward = select_forward(ckpt.model, "onnx", tmp_path)
-    assert isinstance(forward, OnnxForward) and forward.name == "onnx (onnxruntime)"
+FP32_GRAPHS = {"onnx": (OnnxForward, "onnx (onnxruntime)"), "openvino": (OpenVinoForward, "openvino (fp32)")}
+"""The backends that run the exported graph in fp32: eager's logits up to float rounding, eager's stories."""
+
+
+@pytest.mark.parametrize("backend", FP32_GRAPHS)
+def test_fp32_graphs_give_eagers_logits(ckpt, tmp_path, backend):
+    """fp32 in ONNX Runtime or OpenVINO: the same logits as PyTorch up to float rounding, padded rows included."""
+    forward = select_forward(ckpt.model, backend, tmp_path)
+    kind, name = FP32_GRAPHS[backend]
+    assert isinstance(forward, kind) and forward.name == name
     x, query, attention_mask = padded_batch(ckpt)
     expected = EagerForward(ckpt.model)(x, query, attention_mask)
     torch.testing.assert_close(forward(x, query, attention_mask), expected, atol=1e-4, rtol=1e-4)
@@ -83,8 +89,9 @@ class Counted:
         return self.forward(x, query, attention_mask)
 
 
-def test_onnx_writes_eagers_stories(ckpt, tmp_path):
-    forward = Counted(select_forward(ckpt.model, "onnx", tmp_path))
+@pytest.mark.parametrize("backend", FP32_GRAPHS)
+def test_fp32_graphs_write_eagers_stories(ckpt, tmp_path, backend):
+    forward = Counted(select_forward(ckpt.model, backend, tmp_path))
     settings = ckpt.config.sampler_settings.model_copy(update={"steps": 12})
     for seed in range(3):
         *_, (_, eager) = story_steps(ckpt, settings, seed, "Once upon", 32)
@@ -93,9 +100,10 @@ def test_onnx_writes_eagers_stories(ckpt, tmp_path):
     assert forward.calls >= 3
 
 
-def test_the_shipped_model_writes_the_same_story_with_onnx(shipped, tmp_path):
+@pytest.mark.parametrize("backend", FP32_GRAPHS)
+def test_the_shipped_model_writes_the_same_story_with_fp32_graphs(shipped, tmp_path, backend):
     settings = shipped.config.settings_for("fast")
-    forward = Counted(select_forward(shipped.model, "onnx", tmp_path))
+    forward = Counted(select_forward(shipped.model, backend, tmp_path))
     *_, (_, eager) = story_steps(shipped, settings, seed=5)
     *_, (_, onnx) = story_steps(shipped, settings, seed=5, forward=forward)
     assert torch.equal(onnx.x, eager.x) and forward.calls > 0
@@ -132,6 +140,14 @@ def test_a_missing_onnxruntime_is_one_line(ckpt, tmp_path, no_onnxruntime):
     assert isinstance(select_forward(ckpt.model, "auto", tmp_path), EagerForward)  # auto falls back
 
 
+def test_a_missing_openvino_is_one_line(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(MissingExtra) as raised:
+        select_forward(ckpt.model, "openvino", tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message and "needs openvino" in message and "pip install 'storydiff[openvino]'" in message
+
+
 def test_generate_says_what_is_missing_in_one_line(tiny_checkpoint_dir, no_onnxruntime, capsys):
     parser = argparse.ArgumentParser()
     add_generate_arguments(parser)
@@ -149,6 +165,12 @@ def test_the_engines_forward_prepares_its_backend_before_any_pass(ckpt):
 
 
 @pytest.mark.anyio
-async def test_info_names_the_cpu_backend(tiny_checkpoint_dir):
-    async with Service(settings_for(tiny_checkpoint_dir, cpu_backend="onnx-int8")) as client:
-        assert (await client.get("/info")).json()["forward"] == "onnx-int8 (onnxruntime)"
+@pytest.mark.parametrize(
+    ("backend", "name"), [("onnx-int8", "onnx-int8 (onnxruntime)"), ("openvino", "openvino (fp32)")]
+)
+async def test_info_names_the_cpu_backend(tiny_checkpoint_dir, backend, name):
+    """The server runs the backend it is given (OpenVINO too) and says so; a story comes out of it."""
+    async with Service(settings_for(tiny_checkpoint_dir, cpu_backend=backend)) as client:
+        assert (await client.get("/info")).json()["forward"] == name
+        answer = await client.post("/generate", json={"seed": 1, "steps": 4, "length": 16})
+        assert answer.status_code == 200 and answer.json()["forwards"] > 0

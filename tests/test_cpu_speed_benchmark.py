@@ -27,7 +27,7 @@ def test_quick_run_prints_a_row_per_backend_and_preset(benchmark, tiny_checkpoin
     argv = ["--quick", "--threads", "1", "--model", str(tiny_checkpoint_dir), "--judge", str(tiny_judge_dir)]
     rows = benchmark.main(argv)
     assert [(row["preset"], row["backend"]) for row in rows] == [
-        (preset, backend) for preset in ("default", "fast") for backend in ("eager", "onnx", "onnx-int8")
+        (preset, backend) for preset in ("default", "fast") for backend in ("eager", "onnx", "onnx-int8", "openvino")
     ]
     for row in rows:
         assert row["s_per_story"] > 0 and row["stories_per_s"] > 0 and row["rss_mib"] > 0
@@ -39,7 +39,7 @@ def test_quick_run_prints_a_row_per_backend_and_preset(benchmark, tiny_checkpoin
     header = next(line for line in lines if line.startswith("preset"))
     assert all(column in header for column in COLUMNS)
     table = [line for line in lines if line.split()[:1] in (["default"], ["fast"])]
-    assert len(table) == 6 and all(len(line.split()) == len(lines[lines.index(header) + 1].split()) for line in table)
+    assert len(table) == 8 and all(len(line.split()) == len(lines[lines.index(header) + 1].split()) for line in table)
 
 
 def test_kv_refresh_adds_a_row_per_k_run_one_at_a_time_only(benchmark, tiny_checkpoint_dir, capsys):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-CpuBackend = Literal["auto", "eager", "onnx", "onnx-int8"]
+CpuBackend = Literal["auto", "eager", "onnx", "onnx-int8", "openvino"]
 """eager: PyTorch fp32; onnx: ONNX Runtime over the exported encoder, fp32 (the same logits up to float
-rounding); onnx-int8: the same graph with int8 weights (ONNX Runtime's dynamic quantization); auto: AUTO."""
+rounding); onnx-int8: the same graph with int8 weights (ONNX Runtime's dynamic quantization); openvino:
+the onnx graph compiled by OpenVINO, fp32; auto: AUTO."""
 
 AUTO: CpuBackend = "onnx"
 """What `auto` runs on a CPU when ONNX Runtime is installed (without it: eager, with a warning)."""
@@ -19,10 +20,14 @@ CPU_BACKENDS: tuple[str, ...] = get_args(CpuBackend)
 
 EXTRA_HINT = "pip install 'storydiff[cpu]'"
 
+OPENVINO_HINT = "pip install 'storydiff[openvino]'"
+"""OpenVINO (about 180 MB) is an extra of its own, beside the cpu extra's ONNX Runtime that exports its graph."""
+
 CPU_BACKEND_HELP = (
     "How a CPU runs the model: eager (PyTorch fp32), onnx (ONNX Runtime fp32, same stories), onnx-int8 "
-    f"(int8 weights, faster, approximate) or auto ({AUTO} when ONNX Runtime is installed: {EXTRA_HINT}). "
-    "The ONNX graph is prepared on the first start and cached. GPUs always run PyTorch."
+    f"(int8 weights, faster, approximate), openvino (OpenVINO fp32: {OPENVINO_HINT}) or auto ({AUTO} when "
+    f"ONNX Runtime is installed: {EXTRA_HINT}). The ONNX graph is prepared on the first start and cached. "
+    "GPUs always run PyTorch."
 )
 
 
@@ -40,4 +45,5 @@ class MissingExtra(ImportError):
 
 def missing_extra(backend: str, module: str) -> MissingExtra:
     """The one-line error for `backend` without `module`."""
-    return MissingExtra(f"--cpu-backend {backend} needs {module}, which is not installed: {EXTRA_HINT}")
+    hint = OPENVINO_HINT if backend == "openvino" else EXTRA_HINT
+    return MissingExtra(f"--cpu-backend {backend} needs {module}, which is not installed: {hint}")

@@ -3,9 +3,9 @@ and the benchmarks all take their forward from `select_forward`.
 
 On a CPU an eager PyTorch pass of this small model is bound by its matrix multiplications, which ONNX
 Runtime's kernels run about twice as fast in fp32 and faster again with int8 weights (the measurements
-are in docs/benchmarks.md). The encoder runs in ONNX Runtime; the vocabulary head stays in PyTorch at
-the queried positions only, as in `logits.py`. Any other device, and any model family without a known
-head, runs the PyTorch forward.
+are in docs/benchmarks.md). The encoder runs in ONNX Runtime (or OpenVINO, from the same exported
+graph); the vocabulary head stays in PyTorch at the queried positions only, as in `logits.py`. Any
+other device, and any model family without a known head, runs the PyTorch forward.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedModel
 
-from app.diffusion.cpu_backend import AUTO, EXTRA_HINT, CpuBackend
+from app.diffusion.cpu_backend import AUTO, EXTRA_HINT, CpuBackend, missing_extra
 from app.diffusion.logits import HEADS, at_query, logits_at
 from app.paths import cache_dir
 
@@ -73,6 +73,32 @@ class OnnxForward:
         return self.head(self.model, at_query(states, query)).float()  # (N, V)
 
 
+class OpenVinoForward:
+    """The encoder compiled by OpenVINO from the prepared ONNX graph (fp32), the head in PyTorch at the
+    queried positions."""
+
+    def __init__(self, model: PreTrainedModel, graph: Path, name: str, threads: int | None = None) -> None:
+        import openvino
+
+        config = {
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "INFERENCE_PRECISION_HINT": "f32",  # not the bf16 a CPU with bf16 units would otherwise pick
+            "PERFORMANCE_HINT": "LATENCY",  # one request at a time: every core on it
+        }
+        self.request = openvino.Core().compile_model(str(graph), "CPU", config).create_infer_request()
+        self.model, self.name = model, name
+        self.head = HEADS[model.config.model_type]
+
+    @torch.inference_mode()
+    def __call__(
+        self, x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mask = torch.ones_like(x) if attention_mask is None else attention_mask.to(torch.long)  # (B, L)
+        hidden = self.request.infer({"input_ids": x.numpy(), "attention_mask": mask.numpy()})[0]  # (B, L, D), a copy
+        states = torch.from_numpy(hidden).to(self.model.dtype)
+        return self.head(self.model, at_query(states, query)).float()  # (N, V)
+
+
 def resolve(backend: CpuBackend) -> CpuBackend:
     """`auto` as the backend it stands for here: AUTO when ONNX Runtime is installed, else eager."""
     if backend != "auto":
@@ -96,5 +122,11 @@ def select_forward(model: PreTrainedModel, backend: CpuBackend = "auto", cache: 
         return EagerForward(model)
     from app.diffusion.onnx_graph import prepared_graph  # imports onnxruntime: only where it runs
 
+    if chosen == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise missing_extra(chosen, "openvino") from None
+        return OpenVinoForward(model, prepared_graph(model, "onnx", cache or cache_dir()), "openvino (fp32)")
     graph = prepared_graph(model, chosen, cache or cache_dir())
     return OnnxForward(model, graph, f"{chosen} (onnxruntime)")
