@@ -140,12 +140,15 @@ def test_a_missing_onnxruntime_is_one_line(ckpt, tmp_path, no_onnxruntime):
     assert isinstance(select_forward(ckpt.model, "auto", tmp_path), EagerForward)  # auto falls back
 
 
-def test_a_missing_openvino_is_one_line(ckpt, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "openvino", None)
+@pytest.mark.parametrize("module", ["openvino", "onnxruntime"])
+def test_a_missing_openvino_is_one_line(ckpt, tmp_path, monkeypatch, module):
+    """Either library of the openvino extra missing: one line naming it and the extra."""
+    monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(MissingExtra) as raised:
         select_forward(ckpt.model, "openvino", tmp_path)
     message = str(raised.value)
-    assert "\n" not in message and "needs openvino" in message and "pip install 'storydiff[openvino]'" in message
+    assert "\n" not in message and f"openvino needs {module}" in message
+    assert "pip install 'storydiff[openvino]'" in message
 
 
 def test_generate_says_what_is_missing_in_one_line(tiny_checkpoint_dir, no_onnxruntime, capsys):

@@ -10,6 +10,7 @@ other device, and any model family without a known head, runs the PyTorch forwar
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -123,10 +124,11 @@ def select_forward(model: PreTrainedModel, backend: CpuBackend = "auto", cache: 
     from app.diffusion.onnx_graph import prepared_graph  # imports onnxruntime: only where it runs
 
     if chosen == "openvino":
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            raise missing_extra(chosen, "openvino") from None
+        for module in ("openvino", "onnxruntime"):  # ONNX Runtime's version keys the graph OpenVINO compiles
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise missing_extra(chosen, module) from None
         return OpenVinoForward(model, prepared_graph(model, "onnx", cache or cache_dir()), "openvino (fp32)")
     graph = prepared_graph(model, chosen, cache or cache_dir())
     return OnnxForward(model, graph, f"{chosen} (onnxruntime)")
