@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
@@ -48,12 +49,35 @@ class EagerForward:
         return logits_at(self.model, x, query, attention_mask)
 
 
-class OnnxForward:
+class GraphForward:
+    """The encoder run by a runtime from the prepared graph (`encode`: the runtime's pass), the head in
+    PyTorch at the queried positions."""
+
+    def __init__(self, model: PreTrainedModel, name: str) -> None:
+        self.model, self.name = model, name
+        self.head = HEADS[model.config.model_type]
+
+    def encode(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's last hidden states (B, L, D) for its inputs, as an array of its own."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def __call__(
+        self, x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mask = torch.ones_like(x) if attention_mask is None else attention_mask.to(torch.long)  # (B, L)
+        hidden = self.encode({"input_ids": x.numpy(), "attention_mask": mask.numpy()})  # (B, L, D)
+        states = torch.from_numpy(hidden).to(self.model.dtype)  # the graph is fp32; the head runs in the model's dtype
+        return self.head(self.model, at_query(states, query)).float()  # (N, V)
+
+
+class OnnxForward(GraphForward):
     """The encoder in ONNX Runtime from a prepared graph, the head in PyTorch at the queried positions."""
 
     def __init__(self, model: PreTrainedModel, graph: Path, name: str, threads: int | None = None) -> None:
         import onnxruntime
 
+        super().__init__(model, name)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -61,43 +85,29 @@ class OnnxForward:
         # Between passes the sampler runs in PyTorch on the same cores: idle workers must not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        self.model, self.name = model, name
-        self.head = HEADS[model.config.model_type]
 
-    @torch.inference_mode()
-    def __call__(
-        self, x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        mask = torch.ones_like(x) if attention_mask is None else attention_mask.to(torch.long)  # (B, L)
-        (hidden,) = self.session.run(None, {"input_ids": x.numpy(), "attention_mask": mask.numpy()})  # (B, L, D)
-        states = torch.from_numpy(hidden).to(self.model.dtype)  # the graph is fp32; the head runs in the model's dtype
-        return self.head(self.model, at_query(states, query)).float()  # (N, V)
+    def encode(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        (hidden,) = self.session.run(None, feeds)
+        return cast(np.ndarray, hidden)
 
 
-class OpenVinoForward:
+class OpenVinoForward(GraphForward):
     """The encoder compiled by OpenVINO from the prepared ONNX graph (fp32), the head in PyTorch at the
     queried positions."""
 
     def __init__(self, model: PreTrainedModel, graph: Path, name: str, threads: int | None = None) -> None:
         import openvino
 
+        super().__init__(model, name)
         config = {
             "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
             "INFERENCE_PRECISION_HINT": "f32",  # not the bf16 a CPU with bf16 units would otherwise pick
             "PERFORMANCE_HINT": "LATENCY",  # one request at a time: every core on it
         }
         self.request = openvino.Core().compile_model(str(graph), "CPU", config).create_infer_request()
-        self.model, self.name = model, name
-        self.head = HEADS[model.config.model_type]
 
-    @torch.inference_mode()
-    def __call__(
-        self, x: torch.Tensor, query: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        mask = torch.ones_like(x) if attention_mask is None else attention_mask.to(torch.long)  # (B, L)
-        hidden = self.request.infer({"input_ids": x.numpy(), "attention_mask": mask.numpy()})[0]  # (B, L, D), a copy
-        states = torch.from_numpy(hidden).to(self.model.dtype)
-        return self.head(self.model, at_query(states, query)).float()  # (N, V)
+    def encode(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return cast(np.ndarray, self.request.infer(feeds)[0])  # a copy: the request reuses its buffers
 
 
 def resolve(backend: CpuBackend) -> CpuBackend:
